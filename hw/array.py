@@ -1,0 +1,160 @@
+"""PE array: P ternary PEs sharing one broadcast activation vector, accumulating across K tiles."""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .formats import weight_vector_layout
+from .params import check_positive, signed_width
+from .pe import build_dot, check_pe_params, negate_activations, pipeline_latency
+
+__all__ = ["PEArray", "accumulator_range"]
+
+
+def accumulator_range(max_k, act_bits):
+    """Range of a row sum of up to ``max_k`` columns (padded lanes carry zero activations)."""
+    bound = max_k * (1 << (act_bits - 1))
+    return -bound, bound
+
+
+class PEArray(wiring.Component):
+    """P processing elements of N lanes computing P rows of a matrix-vector product at once.
+
+    Every cycle one tile is accepted: an activation vector of N lanes, broadcast to all PEs, and
+    one weight vector of N lanes per PE. A row block of P rows and K columns arrives as
+    ``ceil(K / N)`` tiles framed by ``first`` (on the first tile) and ``last`` (on the final
+    tile); a tile that is both first and last is a whole row block. The array emits one output
+    per row block: P exact sums. Work that depends only on the activations (the ``"shared"``
+    negation) is done once for all PEs.
+
+    The pipeline advances as a whole whenever the output register is empty or being read, so the
+    array sustains one tile per cycle while its input is valid and its output ready; a stalled
+    output freezes every stage, so nothing is lost or duplicated.
+
+    Parameters
+    ----------
+    lanes : int
+        Lanes per PE (N).
+    pes : int
+        Number of PEs (P), i.e. rows per row block.
+    act_bits : int
+        Signed activation width, 2 to 16.
+    weights : str or WeightMode
+        ``"ternary"`` or ``"binary"``.
+    pipeline : int
+        A register every ``pipeline`` adder-tree levels; 0 for a combinational tree.
+    max_k : int
+        Longest row (columns) the accumulators must hold without overflow; at least ``lanes``.
+    negation : str
+        ``"carry"``, ``"shared"`` or ``"local"`` (see :mod:`lpu.hw.pe`).
+
+    Attributes
+    ----------
+    i_stream : In(stream.Signature(input_layout))
+        ``act`` (N signed), ``weight`` (P vectors of N codes), ``first``, ``last``.
+    o_stream : Out(stream.Signature(output_layout))
+        P signed sums of ``acc_width`` bits, PE 0 lowest.
+    latency : int
+        Cycles from accepting a ``last`` tile to its sums being valid, without backpressure.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For parameters of the wrong type or value, or conflicting ``max_k`` and ``lanes``.
+    """
+
+    def __init__(self, *, lanes, pes, act_bits=8, weights="ternary", pipeline=1, max_k=4096,
+                 negation="carry"):
+        self._mode = check_pe_params(lanes, act_bits, weights, pipeline, negation)
+        check_positive("PE count", pes)
+        check_positive("Maximum row length", max_k)
+        if max_k < lanes:
+            raise ValueError(f"Maximum row length ({max_k}) must be at least the lane count "
+                             f"({lanes})")
+        self._lanes = lanes
+        self._pes = pes
+        self._act_bits = act_bits
+        self._pipeline = pipeline
+        self._max_k = max_k
+        self._negation = negation
+        self._acc_width = signed_width(*accumulator_range(max_k, act_bits))
+        super().__init__({
+            "i_stream": In(stream.Signature(self.input_layout)),
+            "o_stream": Out(stream.Signature(self.output_layout)),
+        })
+
+    lanes = property(lambda self: self._lanes)
+    pes = property(lambda self: self._pes)
+    act_bits = property(lambda self: self._act_bits)
+    mode = property(lambda self: self._mode)
+    pipeline = property(lambda self: self._pipeline)
+    max_k = property(lambda self: self._max_k)
+    negation = property(lambda self: self._negation)
+    acc_width = property(lambda self: self._acc_width)
+
+    @property
+    def input_layout(self):
+        return data.StructLayout({
+            "act": data.ArrayLayout(signed(self._act_bits), self._lanes),
+            "weight": data.ArrayLayout(weight_vector_layout(self._mode, self._lanes), self._pes),
+            "first": 1,
+            "last": 1,
+        })
+
+    @property
+    def output_layout(self):
+        return data.ArrayLayout(signed(self._acc_width), self._pes)
+
+    @property
+    def latency(self):
+        return pipeline_latency(self._lanes, self._pipeline) + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        pay = self.i_stream.payload
+        o_valid = self.o_stream.valid
+        enable = Signal()
+        m.d.comb += [
+            enable.eq(~o_valid | self.o_stream.ready),
+            self.i_stream.ready.eq(enable),
+        ]
+
+        acts = [pay.act[i] for i in range(self._lanes)]
+        negs = None
+        if self._negation == "shared":
+            negs = negate_activations(m, acts, self._act_bits)
+
+        sums = []
+        for p in range(self._pes):
+            codes = [Value.cast(pay.weight[p][i]) for i in range(self._lanes)]
+            sums.append(build_dot(
+                m, acts, codes, act_bits=self._act_bits, mode=self._mode,
+                negation=self._negation, pipeline=self._pipeline, enable=enable, negs=negs,
+                name=f"pe{p}")[:2])
+
+        # Framing travels beside the data through the tree's register stages.
+        ctrl = Cat(self.i_stream.valid, pay.first, pay.last)
+        for stage in range(pipeline_latency(self._lanes, self._pipeline)):
+            nxt = Signal(3, name=f"ctrl_p{stage}")
+            with m.If(enable):
+                m.d.sync += nxt.eq(ctrl)
+            ctrl = nxt
+        valid, first, last = ctrl[0], ctrl[1], ctrl[2]
+
+        # The accumulators double as the output register: they hold a finished row block while
+        # o_stream.valid is high, and restart on a first tile or on the tile after a last one.
+        fresh = Signal(init=1)
+        restart = Signal()
+        m.d.comb += restart.eq(first | fresh)
+        with m.If(enable & valid):
+            m.d.sync += fresh.eq(last)
+        for p, (value, carry) in enumerate(sums):
+            acc = self.o_stream.payload[p]
+            total = Mux(restart, 0, acc) + value
+            if carry is not None:
+                total = total + carry
+            with m.If(enable & valid):
+                m.d.sync += acc.eq(total)
+        with m.If(enable):
+            m.d.sync += o_valid.eq(valid & last)
+        return m

@@ -1,0 +1,1 @@
+"""lpu: generator of LPUs for ternary- and binary-weight language models."""

@@ -1,0 +1,5 @@
+import sys
+
+from lpu.cli import main
+
+sys.exit(main())

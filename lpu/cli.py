@@ -1,0 +1,103 @@
+"""The ``lpu`` command."""
+
+import argparse
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def _add_array_options(p, *, required=True):
+    p.add_argument("--lanes", type=int, required=required, default=None if required else 64,
+                   help="lanes per PE (N)")
+    p.add_argument("--pes", type=int, required=required, default=None if required else 4,
+                   help="number of PEs (P)")
+    p.add_argument("--act-bits", type=int, default=8, help="signed activation width (2-16)")
+    p.add_argument("--weights", default="ternary", help="ternary or binary")
+    p.add_argument("--pipeline", type=int, default=1,
+                   help="register every K adder-tree levels (0: combinational)")
+    p.add_argument("--max-k", type=int, default=4096,
+                   help="longest row the accumulators hold without overflow")
+    p.add_argument("--negation", default="carry", help="carry, shared or local")
+
+
+def _array_from(args):
+    from lpu.hw.generate import build_array
+    return build_array(lanes=args.lanes, pes=args.pes, act_bits=args.act_bits,
+                       weights=args.weights, pipeline=args.pipeline, max_k=args.max_k,
+                       negation=args.negation)
+
+
+def _cmd_generate(args):
+    from lpu.hw.generate import write_design
+    array = _array_from(args)
+    info = write_design(array, args.output, top=args.top)
+    print(f"wrote {args.output}/{info['verilog']} and {args.output}/manifest.json "
+          f"(latency {info['latency']} cycles, accumulators {info['acc_width']} bits)")
+    return 0
+
+
+def _cmd_area(args):
+    from lpu.boards.area import synthesize
+    array = _array_from(args)
+    result = synthesize(array, target=args.target)
+    lanes_total = args.lanes * args.pes
+    out = {"target": args.target, "lanes": args.lanes, "pes": args.pes,
+           "act_bits": args.act_bits, "weights": array.mode.value, "pipeline": args.pipeline,
+           "negation": args.negation, "luts": result["luts"], "ffs": result["ffs"],
+           "luts_per_lane": round(result["luts"] / lanes_total, 3),
+           "lut4_cells": result["lut4_cells"], "carry_cells": result["carry_cells"],
+           "seconds": result["seconds"]}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>14}: {v}")
+    return 0
+
+
+def _cmd_demo(args):
+    from lpu.sim.demo import run_demo
+    return run_demo(lanes=args.lanes, pes=args.pes, act_bits=args.act_bits,
+                    weights=args.weights, pipeline=args.pipeline, max_k=args.max_k,
+                    negation=args.negation, rows=args.rows, cols=args.cols, seed=args.seed)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="lpu", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write the Verilog of a PE array and its manifest")
+    _add_array_options(p)
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--top", default="lpu_array", help="Verilog module name")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("area", help="quick yosys synthesis of a PE array; prints cell counts")
+    p.add_argument("--target", required=True, choices=["ice40", "ecp5"])
+    _add_array_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_area)
+
+    p = sub.add_parser("demo", help="run a random matrix-vector product through a simulated "
+                                    "PE array and check it against the golden model")
+    _add_array_options(p, required=False)
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--cols", type=int, default=256)
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (TypeError, ValueError) as exc:
+        print(f"lpu: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from lpu.cli import main
+
+
+def test_generate_writes_verilog_and_manifest(tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert main(["generate", "--lanes", "3", "--pes", "2", "--act-bits", "4",
+                 "--weights", "binary", "--pipeline", "0", "-o", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"] == {"lanes": 3, "pes": 2, "act_bits": 4, "weights": "binary",
+                                      "pipeline": 0, "max_k": 4096, "negation": "carry"}
+    assert manifest["latency"] == 1
+    ports = {p["name"]: p for p in manifest["ports"]}
+    # act 3x4 + weights 2x3x1 + first + last
+    assert ports["i_stream__payload"] == {"name": "i_stream__payload", "dir": "in", "width": 20}
+    assert ports["o_stream__payload"]["width"] == 2 * manifest["acc_width"]
+    assert ports["o_stream__ready"]["dir"] == "in"
+    text = (out / "lpu_array.v").read_text()
+    assert "module lpu_array" in text and "i_stream__payload" in text
+    assert "lpu_array.v" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--lanes", "0", "--pes", "4"], "Lane count must be a positive integer, not 0"),
+    (["--lanes", "8", "--pes", "4", "--act-bits", "20"],
+     "Activation width must be an integer from 2 to 16, not 20"),
+    (["--lanes", "8", "--pes", "4", "--weights", "int4"],
+     "Weight mode must be 'ternary' or 'binary', not 'int4'"),
+    (["--lanes", "16", "--pes", "4", "--max-k", "8"],
+     "Maximum row length (8) must be at least the lane count (16)"),
+])
+def test_generate_errors_exit_2_without_output(tmp_path, capsys, args, msg):
+    out = tmp_path / "gen"
+    assert main(["generate", *args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lpu: error: {msg}\n"
+    assert not out.exists()
+
+
+def test_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--lanes", "x", "--pes", "1", "-o", "nowhere"])
+    assert exc.value.code == 2
+
+
+def test_area_rejects_bad_target(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["area", "--target", "xc7", "--lanes", "4", "--pes", "1"])
+    assert exc.value.code == 2
+
+
+def test_demo_passes(capsys):
+    assert main(["demo", "--lanes", "4", "--pes", "2", "--rows", "5", "--cols", "9"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "cycles:" in out
