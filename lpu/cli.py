@@ -63,6 +63,18 @@ def _cmd_demo(args):
                     negation=args.negation, rows=args.rows, cols=args.cols, seed=args.seed)
 
 
+def _cmd_bench_area(args):
+    from lpu.boards.bench_area import format_table, record, run_area_bench
+    rows = run_area_bench(jobs=args.jobs)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(format_table(rows))
+    if args.record:
+        record(rows, "lpu bench area --record")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="lpu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +98,14 @@ def build_parser():
     p.add_argument("--cols", type=int, default=256)
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=_cmd_demo)
+    bench = sub.add_parser("bench", help="measure and record figures")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    p = bsub.add_parser("area", help="LUTs per lane of the PE-array variants (iCE40, ECP5)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel synthesis jobs")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--record", action="store_true",
+                   help="write docs/results/area.json")
+    p.set_defaults(func=_cmd_bench_area)
     return parser
 
 
