@@ -1,6 +1,6 @@
 """PE array: P ternary PEs sharing one broadcast activation vector, accumulating across K tiles."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -47,6 +47,11 @@ class PEArray(wiring.Component):
         Longest row (columns) the accumulators must hold without overflow; at least ``lanes``.
     negation : str
         ``"carry"``, ``"shared"`` or ``"local"`` (see :mod:`lpu.hw.pe`).
+    vectors : int
+        Activation vectors V that share each weight tile (matrix-matrix products). With V > 1
+        the input carries a ``vector`` index and every PE keeps V accumulators; the tiles of a
+        row block arrive as tile 0 for vectors 0..V-1, tile 1 for vectors 0..V-1, and so on,
+        and the V results of a row block leave in vector order.
 
     Attributes
     ----------
@@ -64,10 +69,11 @@ class PEArray(wiring.Component):
     """
 
     def __init__(self, *, lanes, pes, act_bits=8, weights="ternary", pipeline=1, max_k=4096,
-                 negation="carry"):
+                 negation="carry", vectors=1):
         self._mode = check_pe_params(lanes, act_bits, weights, pipeline, negation)
         check_positive("PE count", pes)
         check_positive("Maximum row length", max_k)
+        check_positive("Vector count", vectors)
         if max_k < lanes:
             raise ValueError(f"Maximum row length ({max_k}) must be at least the lane count "
                              f"({lanes})")
@@ -77,6 +83,7 @@ class PEArray(wiring.Component):
         self._pipeline = pipeline
         self._max_k = max_k
         self._negation = negation
+        self._vectors = vectors
         self._acc_width = signed_width(*accumulator_range(max_k, act_bits))
         super().__init__({
             "i_stream": In(stream.Signature(self.input_layout)),
@@ -90,6 +97,7 @@ class PEArray(wiring.Component):
     pipeline = property(lambda self: self._pipeline)
     max_k = property(lambda self: self._max_k)
     negation = property(lambda self: self._negation)
+    vectors = property(lambda self: self._vectors)
     acc_width = property(lambda self: self._acc_width)
 
     @property
@@ -99,6 +107,7 @@ class PEArray(wiring.Component):
             "weight": data.ArrayLayout(weight_vector_layout(self._mode, self._lanes), self._pes),
             "first": 1,
             "last": 1,
+            **({"vector": range(self._vectors)} if self._vectors > 1 else {}),
         })
 
     @property
@@ -133,28 +142,49 @@ class PEArray(wiring.Component):
                 name=f"pe{p}")[:2])
 
         # Framing travels beside the data through the tree's register stages.
-        ctrl = Cat(self.i_stream.valid, pay.first, pay.last)
+        vec_in = pay.vector if self._vectors > 1 else Const(0, 1)
+        ctrl = Cat(self.i_stream.valid, pay.first, pay.last, vec_in)
         for stage in range(pipeline_latency(self._lanes, self._pipeline)):
-            nxt = Signal(3, name=f"ctrl_p{stage}")
+            nxt = Signal(len(ctrl), name=f"ctrl_p{stage}")
             with m.If(enable):
                 m.d.sync += nxt.eq(ctrl)
             ctrl = nxt
-        valid, first, last = ctrl[0], ctrl[1], ctrl[2]
+        valid, first, last, vec = ctrl[0], ctrl[1], ctrl[2], ctrl[3:]
+        step = enable & valid
 
-        # The accumulators double as the output register: they hold a finished row block while
-        # o_stream.valid is high, and restart on a first tile or on the tile after a last one.
-        fresh = Signal(init=1)
-        restart = Signal()
-        m.d.comb += restart.eq(first | fresh)
-        with m.If(enable & valid):
-            m.d.sync += fresh.eq(last)
-        for p, (value, carry) in enumerate(sums):
-            acc = self.o_stream.payload[p]
-            total = Mux(restart, 0, acc) + value
-            if carry is not None:
-                total = total + carry
-            with m.If(enable & valid):
-                m.d.sync += acc.eq(total)
+        if self._vectors == 1:
+            # The accumulators double as the output register: they hold a finished row block
+            # while o_stream.valid is high, and restart on a first tile or on the tile after a
+            # last one.
+            fresh = Signal(init=1)
+            with m.If(step):
+                m.d.sync += fresh.eq(last)
+            for p, (value, carry) in enumerate(sums):
+                acc = self.o_stream.payload[p]
+                with m.If(step):
+                    m.d.sync += acc.eq(_total(first | fresh, acc, value, carry))
+        else:
+            # One accumulator per vector and PE; a finished sum is copied to the output
+            # register, so vector v+1 can finish on the very next cycle.
+            fresh = Signal(self._vectors, init=(1 << self._vectors) - 1)
+            with m.If(step):
+                m.d.sync += fresh.bit_select(vec, 1).eq(last)
+            restart = first | fresh.bit_select(vec, 1)
+            for p, (value, carry) in enumerate(sums):
+                accs = [Signal(signed(self._acc_width), name=f"acc{p}_v{v}")
+                        for v in range(self._vectors)]
+                acc = Array(accs)[vec]
+                total = Signal(signed(self._acc_width), name=f"total{p}")
+                m.d.comb += total.eq(_total(restart, acc, value, carry))
+                with m.If(step):
+                    m.d.sync += acc.eq(total)
+                with m.If(step & last):
+                    m.d.sync += self.o_stream.payload[p].eq(total)
         with m.If(enable):
             m.d.sync += o_valid.eq(valid & last)
         return m
+
+
+def _total(restart, acc, value, carry):
+    total = Mux(restart, 0, acc) + value
+    return total + carry if carry is not None else total

@@ -71,10 +71,12 @@ def run_array(dut, tiles, *, seed=0, valid_prob=1.0, ready_prob=1.0, vcd=None):
     """Run a tile sequence (as from :func:`lpu.sim.golden.tile_matvec`) through a
     :class:`PEArray`; returns the (R, P) sums and the cycles taken."""
     codes = weight_codes(tiles["weight"], dut.mode)
+    vector = tiles.get("vector", np.zeros(len(tiles["act"]), dtype=np.int64))
     inputs = [{"act": [int(v) for v in a], "weight": [[int(c) for c in pe] for pe in w],
-               "first": int(f), "last": int(la)}
-              for a, w, f, la in zip(tiles["act"], codes, tiles["first"], tiles["last"],
-                                     strict=True)]
+               "first": int(f), "last": int(la), **({"vector": int(vi)} if dut.vectors > 1
+                                                    else {})}
+              for a, w, f, la, vi in zip(tiles["act"], codes, tiles["first"], tiles["last"],
+                                         vector, strict=True)]
     n_out = int(np.count_nonzero(tiles["last"]))
     outs, cycles = _drive(dut, inputs, n_out, seed=seed, valid_prob=valid_prob,
                           ready_prob=ready_prob, max_cycles=100 * len(inputs) + 100, vcd=vcd)

@@ -84,3 +84,28 @@ def test_row_block_without_first_restarts_after_last():
 def test_array_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
         PEArray(**kwargs)
+
+
+@pytest.mark.parametrize("vectors, group, pipeline", [(3, None, 1), (2, 8, 0), (4, 4, 2)])
+def test_array_matrix_matrix_and_groups(rng, vectors, group, pipeline):
+    lanes, pes, rows, cols = 4, 2, 5, 14
+    arr = PEArray(lanes=lanes, pes=pes, pipeline=pipeline, max_k=16, vectors=vectors)
+    w, _ = _matrix(rng, rows, cols, 8, "ternary")
+    x = rng.integers(-128, 128, size=(cols, vectors))
+    tiles = golden.tile_matvec(w, x, lanes=lanes, pes=pes, group=group)
+    out, _ = pysim.run_array(arr, tiles, seed=int(rng.integers(1 << 31)),
+                             valid_prob=0.8, ready_prob=0.6)
+    ref = golden.array_outputs(tiles["act"], tiles["weight"], tiles["first"], tiles["last"],
+                               tiles["vector"])
+    assert np.array_equal(out, ref)
+    # outputs leave per row block, per group, per vector
+    g = group or 16
+    groups = -(-cols // g)
+    got = out.reshape(-1, groups, vectors, pes).transpose(0, 3, 1, 2).reshape(-1, groups,
+                                                                               vectors)[:rows]
+    wp = np.zeros((rows, groups * g), dtype=np.int64)
+    wp[:, :cols] = w
+    xp = np.zeros((groups * g, vectors), dtype=np.int64)
+    xp[:cols] = x
+    expect = np.einsum("mgk,gkv->mgv", wp.reshape(rows, groups, g), xp.reshape(groups, g, vectors))
+    assert np.array_equal(got, expect)
