@@ -25,10 +25,10 @@ import enum as py_enum
 
 import numpy as np
 from amaranth.hdl import unsigned
-from amaranth.lib import data
+from amaranth.lib import data, enum
 
 __all__ = [
-    "WeightFormat", "WeightMode",
+    "WeightFormat", "WeightMode", "FormatCode",
     "T2_ZERO", "T2_POS", "T2_NEG", "T2_RESERVED",
     "pack", "unpack", "pack_t2", "unpack_t2", "pack_t5", "unpack_t5", "pack_b1", "unpack_b1",
     "t2_encode", "t2_decode", "weight_codes", "weight_shape", "weight_vector_layout",
@@ -83,6 +83,18 @@ class WeightFormat(py_enum.Enum):
     def packed_size(self, count):
         """Bytes needed for ``count`` weights in this format."""
         return -(-count // self.weights_per_byte)
+
+
+class FormatCode(enum.Enum, shape=2):
+    """How a :class:`WeightFormat` is named in hardware descriptors."""
+
+    T2 = 0
+    T5 = 1
+    B1 = 2
+
+    @classmethod
+    def of(cls, fmt):
+        return cls[WeightFormat(fmt).name]
 
 
 # 2-bit code points (see module docstring).

@@ -82,3 +82,67 @@ def run_array(dut, tiles, *, seed=0, valid_prob=1.0, ready_prob=1.0, vcd=None):
                           ready_prob=ready_prob, max_cycles=100 * len(inputs) + 100, vcd=vcd)
     return np.array([[int(v) for v in o] for o in outs], dtype=np.int64).reshape(
         n_out, dut.pes), cycles
+
+
+def run_streamer(system, desc, act_entries, *, seed=0, ready_prob=1.0, max_cycles=200000,
+                 vcd=None):
+    """Run one job on a :class:`~lpu.sim.system.StreamerSystem` in the Amaranth simulator.
+
+    Writes ``act_entries`` (address, values) into the activation buffer, sends ``desc``, takes
+    the outputs with random backpressure and waits for the streamer to go idle. Returns a dict
+    with ``outputs`` (R, P), ``error`` (a StreamError), ``cycles`` (descriptor accepted to idle)
+    and ``perf`` (the counters).
+    """
+    rng = np.random.default_rng(seed)
+    outputs = []
+    result = {}
+    done = {"flag": False}
+
+    async def host(ctx):
+        for addr, values in act_entries:
+            ctx.set(system.act_wr.payload, {"addr": addr, "data": values})
+            ctx.set(system.act_wr.valid, 1)
+            await ctx.tick()
+        ctx.set(system.act_wr.valid, 0)
+        ctx.set(system.desc.payload, desc)
+        ctx.set(system.desc.valid, 1)
+        await ctx.tick().until(system.desc.ready)
+        ctx.set(system.desc.valid, 0)
+        cycles = 1
+        while True:
+            _, _, busy = await ctx.tick().sample(system.status.busy)
+            if not busy:
+                break
+            cycles += 1
+            if cycles > max_cycles:
+                raise TimeoutError(f"Streamer still busy after {max_cycles} cycles")
+        result["cycles"] = cycles
+        result["error"] = ctx.get(system.status.error)
+        result["perf"] = {k: int(ctx.get(getattr(system.perf, k)))
+                          for k in ("busy_cycles", "mem_stall", "out_stall", "words_read",
+                                    "tiles")}
+        done["flag"] = True
+
+    async def sink(ctx):
+        while not done["flag"]:
+            ready = int(rng.random() < ready_prob)
+            ctx.set(system.o_stream.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(system.o_stream.valid,
+                                                          system.o_stream.payload)
+            if valid and ready:
+                outputs.append([int(v) for v in payload])
+
+    top = Module()
+    top.submodules.system = system
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(sink, background=True)
+    sim.add_testbench(host)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    pes = system.streamer.pes
+    result["outputs"] = np.array(outputs, dtype=np.int64).reshape(len(outputs), pes)
+    return result

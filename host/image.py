@@ -1,0 +1,116 @@
+"""Device-memory images and descriptors for the :class:`~lpu.hw.streamer.WeightStreamer`.
+
+The layout is defined in :mod:`lpu.hw.streamer`; this module writes it (and reads it back for
+the golden model) with the one format definition, :mod:`lpu.hw.formats`.
+"""
+
+import numpy as np
+from lpu.hw.formats import FormatCode, WeightFormat, check_weights, pack, unpack
+
+__all__ = ["weight_image", "image_words", "read_image", "activation_entries",
+           "check_descriptor", "descriptor", "image_word_count"]
+
+
+def _tile_order(weights, fmt, lanes, pes):
+    fmt = WeightFormat(fmt)
+    w = check_weights(weights, fmt.mode)
+    if w.ndim != 2:
+        raise ValueError(f"Weight matrix must be 2-D, not shape {w.shape}")
+    m, k = w.shape
+    mb, kt = -(-m // pes), -(-k // lanes)
+    wp = np.full((mb * pes, kt * lanes), fmt.pad_weight, dtype=np.int8)
+    wp[:m, :k] = w
+    # row block, tile along the row, PE, lane
+    return wp.reshape(mb, pes, kt, lanes).transpose(0, 2, 1, 3).reshape(-1)
+
+
+def image_word_count(rows, cols, fmt, *, lanes, pes, word_bits):
+    """Words the image of a rows x cols matrix occupies."""
+    count = -(-rows // pes) * pes * -(-cols // lanes) * lanes
+    nbytes = WeightFormat(fmt).packed_size(count)
+    return -(-nbytes // (word_bits // 8))
+
+
+def weight_image(weights, fmt, *, lanes, pes, word_bits):
+    """The bytes of ``weights`` (M x K) as the streamer reads them, padded to whole words."""
+    stream = _tile_order(weights, fmt, lanes, pes)
+    packed = pack(stream, fmt)
+    wb = word_bits // 8
+    out = np.zeros(-(-len(packed) // wb) * wb, dtype=np.uint8)
+    out[:len(packed)] = packed
+    return out
+
+
+def image_words(image, word_bits):
+    """Little-endian words of an image (bytes) as Python ints, for a memory's initial contents."""
+    wb = word_bits // 8
+    b = np.asarray(image, dtype=np.uint8).reshape(-1, wb)
+    return [int.from_bytes(row.tobytes(), "little") for row in b]
+
+
+def read_image(image, fmt, rows, cols, *, lanes, pes):
+    """Read an image back into the M x K matrix (what the golden model computes with)."""
+    fmt = WeightFormat(fmt)
+    mb, kt = -(-rows // pes), -(-cols // lanes)
+    count = mb * pes * kt * lanes
+    nbytes = fmt.packed_size(count)
+    image = np.asarray(image, dtype=np.uint8)
+    if len(image) < nbytes:
+        raise ValueError(f"Weight image holds {len(image)} bytes, a {rows} x {cols} matrix "
+                         f"needs {nbytes}")
+    stream = unpack(image[:nbytes], fmt, count)
+    wp = stream.reshape(mb, kt, pes, lanes).transpose(0, 2, 1, 3).reshape(mb * pes, kt * lanes)
+    return wp[:rows, :cols]
+
+
+def activation_entries(acts, *, lanes, act_tiles):
+    """Activation-buffer writes for ``acts`` (K or K x V): a list of (address, N values).
+
+    Lanes beyond K are written as zeros, so padded weights never contribute.
+    """
+    a = np.asarray(acts, dtype=np.int64)
+    if a.ndim == 1:
+        a = a[:, None]
+    k, v = a.shape
+    kt = -(-k // lanes)
+    ap = np.zeros((kt * lanes, v), dtype=np.int64)
+    ap[:k] = a
+    return [(vi * act_tiles + t, [int(x) for x in ap[t * lanes:(t + 1) * lanes, vi]])
+            for vi in range(v) for t in range(kt)]
+
+
+def check_descriptor(streamer, *, base, rows, cols, fmt, group=0, vectors=1):
+    """Raise ValueError if the streamer would refuse this job (mirrors its hardware checks)."""
+    for name, value in (("rows", rows), ("cols", cols), ("vectors", vectors)):
+        if value <= 0:
+            raise ValueError(f"Descriptor {name} must be positive, not {value}")
+    fmt = WeightFormat(fmt)
+    if fmt not in streamer.formats:
+        built = ", ".join(f.value for f in streamer.formats)
+        raise ValueError(f"Weight format '{fmt.value}' is not one this streamer was built for "
+                         f"({built})")
+    if cols > streamer.max_k:
+        raise ValueError(f"Descriptor cols ({cols}) exceed the maximum row length "
+                         f"({streamer.max_k})")
+    if rows > 0xFFFF:
+        raise ValueError(f"Descriptor rows ({rows}) exceed 65535")
+    if vectors > streamer.max_vectors:
+        raise ValueError(f"Descriptor vectors ({vectors}) exceed the maximum vector count "
+                         f"({streamer.max_vectors})")
+    if group and group % streamer.lanes:
+        raise ValueError(f"Group size ({group}) must be a multiple of the lane count "
+                         f"({streamer.lanes})")
+    words = image_word_count(rows, cols, fmt, lanes=streamer.lanes, pes=streamer.pes,
+                             word_bits=streamer.word_bits)
+    if base < 0 or base + words > streamer.mem_words:
+        raise ValueError(f"Weight image at word {base} of {words} words runs past the end of "
+                         f"memory ({streamer.mem_words} words)")
+
+
+def descriptor(streamer, *, base, rows, cols, fmt, group=0, vectors=1, check=True):
+    """The descriptor value for ``streamer``; checked first unless ``check`` is False."""
+    if check:
+        check_descriptor(streamer, base=base, rows=rows, cols=cols, fmt=fmt, group=group,
+                         vectors=vectors)
+    return {"base": base, "rows": rows, "cols": cols, "group": group, "vectors": vectors,
+            "fmt": FormatCode.of(fmt)}

@@ -1,0 +1,450 @@
+"""Weight-streaming controller: packed weights from a memory read port to the PE array.
+
+Given a matrix descriptor, the :class:`WeightStreamer` runs a whole matrix-vector (or
+matrix-matrix) product on its own:
+
+1. **Set-up** (a fixed number of cycles, :data:`SETUP_CYCLES`): checks the descriptor against
+   what the hardware was built for and derives the row blocks, tiles per row, tiles per group
+   and the image length in words with a small sequential divider and multiplier. An invalid
+   descriptor sets ``status.error`` and returns to idle instead of hanging.
+2. **Fetch**: burst read requests (address, length) to the memory port, issued as long as the
+   prefetch FIFO has room for the whole burst (credits), so responses are never refused and the
+   memory's latency is covered by the FIFO's depth.
+3. **Decode**: each word leaving the FIFO decodes at line rate (t2 and b1 are wiring; t5 a
+   byte-wise lookup) into a gearbox that assembles tiles of P x N weight codes.
+4. **Sequence**: each tile is sent to the array once per activation vector, with the vector's
+   activations read from the on-chip activation buffer and first/last framing per row (or per
+   group of ``group`` columns).
+
+Device-memory image (see :func:`lpu.host.image.weight_image`): the weights of the padded matrix
+in tile order -- row block, then tile along the row, then PE, then lane -- packed continuously in
+the descriptor's format (no padding between tiles), then padded to a whole word. Byte 0 is in
+the low bits of word 0. Rows beyond M are padded with the format's pad weight, columns beyond K
+likewise; the host writes zero activations into the padded lanes of the activation buffer.
+
+Activation buffer: ``act_tiles`` entries of N activations per vector; tile ``t`` of vector
+``v`` lives at address ``v * act_tiles + t`` (:func:`act_address`).
+"""
+
+from amaranth.hdl import Module, Mux, Signal, Value, signed
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .arith import SequentialDivider, SequentialMultiplier
+from .array import PEArray
+from .decoder import WeightDecoder, check_word_bits, weights_per_word
+from .formats import FormatCode, WeightFormat
+from .gearbox import TileGearbox
+from .params import check_mode, check_positive, check_range
+
+__all__ = ["WeightStreamer", "StreamError", "DESCRIPTOR_LAYOUT", "SETUP_CYCLES",
+           "act_address", "mem_request_layout", "PERF_LAYOUT", "STATUS_LAYOUT"]
+
+#: One matrix job. ``base`` is a word address; ``group`` 0 means whole rows.
+DESCRIPTOR_LAYOUT = data.StructLayout({
+    "base": 32,
+    "rows": 16,
+    "cols": 16,
+    "group": 16,
+    "vectors": 8,
+    "fmt": FormatCode,
+})
+
+#: Width of the set-up divider (image sizes in weights reach 2**32).
+DIV_WIDTH = 32
+#: Cycles from accepting a descriptor to the first burst request: the descriptor cycle, the
+#: checks, four sequential divisions (row blocks, tiles per row, tiles per group, t5 bytes; the
+#: tile count multiplies alongside the third), and the word count and address check.
+SETUP_CYCLES = 1 + 1 + 4 * (DIV_WIDTH + 1) + 1 + 1 + 1
+
+
+class StreamError(enum.Enum, shape=3):
+    """Why the streamer refused a descriptor."""
+
+    NONE = 0
+    ZERO_SIZE = 1       # rows, cols or vectors is 0
+    FORMAT = 2          # a weight format this streamer was not built for
+    TOO_LONG = 3        # cols above max_k
+    VECTORS = 4         # vectors above max_vectors
+    GROUP = 5           # group not a multiple of the lane count
+    ADDRESS = 6         # image runs past the end of memory
+
+
+PERF_LAYOUT = data.StructLayout({
+    "busy_cycles": 32,      # cycles not idle
+    "mem_stall": 32,        # cycles the array had activations but no weight tile
+    "out_stall": 32,        # cycles the array held a result the consumer did not take
+    "words_read": 32,       # memory words received
+    "tiles": 32,            # tiles the array accepted
+})
+
+STATUS_LAYOUT = data.StructLayout({
+    "busy": 1,
+    "error": StreamError,
+})
+
+
+def mem_request_layout(addr_width, max_burst):
+    return data.StructLayout({"addr": addr_width, "len": range(max_burst + 1)})
+
+
+def act_address(tile, vector, act_tiles):
+    """Activation-buffer address of tile ``tile`` of vector ``vector``."""
+    return vector * act_tiles + tile
+
+
+class WeightStreamer(wiring.Component):
+    """Reads a packed weight matrix from memory and runs it through a :class:`PEArray`.
+
+    Parameters
+    ----------
+    lanes, pes, act_bits, pipeline, negation
+        As for :class:`PEArray`.
+    weights : str
+        ``"ternary"`` or ``"binary"``.
+    formats : sequence of str, optional
+        Weight formats to decode (default: all of the weight mode's: t2 and t5, or b1).
+    word_bits : int
+        Memory word width, 8 to 128 (a power of two).
+    addr_width : int
+        Word-address width of the memory port.
+    mem_words : int, optional
+        Words of memory behind the port (default ``2**addr_width``); descriptors whose image
+        runs past it are refused.
+    max_k : int
+        Longest row (columns).
+    max_vectors : int
+        Most activation vectors per weight pass.
+    max_burst : int
+        Longest burst request in words.
+    fifo_depth : int, optional
+        Prefetch FIFO depth in words (default ``4 * max_burst``); at least ``max_burst``.
+
+    Attributes
+    ----------
+    desc : In(stream.Signature(DESCRIPTOR_LAYOUT))
+    mem_req : Out(stream.Signature(mem_request_layout))
+    mem_resp : In(stream.Signature(word_bits))
+    act_wr : In(stream.Signature({"addr", "data"}))
+        Activation-buffer writes (always ready).
+    o_stream : Out(stream.Signature(ArrayLayout(signed(acc_width), pes)))
+        One output per row block (per group, per vector).
+    status : Out(STATUS_LAYOUT)
+    perf : Out(PERF_LAYOUT)
+    """
+
+    def __init__(self, *, lanes, pes, act_bits=8, weights="ternary", formats=None, word_bits=32,
+                 addr_width=24, mem_words=None, max_k=4096, max_vectors=1, max_burst=32,
+                 fifo_depth=None, pipeline=1, negation="carry"):
+        mode = check_mode(weights)
+        if formats is None:
+            formats = [f for f in WeightFormat if f.mode is mode]
+        formats = tuple(WeightFormat(f) for f in formats)
+        if not formats:
+            raise ValueError("Weight formats must name at least one format")
+        for f in formats:
+            if f.mode is not mode:
+                raise ValueError(f"Weight format '{f.value}' holds {f.mode.value} weights, "
+                                 f"but the streamer is built for {mode.value} weights")
+        check_word_bits(word_bits)
+        check_range("Address width", addr_width, 1, 32)
+        mem_words = 1 << addr_width if mem_words is None else mem_words
+        check_positive("Memory size", mem_words)
+        if mem_words > 1 << addr_width:
+            raise ValueError(f"Memory size ({mem_words} words) exceeds the address width "
+                             f"({addr_width} bits)")
+        check_range("Maximum vector count", max_vectors, 1, 255)
+        check_range("Maximum row length", max_k, 1, 65535)
+        check_positive("Maximum burst", max_burst)
+        fifo_depth = 4 * max_burst if fifo_depth is None else fifo_depth
+        check_positive("FIFO depth", fifo_depth)
+        if fifo_depth < max_burst:
+            raise ValueError(f"FIFO depth ({fifo_depth}) must be at least the maximum burst "
+                             f"({max_burst})")
+        self._array = PEArray(lanes=lanes, pes=pes, act_bits=act_bits, weights=mode,
+                              pipeline=pipeline, max_k=max_k, negation=negation,
+                              vectors=max_vectors)
+        self._mode = mode
+        self._formats = formats
+        self._word_bits = word_bits
+        self._addr_width = addr_width
+        self._mem_words = mem_words
+        self._max_burst = max_burst
+        self._fifo_depth = fifo_depth
+        self._act_tiles = 1 << (-(-max_k // lanes) - 1).bit_length()
+        self._act_depth = self._act_tiles * max_vectors
+        super().__init__({
+            "desc": In(stream.Signature(DESCRIPTOR_LAYOUT)),
+            "mem_req": Out(stream.Signature(mem_request_layout(addr_width, max_burst))),
+            "mem_resp": In(stream.Signature(word_bits)),
+            "act_wr": In(stream.Signature(data.StructLayout({
+                "addr": range(self._act_depth),
+                "data": data.ArrayLayout(signed(act_bits), lanes),
+            }), always_ready=True)),
+            "o_stream": Out(stream.Signature(self._array.output_layout)),
+            "status": Out(STATUS_LAYOUT),
+            "perf": Out(PERF_LAYOUT),
+        })
+
+    array = property(lambda self: self._array)
+    lanes = property(lambda self: self._array.lanes)
+    pes = property(lambda self: self._array.pes)
+    act_bits = property(lambda self: self._array.act_bits)
+    mode = property(lambda self: self._mode)
+    formats = property(lambda self: self._formats)
+    word_bits = property(lambda self: self._word_bits)
+    addr_width = property(lambda self: self._addr_width)
+    mem_words = property(lambda self: self._mem_words)
+    max_k = property(lambda self: self._array.max_k)
+    max_vectors = property(lambda self: self._array.vectors)
+    max_burst = property(lambda self: self._max_burst)
+    fifo_depth = property(lambda self: self._fifo_depth)
+    act_tiles = property(lambda self: self._act_tiles)
+    act_depth = property(lambda self: self._act_depth)
+
+    @property
+    def tile_weights(self):
+        return self._array.lanes * self._array.pes
+
+    def elaborate(self, platform):
+        m = Module()
+        N, P, T = self.lanes, self.pes, self.tile_weights
+        m.submodules.array = array = self._array
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=self._word_bits,
+                                                    depth=self._fifo_depth)
+        m.submodules.decoder = dec = WeightDecoder(word_bits=self._word_bits,
+                                                   formats=self._formats)
+        chunks = [weights_per_word(f, self._word_bits) for f in self._formats]
+        m.submodules.gearbox = gear = TileGearbox(tile=T, chunks=chunks,
+                                                  code_shape=array.input_layout["weight"]
+                                                  .shape.elem_shape.elem_shape)
+        m.submodules.div = div = SequentialDivider(DIV_WIDTH)
+        m.submodules.mul = mul = SequentialMultiplier(DIV_WIDTH // 2)
+        m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(self.act_bits), N),
+                                          depth=self._act_depth, init=[])
+        act_w = acts.write_port()
+        act_r = acts.read_port()
+
+        # --- activation buffer writes
+        m.d.comb += [
+            act_w.addr.eq(self.act_wr.payload.addr),
+            act_w.data.eq(self.act_wr.payload.data),
+            act_w.en.eq(self.act_wr.valid),
+        ]
+
+        # --- descriptor and derived sizes
+        desc = Signal(DESCRIPTOR_LAYOUT)
+        mb = Signal(16)          # row blocks
+        kt = Signal(16)          # tiles per row
+        gt = Signal(16)          # tiles per group
+        words = Signal(32)       # image length in words
+        error = Signal(StreamError)
+        running = Signal()       # sequencer and fetcher active
+        m.d.comb += [self.status.error.eq(error)]
+
+        n_tiles = Signal(32)
+        weights_total = Signal(40)
+        m.d.comb += weights_total.eq(n_tiles * T)
+
+        fmt_ok = Signal()
+        m.d.comb += fmt_ok.eq(0)
+        with m.Switch(desc.fmt):
+            for f in self._formats:
+                with m.Case(FormatCode.of(f)):
+                    m.d.comb += fmt_ok.eq(1)
+
+        # Bytes of the image: weights / weights-per-byte, rounded up. t5 needs the divider.
+        bytes_pow2 = Signal(40)
+        with m.Switch(desc.fmt):
+            with m.Case(FormatCode.T2):
+                m.d.comb += bytes_pow2.eq((weights_total + 3) >> 2)
+            with m.Case(FormatCode.B1):
+                m.d.comb += bytes_pow2.eq((weights_total + 7) >> 3)
+        word_shift = (self._word_bits // 8).bit_length() - 1
+        n_bytes = Signal(40)
+
+        fetch_addr = Signal(32)
+        fetch_left = Signal(32)
+        seq_done = Signal()
+        pending = Signal(16)
+        b_valid = Signal()
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.desc.ready.eq(1)
+                with m.If(self.desc.valid):
+                    m.d.sync += [desc.eq(self.desc.payload), error.eq(StreamError.NONE)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.status.busy.eq(1)
+                with m.If((desc.rows == 0) | (desc.cols == 0) | (desc.vectors == 0)):
+                    m.d.sync += error.eq(StreamError.ZERO_SIZE)
+                    m.next = "IDLE"
+                with m.Elif(~fmt_ok):
+                    m.d.sync += error.eq(StreamError.FORMAT)
+                    m.next = "IDLE"
+                with m.Elif(desc.cols > self.max_k):
+                    m.d.sync += error.eq(StreamError.TOO_LONG)
+                    m.next = "IDLE"
+                with m.Elif(desc.vectors > self.max_vectors):
+                    m.d.sync += error.eq(StreamError.VECTORS)
+                    m.next = "IDLE"
+                with m.Else():
+                    # row blocks = ceil(rows / P)
+                    m.d.comb += [div.start.eq(1), div.num.eq(desc.rows + P - 1), div.den.eq(P)]
+                    m.next = "DIV_ROWS"
+            with m.State("DIV_ROWS"):
+                m.d.comb += self.status.busy.eq(1)
+                with m.If(~div.busy):
+                    m.d.sync += mb.eq(div.quot)
+                    m.d.comb += [div.start.eq(1), div.num.eq(desc.cols + N - 1), div.den.eq(N)]
+                    m.next = "DIV_COLS"
+            with m.State("DIV_COLS"):
+                m.d.comb += self.status.busy.eq(1)
+                with m.If(~div.busy):
+                    m.d.sync += kt.eq(div.quot)
+                    m.d.comb += [div.start.eq(1), div.num.eq(desc.group), div.den.eq(N),
+                                 mul.start.eq(1), mul.a.eq(mb), mul.b.eq(div.quot)]
+                    m.next = "DIV_GROUP"
+            with m.State("DIV_GROUP"):
+                m.d.comb += self.status.busy.eq(1)
+                with m.If(~div.busy & ~mul.busy):
+                    m.d.sync += [gt.eq(Mux(desc.group == 0, kt, div.quot)),
+                                 n_tiles.eq(mul.product)]
+                    with m.If((desc.group != 0) & (div.rem != 0)):
+                        m.d.sync += error.eq(StreamError.GROUP)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "BYTES"
+            with m.State("BYTES"):
+                m.d.comb += self.status.busy.eq(1)
+                m.d.comb += [div.start.eq(1), div.num.eq(weights_total + 4), div.den.eq(5)]
+                m.next = "DIV_T5"
+            with m.State("DIV_T5"):
+                m.d.comb += self.status.busy.eq(1)
+                with m.If(~div.busy):
+                    m.d.sync += n_bytes.eq(Mux(desc.fmt == FormatCode.T5, div.quot, bytes_pow2))
+                    m.next = "WORDS"
+            with m.State("WORDS"):
+                m.d.comb += self.status.busy.eq(1)
+                nwords = (n_bytes + (1 << word_shift) - 1) >> word_shift
+                m.d.sync += words.eq(nwords)
+                m.next = "ADDRESS"
+            with m.State("ADDRESS"):
+                m.d.comb += self.status.busy.eq(1)
+                with m.If(desc.base + words > self._mem_words):
+                    m.d.sync += error.eq(StreamError.ADDRESS)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [fetch_addr.eq(desc.base), fetch_left.eq(words),
+                                 running.eq(1)]
+                    m.d.comb += gear.clear.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.status.busy.eq(1)
+                with m.If(seq_done & ~b_valid & (pending == 0)):
+                    m.d.sync += running.eq(0)
+                    m.next = "IDLE"
+
+        # --- fetch: burst requests while the FIFO has room for the whole burst
+        reserved = Signal(range(self._fifo_depth + 1))
+        blen = Signal(range(self._max_burst + 1))
+        m.d.comb += blen.eq(Mux(fetch_left < self._max_burst, fetch_left, self._max_burst))
+        m.d.comb += [
+            self.mem_req.valid.eq(running & (fetch_left != 0) &
+                                  (reserved + blen <= self._fifo_depth)),
+            self.mem_req.payload.addr.eq(fetch_addr),
+            self.mem_req.payload.len.eq(blen),
+        ]
+        req_fire = self.mem_req.valid & self.mem_req.ready
+        pop = fifo.r_rdy & fifo.r_en
+        m.d.sync += reserved.eq(reserved + Mux(req_fire, blen, 0) - pop)
+        with m.If(req_fire):
+            m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_left.eq(fetch_left - blen)]
+        m.d.comb += [
+            fifo.w_data.eq(self.mem_resp.payload),
+            fifo.w_en.eq(self.mem_resp.valid),
+            self.mem_resp.ready.eq(fifo.w_rdy),
+        ]
+
+        # --- decode into the gearbox
+        m.d.comb += [
+            dec.word.eq(fifo.r_data),
+            dec.fmt.eq(desc.fmt),
+            gear.i_stream.payload.codes.eq(dec.codes),
+            gear.i_stream.payload.count.eq(dec.count),
+            gear.i_stream.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(gear.i_stream.ready),
+        ]
+
+        # --- sequence: stage A walks (row block, tile, vector) and reads the activation buffer;
+        # stage B presents the activations with the gearbox's head tile to the array.
+        rb = Signal(16)
+        t = Signal(16)
+        tg = Signal(16)
+        v = Signal(8)
+        b_first = Signal()
+        b_last = Signal()
+        b_vec = Signal(8)
+        b_final_use = Signal()
+        a_valid = running & ~seq_done
+        arr_in = array.i_stream
+        fire_b = arr_in.valid & arr_in.ready
+        advance = ~b_valid | fire_b
+        m.d.comb += [
+            act_r.en.eq(advance),
+            act_r.addr.eq(v * self._act_tiles + t),
+            arr_in.valid.eq(b_valid & gear.o_stream.valid),
+            arr_in.payload.act.eq(act_r.data),
+            Value.cast(arr_in.payload.weight).eq(Value.cast(gear.o_stream.payload)),
+            arr_in.payload.first.eq(b_first),
+            arr_in.payload.last.eq(b_last),
+            gear.o_stream.ready.eq(fire_b & b_final_use),
+        ]
+        if self.max_vectors > 1:
+            m.d.comb += arr_in.payload.vector.eq(b_vec)
+        with m.If(advance):
+            m.d.sync += b_valid.eq(a_valid)
+            with m.If(a_valid):
+                last_v = v == desc.vectors - 1
+                last_t = t == kt - 1
+                last_g = tg == gt - 1
+                m.d.sync += [
+                    b_first.eq(tg == 0),
+                    b_last.eq(last_g | last_t),
+                    b_vec.eq(v),
+                    b_final_use.eq(last_v),
+                    v.eq(Mux(last_v, 0, v + 1)),
+                ]
+                with m.If(last_v):
+                    m.d.sync += [t.eq(Mux(last_t, 0, t + 1)),
+                                 tg.eq(Mux(last_t | last_g, 0, tg + 1))]
+                    with m.If(last_t):
+                        m.d.sync += rb.eq(rb + 1)
+                        with m.If(rb == mb - 1):
+                            m.d.sync += seq_done.eq(1)
+        with m.If(~running):
+            m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), seq_done.eq(0), b_valid.eq(0)]
+
+        # --- results, and knowing when the last one has left
+        wiring.connect(m, array=array.o_stream, out=wiring.flipped(self.o_stream))
+        out_fire = self.o_stream.valid & self.o_stream.ready
+        m.d.sync += pending.eq(pending + (fire_b & arr_in.payload.last) - out_fire)
+
+        # --- performance counters (cleared by each accepted descriptor)
+        perf = self.perf
+        with m.If(self.desc.valid & self.desc.ready):
+            m.d.sync += [perf.busy_cycles.eq(0), perf.mem_stall.eq(0), perf.out_stall.eq(0),
+                         perf.words_read.eq(0), perf.tiles.eq(0)]
+        with m.Else():
+            m.d.sync += [
+                perf.busy_cycles.eq(perf.busy_cycles + self.status.busy),
+                perf.mem_stall.eq(perf.mem_stall + (b_valid & ~gear.o_stream.valid)),
+                perf.out_stall.eq(perf.out_stall + (self.o_stream.valid & ~self.o_stream.ready)),
+                perf.words_read.eq(perf.words_read + (self.mem_resp.valid &
+                                                      self.mem_resp.ready)),
+                perf.tiles.eq(perf.tiles + fire_b),
+            ]
+        return m

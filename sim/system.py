@@ -1,0 +1,45 @@
+"""A weight streamer with a simulated memory behind it: the unit the stream benches run."""
+
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
+from lpu.hw.streamer import PERF_LAYOUT, STATUS_LAYOUT, mem_request_layout
+
+from .memory_models import MemoryModel, MemoryTiming
+
+__all__ = ["StreamerSystem"]
+
+
+class StreamerSystem(wiring.Component):
+    """``streamer`` connected to a :class:`MemoryModel` holding ``init`` (memory words)."""
+
+    def __init__(self, streamer, *, timing=None, init=()):
+        self._streamer = streamer
+        timing = MemoryTiming() if timing is None else timing
+        self._memory = MemoryModel(
+            words=streamer.mem_words, word_bits=streamer.word_bits,
+            request_layout=mem_request_layout(streamer.addr_width, streamer.max_burst),
+            timing=timing, init=init)
+        s = streamer.signature.members
+        super().__init__({
+            "desc": s["desc"],
+            "act_wr": s["act_wr"],
+            "o_stream": s["o_stream"],
+            "status": Out(STATUS_LAYOUT),
+            "perf": Out(PERF_LAYOUT),
+        })
+
+    streamer = property(lambda self: self._streamer)
+    memory = property(lambda self: self._memory)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.streamer = st = self._streamer
+        m.submodules.memory = mem = self._memory
+        wiring.connect(m, st.mem_req, mem.req)
+        wiring.connect(m, mem.resp, st.mem_resp)
+        wiring.connect(m, wiring.flipped(self.desc), st.desc)
+        wiring.connect(m, wiring.flipped(self.act_wr), st.act_wr)
+        wiring.connect(m, st.o_stream, wiring.flipped(self.o_stream))
+        m.d.comb += [self.status.eq(st.status), self.perf.eq(st.perf)]
+        return m
