@@ -5,6 +5,7 @@ the golden model) with the one format definition, :mod:`lpu.hw.formats`.
 """
 
 import numpy as np
+
 from lpu.hw.formats import FormatCode, WeightFormat, check_weights, pack, unpack
 
 __all__ = ["weight_image", "image_words", "read_image", "activation_entries",

@@ -128,7 +128,7 @@ class WeightStreamer(wiring.Component):
     mem_req : Out(stream.Signature(mem_request_layout))
     mem_resp : In(stream.Signature(word_bits))
     act_wr : In(stream.Signature({"addr", "data"}))
-        Activation-buffer writes (always ready).
+        Activation-buffer writes; ``ready`` is always high.
     o_stream : Out(stream.Signature(ArrayLayout(signed(acc_width), pes)))
         One output per row block (per group, per vector).
     status : Out(STATUS_LAYOUT)
@@ -182,7 +182,7 @@ class WeightStreamer(wiring.Component):
             "act_wr": In(stream.Signature(data.StructLayout({
                 "addr": range(self._act_depth),
                 "data": data.ArrayLayout(signed(act_bits), lanes),
-            }), always_ready=True)),
+            }))),
             "o_stream": Out(stream.Signature(self._array.output_layout)),
             "status": Out(STATUS_LAYOUT),
             "perf": Out(PERF_LAYOUT),
@@ -232,6 +232,7 @@ class WeightStreamer(wiring.Component):
             act_w.addr.eq(self.act_wr.payload.addr),
             act_w.data.eq(self.act_wr.payload.data),
             act_w.en.eq(self.act_wr.valid),
+            self.act_wr.ready.eq(1),
         ]
 
         # --- descriptor and derived sizes

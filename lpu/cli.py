@@ -75,6 +75,20 @@ def _cmd_bench_area(args):
     return 0
 
 
+def _cmd_bench_stream(args):
+    from lpu.sim.bench_stream import run_stream_bench
+    out = run_stream_bench(fmt=args.format, rows=args.rows, cols=args.cols, mem=args.mem,
+                           lanes=args.lanes, pes=args.pes, word_bits=args.word_bits,
+                           max_burst=args.max_burst, vectors=args.vectors, stall=args.stall,
+                           seed=args.seed)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>22}: {v}")
+    return 0 if out["exact"] else 1
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="lpu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +120,22 @@ def build_parser():
     p.add_argument("--record", action="store_true",
                    help="write docs/results/area.json")
     p.set_defaults(func=_cmd_bench_area)
+    p = bsub.add_parser("stream", help="one matrix through the weight streamer and a memory "
+                                       "model (compiled simulation) against the cycle model")
+    p.add_argument("--format", required=True, choices=["t2", "t5", "b1"])
+    p.add_argument("--rows", type=int, default=1024)
+    p.add_argument("--cols", type=int, default=1024)
+    p.add_argument("--mem", default="bram", choices=["bram", "qspi", "sdram"])
+    p.add_argument("--lanes", type=int, default=64)
+    p.add_argument("--pes", type=int, default=4)
+    p.add_argument("--word-bits", type=int, default=32)
+    p.add_argument("--max-burst", type=int, default=32)
+    p.add_argument("--vectors", type=int, default=1)
+    p.add_argument("--stall", type=float, default=0.0,
+                   help="probability of a random memory stall per cycle")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_bench_stream)
     return parser
 
 

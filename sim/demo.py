@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+
 from lpu.hw.generate import build_array
 
 from . import golden, pysim

@@ -5,6 +5,7 @@ for bit.
 """
 
 import numpy as np
+
 from lpu.hw.formats import WeightMode, check_weights
 
 __all__ = ["pe_dot", "matvec", "tile_matvec", "array_outputs", "act_range"]

@@ -4,6 +4,7 @@ and random output backpressure, results collected for comparison with the golden
 import numpy as np
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
+
 from lpu.hw.formats import weight_codes
 
 __all__ = ["run_pe", "run_array"]

@@ -3,6 +3,7 @@
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
+
 from lpu.hw.streamer import PERF_LAYOUT, STATUS_LAYOUT, mem_request_layout
 
 from .memory_models import MemoryModel, MemoryTiming

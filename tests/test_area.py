@@ -1,10 +1,10 @@
 import json
 
 import pytest
-from lpu.boards.area import synthesize
-from lpu.hw.array import PEArray
 
+from lpu.boards.area import synthesize
 from lpu.cli import main
+from lpu.hw.array import PEArray
 
 
 @pytest.mark.parametrize("target", ["ice40", "ecp5"])

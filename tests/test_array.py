@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from conftest import env_int
+
 from lpu.hw.array import PEArray
 from lpu.sim import golden, pysim
 

@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from lpu.hw import formats
 from lpu.hw.formats import WeightFormat, WeightMode
 

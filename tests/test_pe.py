@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from conftest import env_int
+
 from lpu.hw.pe import NEGATIONS, TernaryPE, tree_depth
 from lpu.sim import golden, pysim
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 from conftest import env_int
+
 from lpu.host import image
 from lpu.host.cycle_model import FILL_CYCLES, predict_cycles
 from lpu.hw.decoder import WeightDecoder
