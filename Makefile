@@ -36,8 +36,12 @@ test: install
 demo: $(STAMP)
 	$(VENV)/bin/lpu demo
 
+# Figures recorded under docs/results (see docs/area.md, docs/stream.md). Takes a while: the
+# stream suite compiles several full-size designs.
 bench: install
-	$(PY) -m lpu.sim.bench
+	$(VENV)/bin/lpu bench area --record
+	$(VENV)/bin/lpu bench area --decoder --record
+	$(VENV)/bin/lpu bench stream --suite --record
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

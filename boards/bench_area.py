@@ -44,6 +44,38 @@ def run_area_bench(configs=None, targets=("ice40", "ecp5"), jobs=2):
         return list(pool.map(_one, jobs_list))
 
 
+# Weight decoders: LUT cost per byte of memory word decoded per cycle.
+DECODER_CONFIGS = [
+    dict(formats=["t5"], word_bits=8), dict(formats=["t5"], word_bits=32),
+    dict(formats=["t2"], word_bits=32), dict(formats=["b1"], word_bits=32),
+    dict(formats=["t2", "t5"], word_bits=8), dict(formats=["t2", "t5"], word_bits=32),
+]
+
+
+def _decoder(job):
+    from lpu.hw.decoder import WeightDecoder
+    target, cfg = job
+    r = synthesize(WeightDecoder(**cfg), target=target)
+    return {"target": target, "formats": "+".join(cfg["formats"]),
+            "word_bits": cfg["word_bits"], "luts": r["luts"],
+            "luts_per_byte": round(r["luts"] / (cfg["word_bits"] // 8), 2)}
+
+
+def run_decoder_bench(targets=("ice40", "ecp5"), jobs=2):
+    jobs_list = [(t, c) for c in DECODER_CONFIGS for t in targets]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_decoder, jobs_list))
+
+
+def format_decoder_table(rows):
+    lines = ["| target | formats | word bits | LUTs | LUTs per byte/cycle |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['formats']} | {r['word_bits']} | {r['luts']} "
+                     f"| **{r['luts_per_byte']}** |")
+    return "\n".join(lines)
+
+
 def format_table(rows):
     """Markdown table: LUTs counts SB_LUT4 (iCE40) or LUT4 + 2 x CCU2C (ECP5)."""
     head = ("| target | N | P | B | weights | negation | pipeline | LUT4 cells | carry cells "
@@ -57,10 +89,10 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def record(rows, command, root="."):
+def record(rows, command, root=".", name="area"):
     root = Path(root)
     (root / "docs" / "results").mkdir(parents=True, exist_ok=True)
     meta = {"command": command, "machine": platform.machine(), "python": platform.python_version()}
-    (root / "docs" / "results" / "area.json").write_text(
+    (root / "docs" / "results" / f"{name}.json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     return meta

@@ -5,11 +5,11 @@ A word of ``word_bits`` holds ``word_bits / 8`` bytes; each byte decodes to 4 (t
 for ternary formats (so a t2 word is only rewired) and sign bits for b1.
 """
 
-from amaranth.hdl import Const, Module, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .formats import FormatCode, WeightFormat, t2_encode, weight_shape
+from .formats import FormatCode, WeightFormat, weight_shape
 
 __all__ = ["WeightDecoder", "weights_per_word", "check_word_bits", "WORD_BITS"]
 
@@ -29,17 +29,18 @@ def weights_per_word(fmt, word_bits):
     return WeightFormat(fmt).weights_per_byte * word_bits // 8
 
 
-def _t5_table():
-    """t2 codes of the 5 weights of every base-3 byte, 10 bits, weight 0 lowest."""
-    table = []
-    for b in range(256):
-        if b > 242:
-            table.append(0)     # invalid bytes decode as zero weights
-            continue
-        digits = [(b // 3 ** i) % 3 - 1 for i in range(5)]
-        codes = t2_encode(digits)
-        table.append(sum(int(c) << (2 * i) for i, c in enumerate(codes)))
-    return table
+def _t5_decode(m, byte, name):
+    """The five t2 codes of a t5 byte (see :mod:`lpu.hw.formats`): per trit one 10-bit adder,
+    ``s = q + 2q``; the trit is ``s >> 8`` and the next ``q`` is ``s mod 256``."""
+    q = byte
+    codes = []
+    for i in range(5):
+        s = Signal(10, name=f"{name}_s{i}")
+        m.d.comb += s.eq(q + (q << 1))
+        trit = s[8:10]      # 0, 1, 2 for weight -1, 0, +1
+        codes.append(Cat(trit[1], ~trit[1] & ~trit[0]))   # (+1 flag, -1 flag)
+        q = s[:8]
+    return Cat(*codes)
 
 
 class WeightDecoder(wiring.Component):
@@ -83,20 +84,16 @@ class WeightDecoder(wiring.Component):
         nbytes = self._word_bits // 8
         flat = self.codes.as_value()
         with m.Switch(self.fmt):
-            for fmt in self._formats:
-                with m.Case(FormatCode.of(fmt)):
+            for n, fmt in enumerate(self._formats):
+                # the last format takes every other code too: a format the streamer was not
+                # built for never gets this far, and a lone format then costs no logic
+                last = n == len(self._formats) - 1
+                with (m.Default() if last else m.Case(FormatCode.of(fmt))):
                     m.d.comb += self.count.eq(weights_per_word(fmt, self._word_bits))
                     if fmt is WeightFormat.T5:
-                        table = _t5_table()
                         for i in range(nbytes):
-                            byte = self.word[8 * i:8 * i + 8]
-                            out = Signal(10, name=f"t5_byte{i}")
-                            with m.Switch(byte):
-                                for b, codes in enumerate(table):
-                                    if codes:
-                                        with m.Case(b):
-                                            m.d.comb += out.eq(Const(codes, 10))
-                            m.d.comb += flat[10 * i:10 * i + 10].eq(out)
+                            m.d.comb += flat[10 * i:10 * i + 10].eq(
+                                _t5_decode(m, self.word[8 * i:8 * i + 8], f"t5_byte{i}"))
                     else:
                         # t2 words hold PE codes as they are; b1 words hold PE sign bits.
                         m.d.comb += flat[:self._word_bits].eq(self.word)

@@ -11,8 +11,11 @@ Three packings of weights into bytes are defined here, each with pure, vectorize
     decoding logic: both flags feed the lane's single LUT directly. Weight ``i`` of a byte sits
     at bits ``2*i+1 .. 2*i`` (little-endian within the byte).
 ``t5`` -- base-3, 5 trits per byte (3**5 = 243 <= 256), 1.6 bit/weight.
-    ``byte = sum((w[i] + 1) * 3**i for i in range(5))``: weight ``i`` is base-3 digit ``i``,
-    least significant first. Bytes 243..255 are invalid.
+    The trits ``t[i] = w[i] + 1`` form ``v = sum(t[i] * 3**(4 - i))`` (weight 0 most
+    significant), stored scaled to a fraction of 256: ``byte = ceil(v * 256 / 243)``, as GGUF's
+    TQ1_0 does. Trit ``i`` is then the top two bits of ``3 * ((byte * 3**i) mod 256)``, so a
+    decoder needs one 10-bit adder per trit (``q + 2q``), chained, instead of a lookup table.
+    The 13 byte values that are no encoding are invalid.
 ``b1`` -- binary sign bits, 8 weights per byte, 1.0 bit/weight.
     Bit set means -1, bit clear means +1 (a sign bit). Weight ``i`` of a byte is bit ``i``.
 
@@ -104,8 +107,24 @@ T2_NEG = 0b10
 T2_RESERVED = 0b11
 
 _T5_POW = 3 ** np.arange(5, dtype=np.int64)
-# Digit table of every byte 0..242, shape (243, 5), least significant trit first.
-_T5_DIGITS = (np.arange(243)[:, None] // _T5_POW[None, :]) % 3
+
+
+def _t5_trits(byte):
+    """The five trits of t5 bytes, shape (..., 5): the decoder's arithmetic."""
+    q = np.asarray(byte, dtype=np.int64)
+    out = []
+    for _ in range(5):
+        s = 3 * q
+        out.append(s >> 8)
+        q = s & 0xFF
+    return np.stack(out, axis=-1)
+
+
+# Encoding of every v in 0..242 and the trits every byte decodes to.
+_T5_ENCODE = (np.arange(243) * 256 + 242) // 243
+_T5_VALID = np.zeros(256, dtype=bool)
+_T5_VALID[_T5_ENCODE] = True
+_T5_TRITS = _t5_trits(np.arange(256))
 
 
 def check_weights(weights, mode, *, what="weights"):
@@ -195,17 +214,17 @@ def pack_t5(weights):
     """Pack ternary weights along the last axis, 5 base-3 digits per byte."""
     w = check_weights(weights, WeightMode.TERNARY)
     trits = _pad_last(w.astype(np.int64) + 1, 5, 1)
-    return (trits * _T5_POW).sum(axis=-1).astype(np.uint8)
+    return _T5_ENCODE[(trits * _T5_POW[::-1]).sum(axis=-1)].astype(np.uint8)
 
 
 def unpack_t5(packed, count):
     """Unpack ``count`` ternary weights per row from base-3 bytes."""
     arr = _check_packed(packed, WeightFormat.T5, count)
-    if (arr > 242).any():
-        idx = tuple(int(i) for i in np.argwhere(arr > 242)[0])
-        raise ValueError(f"Base-3 weight byte must be at most 242, not {int(arr[idx])} "
-                         f"at index {idx}")
-    w = _T5_DIGITS[arr].reshape(*arr.shape[:-1], arr.shape[-1] * 5)[..., :count] - 1
+    bad = ~_T5_VALID[arr]
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"Byte {int(arr[idx])} at index {idx} is not a base-3 weight byte")
+    w = _T5_TRITS[arr].reshape(*arr.shape[:-1], arr.shape[-1] * 5)[..., :count] - 1
     return w.astype(np.int8)
 
 

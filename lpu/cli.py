@@ -64,19 +64,33 @@ def _cmd_demo(args):
 
 
 def _cmd_bench_area(args):
-    from lpu.boards.bench_area import format_table, record, run_area_bench
-    rows = run_area_bench(jobs=args.jobs)
-    if args.json:
-        print(json.dumps(rows))
+    from lpu.boards import bench_area
+    if args.decoder:
+        rows = bench_area.run_decoder_bench(jobs=args.jobs)
+        table = bench_area.format_decoder_table(rows)
     else:
-        print(format_table(rows))
+        rows = bench_area.run_area_bench(jobs=args.jobs)
+        table = bench_area.format_table(rows)
+    print(json.dumps(rows) if args.json else table)
     if args.record:
-        record(rows, "lpu bench area --record")
+        cmd = "lpu bench area --record" + (" --decoder" if args.decoder else "")
+        bench_area.record(rows, cmd, name="decoder" if args.decoder else "area")
     return 0
 
 
 def _cmd_bench_stream(args):
-    from lpu.sim.bench_stream import run_stream_bench
+    from lpu.sim.bench_stream import STREAM_SUITE, run_stream_bench
+    if args.suite:
+        rows = []
+        for cfg in STREAM_SUITE:
+            rows.append(run_stream_bench(**cfg))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.record:
+            from lpu.boards.bench_area import record
+            record(rows, "lpu bench stream --suite --record", name="stream")
+        return 0 if all(r["exact"] for r in rows) else 1
+    if args.format is None:
+        raise ValueError("Weight format (--format) is required unless --suite is given")
     out = run_stream_bench(fmt=args.format, rows=args.rows, cols=args.cols, mem=args.mem,
                            lanes=args.lanes, pes=args.pes, word_bits=args.word_bits,
                            max_burst=args.max_burst, vectors=args.vectors, stall=args.stall,
@@ -118,11 +132,13 @@ def build_parser():
     p.add_argument("--jobs", type=int, default=2, help="parallel synthesis jobs")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--record", action="store_true",
-                   help="write docs/results/area.json")
+                   help="write docs/results/area.json (decoder.json with --decoder)")
+    p.add_argument("--decoder", action="store_true",
+                   help="the weight decoders (LUTs per byte decoded per cycle) instead")
     p.set_defaults(func=_cmd_bench_area)
     p = bsub.add_parser("stream", help="one matrix through the weight streamer and a memory "
                                        "model (compiled simulation) against the cycle model")
-    p.add_argument("--format", required=True, choices=["t2", "t5", "b1"])
+    p.add_argument("--format", choices=["t2", "t5", "b1"])
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--cols", type=int, default=1024)
     p.add_argument("--mem", default="bram", choices=["bram", "qspi", "sdram"])
@@ -135,6 +151,9 @@ def build_parser():
                    help="probability of a random memory stall per cycle")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--suite", action="store_true", help="run the recorded set of jobs")
+    p.add_argument("--record", action="store_true",
+                   help="with --suite: write docs/results/stream.json")
     p.set_defaults(func=_cmd_bench_stream)
     return parser
 

@@ -13,7 +13,22 @@ from .memory_models import memory_timing
 from .native import NativeStreamerSim
 from .system import StreamerSystem
 
-__all__ = ["run_stream_bench", "memory_bits_per_cycle"]
+__all__ = ["run_stream_bench", "memory_bits_per_cycle", "STREAM_SUITE"]
+
+#: The recorded runs (``lpu bench stream --suite --record``): the two targets first.
+STREAM_SUITE = [
+    # memory-bound: an 8-bit port feeding a 64 x 4 array, base-3 weights
+    dict(fmt="t5", rows=1024, cols=1024, mem="bram", lanes=64, pes=4, word_bits=8),
+    # compute-bound: a 128-bit on-chip RAM feeding a 16 x 4 array (one tile per word)
+    dict(fmt="t2", rows=1024, cols=1024, mem="bram", lanes=16, pes=4, word_bits=128),
+    dict(fmt="t5", rows=1024, cols=1024, mem="bram", lanes=16, pes=4, word_bits=128),
+    dict(fmt="t5", rows=1024, cols=1024, mem="qspi", lanes=16, pes=4, word_bits=8,
+         max_burst=256),
+    dict(fmt="t5", rows=1024, cols=1024, mem="sdram", lanes=16, pes=4, word_bits=32),
+    dict(fmt="b1", rows=1024, cols=1024, mem="sdram", lanes=16, pes=4, word_bits=32,
+         stall=0.1),
+    dict(fmt="t2", rows=512, cols=1024, mem="bram", lanes=16, pes=4, word_bits=32, vectors=4),
+]
 
 
 def memory_bits_per_cycle(mem, word_bits):

@@ -42,11 +42,14 @@ def test_t2_layout():
 
 
 def test_t5_layout():
-    # byte = sum((w_i + 1) * 3**i), least significant trit first
-    assert formats.pack_t5([1, -1, 0, 0, 0]).tolist() == [2 + 0 * 3 + 1 * 9 + 1 * 27 + 1 * 81]
-    assert formats.pack_t5([1, 1, 1, 1, 1]).tolist() == [242]
+    # v = sum((w_i + 1) * 3**(4 - i)), weight 0 most significant; byte = ceil(v * 256 / 243)
+    v = 2 * 81 + 0 * 27 + 1 * 9 + 1 * 3 + 1
+    assert formats.pack_t5([1, -1, 0, 0, 0]).tolist() == [-(-v * 256 // 243)]
+    assert formats.pack_t5([1, 1, 1, 1, 1]).tolist() == [255]
+    assert formats.pack_t5([-1, -1, -1, -1, -1]).tolist() == [0]
     # a partial byte is padded with zero weights (trit 1)
-    assert formats.pack_t5([-1]).tolist() == [0 + 3 + 9 + 27 + 81]
+    v = 0 * 81 + 27 + 9 + 3 + 1
+    assert formats.pack_t5([-1]).tolist() == [-(-v * 256 // 243)]
 
 
 def test_b1_layout():
@@ -54,10 +57,12 @@ def test_b1_layout():
     assert formats.pack_b1([-1, 1, 1, -1, 1, 1, 1, 1, -1]).tolist() == [0b1001, 0b1]
 
 
-def test_every_t5_byte_decodes():
-    b = np.arange(243, dtype=np.uint8)[:, None]
-    w = formats.unpack_t5(b, 5)
-    assert np.array_equal(formats.pack_t5(w)[:, 0], b[:, 0])
+def test_every_t5_value_round_trips():
+    # all 243 trit combinations encode to distinct bytes that decode back
+    w = np.array(np.meshgrid(*[[-1, 0, 1]] * 5, indexing="ij")).reshape(5, -1).T
+    b = formats.pack_t5(w)
+    assert len(set(b[:, 0].tolist())) == 243
+    assert np.array_equal(formats.unpack_t5(b, 5), w)
 
 
 @pytest.mark.parametrize("fmt, bad, msg", [
@@ -84,9 +89,10 @@ def test_unpack_rejects_reserved_t2_code():
 
 
 def test_unpack_rejects_invalid_t5_byte():
-    with pytest.raises(ValueError, match=r"^Base-3 weight byte must be at most 242, not 243 "
-                                         r"at index \(1,\)$"):
-        formats.unpack_t5(np.array([0, 243], dtype=np.uint8), 10)
+    # 1 lies between the encodings of v = 0 (byte 0) and v = 1 (byte 2)
+    with pytest.raises(ValueError, match=r"^Byte 1 at index \(1,\) is not a base-3 weight "
+                                         r"byte$"):
+        formats.unpack_t5(np.array([0, 1], dtype=np.uint8), 10)
 
 
 def test_unpack_rejects_wrong_length():
