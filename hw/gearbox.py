@@ -12,7 +12,7 @@ __all__ = ["TileGearbox"]
 class TileGearbox(wiring.Component):
     """Collects chunks of weight codes into tiles of ``tile`` codes.
 
-    A buffer of ``tile + max_chunk`` slots holds ``level`` codes, oldest in slot 0. A chunk is
+    A buffer of ``tiles * tile + max_chunk`` slots holds ``level`` codes, oldest in slot 0. A chunk is
     written behind the codes present (after a tile leaves, if one leaves in the same cycle); a
     tile leaves from slots ``0 .. tile-1`` and the rest move down by ``tile``. The fill level
     only ever changes by a chunk size or by ``tile``, so it stays a multiple of ``g``, the
@@ -20,7 +20,9 @@ class TileGearbox(wiring.Component):
     chunk positions; with the common power-of-two sizes that is a single position.
 
     The gearbox takes a chunk every cycle while a tile leaves every cycle or the buffer has room,
-    so it never holds up a memory that streams at line rate.
+    so it never holds up a memory that streams at line rate. When the head tile stays for
+    several cycles (several activation vectors use it), ``tiles=2`` gives room for the whole
+    next tile meanwhile.
 
     Attributes
     ----------
@@ -31,8 +33,9 @@ class TileGearbox(wiring.Component):
         Drop every buffered code (start of a new matrix).
     """
 
-    def __init__(self, *, tile, chunks, code_shape):
+    def __init__(self, *, tile, chunks, code_shape, tiles=1):
         self._tile = tile
+        self._tiles = tiles
         self._chunks = tuple(sorted(set(chunks)))
         self._max = max(self._chunks)
         self._code = code_shape
@@ -48,7 +51,9 @@ class TileGearbox(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        T, C, g = self._tile, self._tile + self._max, self._g
+        T, g = self._tile, self._g
+        room = self._tiles * T          # fill level up to which a chunk is still taken
+        C = room + self._max
         slots = [Signal(self._code, name=f"slot{i}") for i in range(C)]
         level = Signal(range(C + 1))
 
@@ -63,14 +68,14 @@ class TileGearbox(wiring.Component):
         after = Signal(range(C + 1))        # level once the leaving tile is gone
         m.d.comb += [
             after.eq(level - Mux(emit, T, 0)),
-            self.i_stream.ready.eq(after <= T),
+            self.i_stream.ready.eq(after <= room),
         ]
         accept = self.i_stream.valid & self.i_stream.ready
         count = self.i_stream.payload.count
         codes = self.i_stream.payload.codes
 
         # One-hot decode of the write position, shared by all slots.
-        at = {pos: Signal(name=f"at{pos}") for pos in range(0, T + 1, g)}
+        at = {pos: Signal(name=f"at{pos}") for pos in range(0, room + 1, g)}
         for pos, sig in at.items():
             m.d.comb += sig.eq(accept & (after == pos))
 
@@ -79,7 +84,7 @@ class TileGearbox(wiring.Component):
             nxt = kept
             for d in range(self._max):
                 pos = i - d
-                if pos < 0 or pos > T or pos % g:
+                if pos < 0 or pos > room or pos % g:
                     continue
                 hit = at[pos] if d < min(self._chunks) else at[pos] & (count > d)
                 nxt = Mux(hit, codes[d], nxt)

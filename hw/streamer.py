@@ -217,9 +217,11 @@ class WeightStreamer(wiring.Component):
         m.submodules.decoder = dec = WeightDecoder(word_bits=self._word_bits,
                                                    formats=self._formats)
         chunks = [weights_per_word(f, self._word_bits) for f in self._formats]
+        # With several vectors per tile the head tile is held for V cycles: room for the next.
         m.submodules.gearbox = gear = TileGearbox(tile=T, chunks=chunks,
                                                   code_shape=array.input_layout["weight"]
-                                                  .shape.elem_shape.elem_shape)
+                                                  .shape.elem_shape.elem_shape,
+                                                  tiles=2 if self.max_vectors > 1 else 1)
         m.submodules.div = div = SequentialDivider(DIV_WIDTH)
         m.submodules.mul = mul = SequentialMultiplier(DIV_WIDTH // 2)
         m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(self.act_bits), N),

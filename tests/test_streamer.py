@@ -88,13 +88,14 @@ def test_streamer_back_to_back_jobs_share_no_state(rng):
         assert np.array_equal(res["outputs"], ref)
 
 
-@pytest.mark.parametrize("fmt, word_bits, mem, vectors", [
-    ("t2", 32, "bram", 1),      # a word carries a whole tile: compute-bound
-    ("t2", 32, "bram", 3),
-    ("t5", 8, "bram", 1),       # a byte per cycle: memory-bound
-    ("t5", 8, "qspi", 1),
+@pytest.mark.parametrize("fmt, word_bits, mem, vectors, exact", [
+    ("t2", 32, "bram", 1, True),      # a word carries a whole tile: compute-bound
+    ("t2", 32, "bram", 3, True),
+    ("t2", 8, "bram", 4, False),      # memory and compute balanced: the next tile streams in
+    ("t5", 8, "bram", 1, True),       # a byte per cycle: memory-bound
+    ("t5", 8, "qspi", 1, True),
 ])
-def test_streamer_cycles_match_model(rng, fmt, word_bits, mem, vectors):
+def test_streamer_cycles_match_model(rng, fmt, word_bits, mem, vectors, exact):
     st = WeightStreamer(lanes=8, pes=2, word_bits=word_bits, addr_width=12, max_k=64,
                         max_vectors=4, max_burst=16)
     res, ref, _, _ = _job(rng, st, rows=16, cols=64, fmt=fmt, mem=mem, vectors=vectors)
@@ -102,9 +103,13 @@ def test_streamer_cycles_match_model(rng, fmt, word_bits, mem, vectors):
     assert res["perf"]["tiles"] == 64 * vectors
     pred = predict_cycles(st, memory_timing(mem, word_bits), rows=16, cols=64, fmt=fmt,
                           vectors=vectors)
-    assert res["cycles"] == pred.cycles
+    if exact:
+        assert res["cycles"] == pred.cycles
+    else:
+        # where both bounds are equal, start-up costs a few cycles the model does not count
+        assert abs(res["cycles"] - pred.cycles) <= 0.01 * pred.cycles
     # once running, the array waits on memory only for the fill, unless memory is the bound
-    if pred.bound == "compute":
+    if pred.bound == "compute" and pred.memory_cycles < pred.compute_cycles:
         assert res["perf"]["mem_stall"] <= FILL_CYCLES
 
 
