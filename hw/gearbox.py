@@ -12,12 +12,13 @@ __all__ = ["TileGearbox"]
 class TileGearbox(wiring.Component):
     """Collects chunks of weight codes into tiles of ``tile`` codes.
 
-    A buffer of ``tiles * tile + max_chunk`` slots holds ``level`` codes, oldest in slot 0. A chunk is
-    written behind the codes present (after a tile leaves, if one leaves in the same cycle); a
-    tile leaves from slots ``0 .. tile-1`` and the rest move down by ``tile``. The fill level
-    only ever changes by a chunk size or by ``tile``, so it stays a multiple of ``g``, the
-    greatest common divisor of those, and each slot chooses among at most ``max_chunk / g``
-    chunk positions; with the common power-of-two sizes that is a single position.
+    A buffer of ``tiles * tile + max_chunk`` slots holds ``level`` codes, oldest in slot 0. A
+    chunk is written behind the codes present (after a tile leaves, if one leaves in the same
+    cycle); a tile leaves from slots ``0 .. tile-1`` and the rest move down by ``tile``. The
+    fill level only ever changes by a chunk size or by ``tile``, so it stays a multiple of
+    ``g``, the greatest common divisor of those, and each slot chooses among at most
+    ``max_chunk / g`` chunk positions; with the common power-of-two sizes that is a single
+    position.
 
     The gearbox takes a chunk every cycle while a tile leaves every cycle or the buffer has room,
     so it never holds up a memory that streams at line rate. When the head tile stays for

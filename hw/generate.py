@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -28,9 +29,13 @@ def build_pe(*, lanes, act_bits=8, weights="ternary", pipeline=1, negation="carr
                      negation=negation)
 
 
-def port_list(component):
-    """Top-level Verilog ports of ``component`` as exported: name, direction and width."""
-    ports = [{"name": "clk", "dir": "in", "width": 1}, {"name": "rst", "dir": "in", "width": 1}]
+def port_list(component, *, clocked=True):
+    """Top-level Verilog ports of ``component`` as exported: name, direction and width.
+
+    ``clocked``: whether the design has a clock domain (a combinational PE has no clk, rst).
+    """
+    ports = ([{"name": "clk", "dir": "in", "width": 1}, {"name": "rst", "dir": "in", "width": 1}]
+             if clocked else [])
     for path, member, _ in component.signature.flatten(component):
         name = "__".join(str(p) for p in path)
         ports.append({"name": name, "dir": "in" if member.flow == wiring.In else "out",
@@ -38,13 +43,13 @@ def port_list(component):
     return ports
 
 
-def manifest(component, *, top):
+def manifest(component, *, top, clocked=True):
     """JSON-able description of a generated ``PEArray`` or ``TernaryPE``."""
     params = {"lanes": component.lanes, "act_bits": component.act_bits,
               "weights": component.mode.value, "pipeline": component.pipeline,
               "negation": component.negation}
     info = {"top": top, "kind": type(component).__name__, "parameters": params,
-            "latency": component.latency, "ports": port_list(component)}
+            "latency": component.latency, "ports": port_list(component, clocked=clocked)}
     if isinstance(component, PEArray):
         params["pes"] = component.pes
         params["max_k"] = component.max_k
@@ -61,7 +66,8 @@ def write_design(component, out_dir, *, top="lpu_array"):
     leaves no partial output.
     """
     text = verilog.convert(component, name=top)
-    info = manifest(component, top=top)
+    clocked = re.search(r"^\s*input clk;", text, re.MULTILINE) is not None
+    info = manifest(component, top=top, clocked=clocked)
     info["verilog"] = f"{top}.v"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,5 +75,6 @@ def write_design(component, out_dir, *, top="lpu_array"):
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
         with os.fdopen(fd, "w") as f:
             f.write(body)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out / name)
     return info
