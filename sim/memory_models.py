@@ -25,7 +25,7 @@ stream rules require.
 from dataclasses import dataclass, replace
 
 from amaranth.hdl import Const, Module, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -79,6 +79,8 @@ class MemoryModel(wiring.Component):
     ----------
     req : In(stream.Signature(StructLayout({"addr", "len"})))
     resp : Out(stream.Signature(word_bits))
+    wr : In(stream.Signature(StructLayout({"addr", "data"})))
+        Word writes (how the host loads the memory); always ready.
     """
 
     def __init__(self, *, words, word_bits, request_layout, timing=None, init=()):
@@ -87,6 +89,8 @@ class MemoryModel(wiring.Component):
         super().__init__({
             "req": In(stream.Signature(request_layout)),
             "resp": Out(stream.Signature(word_bits)),
+            "wr": In(stream.Signature(data.StructLayout({
+                "addr": request_layout["addr"].shape, "data": word_bits}))),
         })
 
     memory = property(lambda self: self._mem)
@@ -95,7 +99,10 @@ class MemoryModel(wiring.Component):
         m = Module()
         t = self._timing
         m.submodules.mem = mem = self._mem
+        wp = mem.write_port()
         rd = mem.read_port(domain="comb")
+        m.d.comb += [wp.addr.eq(self.wr.payload.addr), wp.data.eq(self.wr.payload.data),
+                     wp.en.eq(self.wr.valid), self.wr.ready.eq(1)]
 
         addr = Signal.like(self.req.payload.addr)
         left = Signal.like(self.req.payload.len)

@@ -8,7 +8,7 @@ from lpu.hw.streamer import PERF_LAYOUT, STATUS_LAYOUT, mem_request_layout
 
 from .memory_models import MemoryModel, MemoryTiming
 
-__all__ = ["StreamerSystem"]
+__all__ = ["StreamerSystem", "LPUSystem"]
 
 
 class StreamerSystem(wiring.Component):
@@ -43,4 +43,34 @@ class StreamerSystem(wiring.Component):
         wiring.connect(m, wiring.flipped(self.act_wr), st.act_wr)
         wiring.connect(m, st.o_stream, wiring.flipped(self.o_stream))
         m.d.comb += [self.status.eq(st.status), self.perf.eq(st.perf)]
+        return m
+
+
+class LPUSystem(wiring.Component):
+    """An :class:`~lpu.hw.lpu.LPU` with a simulated memory: bytes in, bytes out."""
+
+    def __init__(self, lpu, *, timing=None, init=()):
+        self._lpu = lpu
+        st = lpu.streamer
+        self._memory = MemoryModel(
+            words=st.mem_words, word_bits=st.word_bits,
+            request_layout=mem_request_layout(st.addr_width, st.max_burst),
+            timing=MemoryTiming() if timing is None else timing, init=init)
+        s = lpu.signature.members
+        super().__init__({"rx": s["rx"], "tx": s["tx"]})
+
+    lpu = property(lambda self: self._lpu)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.lpu = lpu = self._lpu
+        m.submodules.memory = mem = self._memory
+        wiring.connect(m, lpu.mem_req, mem.req)
+        wiring.connect(m, mem.resp, lpu.mem_resp)
+        m.d.comb += [mem.wr.payload.addr.eq(lpu.mem_wr.payload.addr),
+                     mem.wr.payload.data.eq(lpu.mem_wr.payload.data),
+                     mem.wr.valid.eq(lpu.mem_wr.valid),
+                     lpu.mem_wr.ready.eq(mem.wr.ready)]
+        wiring.connect(m, wiring.flipped(self.rx), lpu.rx)
+        wiring.connect(m, lpu.tx, wiring.flipped(self.tx))
         return m

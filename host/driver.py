@@ -1,0 +1,250 @@
+"""Host driver: talks the LPU protocol over an abstract byte transport.
+
+Transports carry one request frame to the device and bring back its reply frame:
+:class:`PysimTransport` (the Amaranth simulator, for tests), the compiled simulator and a serial
+port come next to it. The driver retries a request whose reply is garbled or reports a damaged
+request, and raises :class:`LinkError` when a request fails ``retries`` times.
+"""
+
+import queue
+import struct
+import threading
+
+import numpy as np
+
+from lpu.hw.lpu import parse_config
+from lpu.hw.protocol import (
+    MAX_PAYLOAD,
+    REPLY_SYNC,
+    Command,
+    FrameError,
+    Status,
+    decode_reply,
+    encode_request,
+)
+from lpu.hw.streamer import DESCRIPTOR_LAYOUT, PERF_LAYOUT, StreamError
+
+from . import image
+
+__all__ = ["LPUDriver", "LinkError", "DeviceError", "Transport", "PysimTransport"]
+
+
+class LinkError(RuntimeError):
+    """The link to the device failed: no valid reply after all retries."""
+
+
+class DeviceError(RuntimeError):
+    """The device refused a request (bad command or length) or a job failed."""
+
+
+class Transport:
+    """Carries a request frame to the device and returns the raw reply frame (bytes).
+
+    Implementations return whatever arrived, even if it is damaged; they raise TimeoutError if
+    no complete reply arrives.
+    """
+
+    def exchange(self, frame):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+def read_frame(next_byte):
+    """Collect one reply frame from a byte source (``next_byte()`` -> int): skip to the sync
+    byte, read the header, then the length it announces."""
+    b = next_byte()
+    while b != REPLY_SYNC:
+        b = next_byte()
+    head = bytes([b] + [next_byte() for _ in range(3)])
+    (length,) = struct.unpack("<H", head[2:4])
+    length = min(length, MAX_PAYLOAD)
+    return head + bytes(next_byte() for _ in range(length + 2))
+
+
+class PysimTransport(Transport):
+    """The Amaranth simulator of an :class:`~lpu.sim.system.LPUSystem`, run in a thread.
+
+    The simulation waits (in simulated time, not at all) while the host has nothing to send.
+    ``corrupt`` may map a request frame to the bytes actually sent, and ``corrupt_reply`` a
+    reply to the bytes received (tests of a bad link).
+    """
+
+    def __init__(self, system, *, reply_cycles=2_000_000):
+        from amaranth.sim import Simulator
+        self._req = queue.Queue()
+        self._resp = queue.Queue()
+        self.cycles = 0
+        self.corrupt = None
+        self.corrupt_reply = None
+
+        async def bench(ctx):
+            while True:
+                frame = self._req.get()
+                if frame is None:
+                    return
+                for byte in frame:
+                    ctx.set(system.rx.payload, byte)
+                    ctx.set(system.rx.valid, 1)
+                    await ctx.tick().until(system.rx.ready)
+                    self.cycles += 1
+                ctx.set(system.rx.valid, 0)
+                ctx.set(system.tx.ready, 1)
+                got = []
+                waited = 0
+                while True:
+                    _, _, valid, data = await ctx.tick().sample(system.tx.valid,
+                                                               system.tx.payload)
+                    self.cycles += 1
+                    waited += 1
+                    if valid:
+                        got.append(int(data))
+                        if _complete(got):
+                            break
+                    if waited > reply_cycles:
+                        break
+                ctx.set(system.tx.ready, 0)
+                self._resp.put(bytes(got))
+
+        sim = Simulator(system)
+        sim.add_clock(1e-6)
+        sim.add_testbench(bench)
+        self._thread = threading.Thread(target=sim.run, daemon=True)
+        self._thread.start()
+
+    def exchange(self, frame):
+        if self.corrupt is not None:
+            frame = self.corrupt(frame)
+        self._req.put(bytes(frame))
+        got = self._resp.get()
+        if self.corrupt_reply is not None:
+            got = self.corrupt_reply(got)
+        if not _complete(list(got)):
+            raise TimeoutError("No complete reply from the simulated device")
+        return got
+
+    def close(self):
+        self._req.put(None)
+        self._thread.join()
+
+
+def _complete(got):
+    """Whether ``got`` (bytes so far) holds a whole reply frame."""
+    try:
+        start = got.index(REPLY_SYNC)
+    except ValueError:
+        return False
+    rest = got[start:]
+    if len(rest) < 4:
+        return False
+    length = min(rest[2] | rest[3] << 8, MAX_PAYLOAD)
+    return len(rest) >= 6 + length
+
+
+class LPUDriver:
+    """Runs matrix products on an LPU through a :class:`Transport`.
+
+    Parameters
+    ----------
+    transport : Transport
+    retries : int
+        Attempts per request before :class:`LinkError`.
+    """
+
+    def __init__(self, transport, *, retries=4):
+        self._t = transport
+        self._retries = retries
+        self.config = self.ping()
+
+    def request(self, command, payload=b""):
+        """Send one request; return the reply payload. Retries on a damaged link."""
+        frame = encode_request(command, payload)
+        last = None
+        for _ in range(self._retries):
+            try:
+                got = self._t.exchange(frame)
+                status, data = decode_reply(got[got.index(REPLY_SYNC):] if REPLY_SYNC in got
+                                            else got)
+            except (FrameError, TimeoutError) as exc:
+                last = str(exc)
+                continue
+            if status in (Status.BAD_CRC, Status.TRUNCATED):
+                last = f"device reported {status.name}"
+                continue
+            if status in (Status.BAD_COMMAND, Status.BAD_LENGTH):
+                raise DeviceError(f"Device refused {Command(command).name}: {status.name}")
+            return status, data
+        raise LinkError(f"{Command(command).name} failed after {self._retries} attempts: "
+                        f"{last}")
+
+    def ping(self):
+        _, data = self.request(Command.PING)
+        return parse_config(data)
+
+    def write_mem(self, words, at=0):
+        """Write memory words (ints of ``word_bits``) starting at word ``at``."""
+        wb = self.config["word_bits"] // 8
+        per = (MAX_PAYLOAD - 4) // wb
+        for i in range(0, len(words), per):
+            chunk = words[i:i + per]
+            payload = struct.pack("<I", at + i) + b"".join(
+                int(w).to_bytes(wb, "little") for w in chunk)
+            self.request(Command.WRITE_MEM, payload)
+
+    def write_acts(self, entries):
+        for addr, values in entries:
+            payload = struct.pack("<H", addr) + bytes(int(v) & 0xFF for v in values)
+            self.request(Command.WRITE_ACT, payload)
+
+    def run(self, desc):
+        """Run a job; return the number of results. Raises DeviceError on a job error."""
+        value = DESCRIPTOR_LAYOUT.const(desc).as_value().value
+        nbytes = (DESCRIPTOR_LAYOUT.size + 7) // 8
+        status, data = self.request(Command.RUN, value.to_bytes(nbytes, "little"))
+        error = StreamError(data[0])
+        if status is not Status.OK:
+            raise DeviceError(f"Job failed on the device: {error.name}")
+        (count,) = struct.unpack("<H", data[1:3])
+        return count
+
+    def read_out(self, count, start=0):
+        """Results ``start .. start+count`` as an int64 array (count, P)."""
+        pes = self.config["pes"]
+        per = MAX_PAYLOAD // (4 * pes)
+        rows = []
+        for i in range(start, start + count, per):
+            n = min(per, start + count - i)
+            _, data = self.request(Command.READ_OUT, struct.pack("<HH", i, n))
+            rows.append(np.frombuffer(data, dtype="<i4").reshape(n, pes))
+        return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, pes), np.int64)
+
+    def status(self):
+        _, data = self.request(Command.STATUS)
+        perf = PERF_LAYOUT.from_bits(int.from_bytes(data[2:], "little"))
+        return {"busy": bool(data[0] & 1), "error": StreamError(data[1] & 7),
+                **{k: int(getattr(perf, k)) for k in
+                   ("busy_cycles", "mem_stall", "out_stall", "words_read", "tiles")}}
+
+    def matmul(self, weights, acts, *, fmt, base=0, group=0):
+        """``W @ X`` on the device: integer weights (M x K), int8 activations (K or K x V).
+
+        Returns int64 (M x V), or (M, groups, V) with ``group``."""
+        acts = np.asarray(acts)
+        x = acts[:, None] if acts.ndim == 1 else acts
+        rows, cols = np.shape(weights)
+        lanes, pes = self.config["lanes"], self.config["pes"]
+        img = image.weight_image(weights, fmt, lanes=lanes, pes=pes,
+                                 word_bits=self.config["word_bits"])
+        self.write_mem(image.image_words(img, self.config["word_bits"]), at=base)
+        act_tiles = 1 << (-(-self.config["max_k"] // lanes) - 1).bit_length()
+        self.write_acts(image.activation_entries(x, lanes=lanes, act_tiles=act_tiles))
+        desc = {"base": base, "rows": rows, "cols": cols, "group": group,
+                "vectors": x.shape[1], "fmt": image.FormatCode.of(fmt)}
+        count = self.run(desc)
+        out = self.read_out(count)
+        groups = -(-cols // group) if group else 1
+        v = x.shape[1]
+        y = out.reshape(-1, groups, v, pes).transpose(0, 3, 1, 2).reshape(-1, groups, v)[:rows]
+        y = y if group else y[:, 0, :]
+        return y[..., 0] if acts.ndim == 1 else y

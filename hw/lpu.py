@@ -1,0 +1,377 @@
+"""The LPU top: the weight streamer and its PE array behind a byte-stream command interface.
+
+The protocol is defined in :mod:`lpu.hw.protocol`. The device is half duplex: it receives a
+whole request into its frame buffer, checks the CRC, executes the command and sends one reply.
+Device memory sits outside this component (``mem_req``/``mem_resp`` burst reads for the
+streamer, ``mem_wr`` word writes for ``WRITE_MEM``), so a board can put on-chip RAM, flash or
+SDRAM behind it and a simulation a memory model.
+"""
+
+import struct
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.crc import Processor
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .formats import WeightFormat
+from .params import check_positive
+from .protocol import CRC, MAX_PAYLOAD, REPLY_SYNC, REQUEST_SYNC, Command, Status
+from .streamer import DESCRIPTOR_LAYOUT, PERF_LAYOUT, StreamError, WeightStreamer
+
+__all__ = ["LPU", "config_bytes", "PROTOCOL_VERSION"]
+
+PROTOCOL_VERSION = 1
+_CONFIG_FORMAT = "<BHHBBBBHBIHBH"
+CONFIG_FIELDS = ("version", "lanes", "pes", "act_bits", "binary", "formats", "word_bits",
+                 "max_k", "max_vectors", "mem_words", "out_depth", "acc_width", "max_burst")
+
+
+def config_bytes(lpu):
+    """The ``PING`` reply payload: what the host needs to know about the hardware."""
+    fmt_mask = sum(1 << list(WeightFormat).index(f) for f in lpu.streamer.formats)
+    st = lpu.streamer
+    return struct.pack(_CONFIG_FORMAT, PROTOCOL_VERSION, st.lanes, st.pes, st.act_bits,
+                       int(st.mode.value == "binary"), fmt_mask, st.word_bits, st.max_k,
+                       st.max_vectors, st.mem_words, lpu.out_depth, st.array.acc_width,
+                       st.max_burst)
+
+
+def parse_config(payload):
+    values = struct.unpack(_CONFIG_FORMAT, bytes(payload))
+    cfg = dict(zip(CONFIG_FIELDS, values, strict=True))
+    cfg["formats"] = [f for i, f in enumerate(WeightFormat) if cfg["formats"] >> i & 1]
+    return cfg
+
+
+class LPU(wiring.Component):
+    """Weight streamer + PE array + output buffer + command interface.
+
+    Parameters
+    ----------
+    out_depth : int
+        Output-buffer entries (each P sums); results of a job beyond it are dropped and the
+        ``RUN`` reply reports the count the job produced.
+    timeout : int
+        Idle cycles after which a request that stopped arriving is dropped (``TRUNCATED``).
+    **streamer_args
+        Passed to :class:`WeightStreamer` (``lanes``, ``pes``, ``act_bits`` up to 8, ...).
+
+    Attributes
+    ----------
+    rx : In(stream.Signature(8))
+        Request bytes.
+    tx : Out(stream.Signature(8))
+        Reply bytes.
+    mem_req, mem_resp
+        The streamer's memory read port.
+    mem_wr : Out(stream.Signature(StructLayout({"addr", "data"})))
+        Memory word writes.
+    """
+
+    def __init__(self, *, out_depth=1024, timeout=100_000, **streamer_args):
+        self._streamer = WeightStreamer(**streamer_args)
+        if self._streamer.act_bits > 8:
+            raise ValueError(f"Activation width must be at most 8 for the byte protocol, not "
+                             f"{self._streamer.act_bits}")
+        check_positive("Output buffer depth", out_depth)
+        check_positive("Timeout", timeout)
+        self._out_depth = out_depth
+        self._timeout = timeout
+        s = self._streamer.signature.members
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "tx": Out(stream.Signature(8)),
+            "mem_req": s["mem_req"],
+            "mem_resp": s["mem_resp"],
+            "mem_wr": Out(stream.Signature(data.StructLayout({
+                "addr": self._streamer.addr_width, "data": self._streamer.word_bits}))),
+        })
+
+    streamer = property(lambda self: self._streamer)
+    out_depth = property(lambda self: self._out_depth)
+    timeout = property(lambda self: self._timeout)
+
+    def elaborate(self, platform):
+        m = Module()
+        st = self._streamer
+        N, P = st.lanes, st.pes
+        acc_w = st.array.acc_width
+        word_bytes = st.word_bits // 8
+        m.submodules.streamer = st
+        wiring.connect(m, st.mem_req, wiring.flipped(self.mem_req))
+        wiring.connect(m, wiring.flipped(self.mem_resp), st.mem_resp)
+
+        m.submodules.frame = frame = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
+        m.submodules.reply = reply = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
+        m.submodules.outbuf = outbuf = Memory(shape=data.ArrayLayout(signed(acc_w), P),
+                                              depth=self._out_depth, init=[])
+        fw, fr = frame.write_port(), frame.read_port(domain="comb")
+        rw, rr = reply.write_port(), reply.read_port(domain="comb")
+        ow, orp = outbuf.write_port(), outbuf.read_port(domain="comb")
+        m.submodules.rx_crc = rx_crc = Processor(CRC)
+        m.submodules.tx_crc = tx_crc = Processor(CRC)
+
+        cmd = Signal(8)
+        length = Signal(16)
+        idx = Signal(16)             # byte index into the frame or reply buffer
+        status = Signal(8)
+        reply_len = Signal(16)
+        idle = Signal(range(self._timeout + 1))
+        desc_bytes = (DESCRIPTOR_LAYOUT.size + 7) // 8
+        AW = max(128, 8 * N, 8 * desc_bytes)
+        acc = Signal(AW)             # little-endian field assembly: newest byte on top
+        field_addr = Signal(32)
+        out_count = Signal(16)
+        out_start = Signal(16)
+        out_n = Signal(16)
+        sub = Signal(range(max(P * 4, word_bytes, N, 13) + 1))
+        ostream = st.o_stream
+
+        # Results flow into the output buffer whenever the streamer has them.
+        m.d.comb += [
+            ow.addr.eq(out_count),
+            ow.data.eq(ostream.payload),
+            ow.en.eq(ostream.valid & (out_count < self._out_depth)),
+            ostream.ready.eq(1),
+        ]
+        with m.If(ostream.valid):
+            m.d.sync += out_count.eq(out_count + 1)
+
+        rx_byte = self.rx.payload
+        rx_take = self.rx.valid & self.rx.ready
+        m.d.comb += [rx_crc.data.eq(rx_byte), fw.data.eq(rx_byte), fw.addr.eq(idx)]
+
+        config = config_bytes(self)
+        config_rom = Array(Const(b, 8) for b in config)
+
+        def reply_with(code, n):
+            m.d.sync += [status.eq(code), reply_len.eq(n), idx.eq(0)]
+            m.next = "TX_SYNC"
+
+        with m.FSM():
+            # ---- receive
+            with m.State("RX_SYNC"):
+                m.d.comb += self.rx.ready.eq(1)
+                with m.If(rx_take & (rx_byte == REQUEST_SYNC)):
+                    m.d.comb += rx_crc.start.eq(1)
+                    m.d.sync += idle.eq(0)
+                    m.next = "RX_CMD"
+            for name, nxt in (("RX_CMD", "RX_LEN0"), ("RX_LEN0", "RX_LEN1"),
+                              ("RX_LEN1", "RX_PAYLOAD"), ("RX_PAYLOAD", None),
+                              ("RX_CRC0", "RX_CRC1"), ("RX_CRC1", "RX_CHECK")):
+                with m.State(name):
+                    m.d.comb += self.rx.ready.eq(1)
+                    with m.If(rx_take):
+                        m.d.comb += rx_crc.valid.eq(1)
+                        m.d.sync += idle.eq(0)
+                        if name == "RX_CMD":
+                            m.d.sync += cmd.eq(rx_byte)
+                            m.next = nxt
+                        elif name == "RX_LEN0":
+                            m.d.sync += length[:8].eq(rx_byte)
+                            m.next = nxt
+                        elif name == "RX_LEN1":
+                            m.d.sync += [length[8:].eq(rx_byte), idx.eq(0)]
+                            m.next = nxt
+                            with m.If(Cat(length[:8], rx_byte) == 0):
+                                m.next = "RX_CRC0"
+                            with m.If(Cat(length[:8], rx_byte) > MAX_PAYLOAD):
+                                reply_with(Status.BAD_LENGTH, 0)
+                        elif name == "RX_PAYLOAD":
+                            m.d.comb += fw.en.eq(1)
+                            m.d.sync += idx.eq(idx + 1)
+                            with m.If(idx + 1 == length):
+                                m.next = "RX_CRC0"
+                        else:
+                            m.next = nxt
+                    with m.Else():
+                        m.d.sync += idle.eq(idle + 1)
+                        with m.If(idle == self._timeout - 1):
+                            reply_with(Status.TRUNCATED, 0)
+            with m.State("RX_CHECK"):
+                with m.If(~rx_crc.match_detected):
+                    reply_with(Status.BAD_CRC, 0)
+                with m.Else():
+                    m.d.sync += [idx.eq(0), sub.eq(0), acc.eq(0)]
+                    m.next = "EXEC"
+
+            # ---- dispatch
+            with m.State("EXEC"):
+                with m.Switch(cmd):
+                    with m.Case(Command.PING):
+                        with m.If(length != 0):
+                            reply_with(Status.BAD_LENGTH, 0)
+                        with m.Else():
+                            m.next = "PING"
+                    with m.Case(Command.WRITE_MEM):
+                        with m.If((length < 4) | ((length - 4) % word_bytes != 0)):
+                            reply_with(Status.BAD_LENGTH, 0)
+                        with m.Else():
+                            m.next = "WMEM_ADDR"
+                    with m.Case(Command.WRITE_ACT):
+                        with m.If(length != 2 + N):
+                            reply_with(Status.BAD_LENGTH, 0)
+                        with m.Else():
+                            m.next = "WACT_ADDR"
+                    with m.Case(Command.RUN):
+                        with m.If(length != desc_bytes):
+                            reply_with(Status.BAD_LENGTH, 0)
+                        with m.Else():
+                            m.next = "RUN_DESC"
+                    with m.Case(Command.READ_OUT):
+                        with m.If(length != 4):
+                            reply_with(Status.BAD_LENGTH, 0)
+                        with m.Else():
+                            m.next = "READ_ARGS"
+                    with m.Case(Command.STATUS):
+                        with m.If(length != 0):
+                            reply_with(Status.BAD_LENGTH, 0)
+                        with m.Else():
+                            m.next = "STATUS"
+                    with m.Default():
+                        reply_with(Status.BAD_COMMAND, 0)
+
+            # Assemble little-endian fields from the frame buffer one byte per cycle.
+            m.d.comb += fr.addr.eq(idx)
+            shift_in = Cat(acc[8:], fr.data)
+
+            with m.State("PING"):
+                m.d.comb += [rw.addr.eq(idx), rw.data.eq(config_rom[idx]), rw.en.eq(1)]
+                m.d.sync += idx.eq(idx + 1)
+                with m.If(idx == len(config) - 1):
+                    reply_with(Status.OK, len(config))
+
+            with m.State("WMEM_ADDR"):
+                m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                with m.If(idx == 3):
+                    m.d.sync += [field_addr.eq(shift_in[-32:]), sub.eq(0)]
+                    m.next = "WMEM_WORD"
+            with m.State("WMEM_WORD"):
+                with m.If(idx == length):
+                    reply_with(Status.OK, 0)
+                with m.Else():
+                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1), sub.eq(sub + 1)]
+                    with m.If(sub == word_bytes - 1):
+                        m.next = "WMEM_WRITE"
+            with m.State("WMEM_WRITE"):
+                m.d.comb += [self.mem_wr.valid.eq(1),
+                             self.mem_wr.payload.addr.eq(field_addr),
+                             self.mem_wr.payload.data.eq(acc[-st.word_bits:])]
+                with m.If(self.mem_wr.ready):
+                    m.d.sync += [field_addr.eq(field_addr + 1), sub.eq(0)]
+                    m.next = "WMEM_WORD"
+
+            act_w = st.act_wr
+            with m.State("WACT_ADDR"):
+                m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                with m.If(idx == 1):
+                    m.d.sync += [field_addr.eq(shift_in[-16:]), sub.eq(0)]
+                    m.next = "WACT_DATA"
+            with m.State("WACT_DATA"):
+                with m.If(idx == length):
+                    m.next = "WACT_WRITE"
+                with m.Else():
+                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+            with m.State("WACT_WRITE"):
+                m.d.comb += [act_w.valid.eq(1), act_w.payload.addr.eq(field_addr)]
+                for i in range(N):
+                    lo = AW - 8 * N + 8 * i
+                    m.d.comb += act_w.payload.data[i].eq(acc[lo:lo + 8].as_signed())
+                with m.If(act_w.ready):
+                    reply_with(Status.OK, 0)
+
+            with m.State("RUN_DESC"):
+                with m.If(idx == length):
+                    m.next = "RUN_START"
+                with m.Else():
+                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+            with m.State("RUN_START"):
+                m.d.comb += [st.desc.valid.eq(1),
+                             st.desc.payload.as_value().eq(acc[AW - 8 * desc_bytes:])]
+                with m.If(st.desc.ready):
+                    m.d.sync += out_count.eq(0)
+                    m.next = "RUN_WAIT"
+            with m.State("RUN_WAIT"):
+                # the streamer is busy from the cycle after it took the descriptor
+                with m.If(~st.status.busy):
+                    m.d.comb += [rw.en.eq(1), rw.addr.eq(0), rw.data.eq(st.status.error)]
+                    m.d.sync += idx.eq(1)
+                    m.next = "RUN_REPLY"
+            with m.State("RUN_REPLY"):
+                m.d.comb += [rw.en.eq(1), rw.addr.eq(idx),
+                             rw.data.eq(out_count.word_select(idx[0] ^ 1, 8))]
+                m.d.sync += idx.eq(idx + 1)
+                with m.If(idx == 2):
+                    reply_with(Mux(st.status.error == StreamError.NONE, Status.OK,
+                                   Status.RUN_ERROR), 3)
+
+            with m.State("READ_ARGS"):
+                m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                with m.If(idx == 3):
+                    start, count = shift_in[-32:-16], shift_in[-16:]
+                    m.d.sync += [out_start.eq(start), out_n.eq(count), idx.eq(0), sub.eq(0)]
+                    with m.If((count * P * 4 > MAX_PAYLOAD) | (start + count > out_count) |
+                              (start + count > self._out_depth)):
+                        reply_with(Status.BAD_LENGTH, 0)
+                    with m.Else():
+                        m.next = "READ_COPY"
+            with m.State("READ_COPY"):
+                # entry out_start + idx // (4P), PE (sub // 4), byte sub % 4, sign-extended
+                m.d.comb += orp.addr.eq(out_start)
+                pe_sel = Signal(range(P))
+                m.d.comb += pe_sel.eq(sub >> 2)
+                value = Signal(signed(32))
+                m.d.comb += value.eq(Array(Value.cast(orp.data[p]).as_signed()
+                                           for p in range(P))[pe_sel])
+                m.d.comb += [rw.en.eq(1), rw.addr.eq(idx),
+                             rw.data.eq(value.word_select(sub[:2], 8))]
+                with m.If(out_n == 0):
+                    reply_with(Status.OK, 0)
+                with m.Else():
+                    m.d.sync += [idx.eq(idx + 1), sub.eq(sub + 1)]
+                    with m.If(sub == 4 * P - 1):
+                        m.d.sync += [sub.eq(0), out_start.eq(out_start + 1),
+                                     out_n.eq(out_n - 1)]
+                        with m.If(out_n == 1):
+                            reply_with(Status.OK, idx + 1)
+
+            with m.State("STATUS"):
+                words = Cat(st.status.busy, Const(0, 7), Value.cast(st.status.error),
+                            Const(0, 5), Value.cast(st.perf))
+                nbytes = 2 + PERF_LAYOUT.size // 8
+                m.d.comb += [rw.en.eq(1), rw.addr.eq(idx), rw.data.eq(words.word_select(idx, 8))]
+                m.d.sync += idx.eq(idx + 1)
+                with m.If(idx == nbytes - 1):
+                    reply_with(Status.OK, nbytes)
+
+            # ---- transmit
+            m.d.comb += [rr.addr.eq(idx), tx_crc.data.eq(self.tx.payload)]
+            tx_fire = self.tx.valid & self.tx.ready
+            for name, value, nxt in (("TX_SYNC", REPLY_SYNC, "TX_STATUS"),
+                                     ("TX_STATUS", status, "TX_LEN0"),
+                                     ("TX_LEN0", reply_len[:8], "TX_LEN1"),
+                                     ("TX_LEN1", reply_len[8:], "TX_PAYLOAD"),
+                                     ("TX_PAYLOAD", rr.data, "TX_CRC0"),
+                                     ("TX_CRC0", tx_crc.crc[8:], "TX_CRC1"),
+                                     ("TX_CRC1", tx_crc.crc[:8], "RX_SYNC")):
+                with m.State(name):
+                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
+                    if name == "TX_SYNC":
+                        m.d.comb += tx_crc.start.eq(tx_fire)
+                    elif name in ("TX_STATUS", "TX_LEN0", "TX_LEN1", "TX_PAYLOAD"):
+                        m.d.comb += tx_crc.valid.eq(tx_fire)
+                    with m.If(tx_fire):
+                        if name == "TX_LEN1":
+                            m.next = "TX_PAYLOAD"
+                            with m.If(reply_len == 0):
+                                m.next = "TX_CRC0"
+                        elif name == "TX_PAYLOAD":
+                            m.d.sync += idx.eq(idx + 1)
+                            with m.If(idx + 1 == reply_len):
+                                m.next = "TX_CRC0"
+                        else:
+                            m.next = nxt
+        return m
+

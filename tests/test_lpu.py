@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+
+from lpu.host.driver import DeviceError, LinkError, LPUDriver, PysimTransport
+from lpu.hw.lpu import LPU
+from lpu.hw.protocol import (
+    Command,
+    FrameError,
+    Status,
+    decode_reply,
+    encode_reply,
+    encode_request,
+)
+from lpu.sim import golden
+from lpu.sim.system import LPUSystem
+
+
+@pytest.fixture
+def device():
+    lpu = LPU(lanes=4, pes=2, word_bits=16, addr_width=10, max_k=64, max_vectors=2,
+              timeout=200)
+    transport = PysimTransport(LPUSystem(lpu))
+    yield LPUDriver(transport), transport
+    transport.close()
+
+
+@pytest.mark.parametrize("fmt, vectors, group", [("t5", 2, 0), ("t2", 1, 8), ("t2", 2, 0)])
+def test_matmul_through_the_protocol(rng, device, fmt, vectors, group):
+    drv, _ = device
+    w = rng.integers(-1, 2, size=(7, 19))
+    x = rng.integers(-128, 128, size=(19, vectors))
+    x[0, 0] = -128
+    y = drv.matmul(w, x, fmt=fmt, group=group)
+    if group:
+        wp = np.zeros((7, 24), dtype=np.int64)
+        wp[:, :19] = w
+        xp = np.zeros((24, vectors), dtype=np.int64)
+        xp[:19] = x
+        ref = np.einsum("mgk,gkv->mgv", wp.reshape(7, 3, 8), xp.reshape(3, 8, vectors))
+    else:
+        ref = golden.matvec(w, x)
+    assert np.array_equal(y, ref)
+    st = drv.status()
+    assert not st["busy"] and st["tiles"] == 4 * 5 * vectors
+
+
+def test_ping_reports_configuration(device):
+    drv, _ = device
+    cfg = drv.config
+    assert (cfg["lanes"], cfg["pes"], cfg["word_bits"], cfg["max_k"]) == (4, 2, 16, 64)
+    assert [f.value for f in cfg["formats"]] == ["t2", "t5"]
+
+
+def _once(fn):
+    """Damage only the first frame it sees."""
+    state = {"done": False}
+
+    def wrapped(frame):
+        if state["done"]:
+            return frame
+        state["done"] = True
+        return fn(frame)
+    return wrapped
+
+
+@pytest.mark.parametrize("damage", [
+    lambda f: f[:6] + bytes([f[6] ^ 0x10]) + f[7:],     # a garbled byte: BAD_CRC
+    lambda f: f[:5] + f[6:],                             # a dropped byte: TRUNCATED
+    lambda f: f[: len(f) // 2],                          # a truncated frame: TRUNCATED
+    lambda f: b"\x00\x13" + f,                           # noise before the frame: skipped
+])
+def test_link_recovers_from_a_damaged_request(rng, device, damage):
+    drv, transport = device
+    w = rng.integers(-1, 2, size=(3, 8))
+    x = rng.integers(-128, 128, size=8)
+    transport.corrupt = _once(damage)
+    assert np.array_equal(drv.matmul(w, x, fmt="t2"), golden.matvec(w, x))
+
+
+def test_link_recovers_from_a_damaged_reply(rng, device):
+    drv, transport = device
+    transport.corrupt_reply = _once(lambda r: r[:4] + bytes([r[4] ^ 1]) + r[5:])
+    w = rng.integers(-1, 2, size=(3, 8))
+    x = rng.integers(-128, 128, size=8)
+    assert np.array_equal(drv.matmul(w, x, fmt="t2"), golden.matvec(w, x))
+
+
+def test_dead_link_raises(device):
+    drv, transport = device
+    transport.corrupt = lambda f: f[:-1]
+    with pytest.raises(LinkError, match=r"^STATUS failed after 4 attempts: device reported "
+                                        r"TRUNCATED$"):
+        drv.status()
+
+
+def test_device_refuses_bad_requests(device):
+    drv, _ = device
+    with pytest.raises(DeviceError, match=r"^Device refused WRITE_ACT: BAD_LENGTH$"):
+        drv.request(Command.WRITE_ACT, b"\x00\x00\x01")
+    with pytest.raises(DeviceError, match=r"^Device refused READ_OUT: BAD_LENGTH$"):
+        drv.read_out(5)     # no results yet
+    # an unknown command code, sent raw
+    transport = drv._t
+    status, _ = decode_reply(transport.exchange(bytes([0xA5]) + _raw(0x7E)))
+    assert status is Status.BAD_COMMAND
+
+
+def _raw(code):
+    frame = encode_request(Command.PING)
+    body = bytes([code]) + frame[2:4]
+    from lpu.hw.protocol import crc16
+    return body + crc16(body).to_bytes(2, "big")
+
+
+def test_job_error_is_reported(device):
+    drv, _ = device
+    desc = {"base": 1000, "rows": 8, "cols": 64, "group": 0, "vectors": 1, "fmt": 0}
+    with pytest.raises(DeviceError, match=r"^Job failed on the device: ADDRESS$"):
+        drv.run(desc)
+
+
+@pytest.mark.parametrize("frame, msg", [
+    (b"\x5a\x00", r"^Reply frame of 2 bytes is shorter than 6$"),
+    (b"\x11" + encode_reply(Status.OK)[1:], r"^Reply frame starts with 0x11, not 0x5a$"),
+    (encode_reply(Status.OK, b"ab")[:-1], r"^Reply frame holds 7 bytes, its length field "
+                                          r"says 8$"),
+    (encode_reply(Status.OK, b"ab")[:-1] + b"\x00", r"^Reply frame has a bad CRC$"),
+])
+def test_reply_decoding_errors(frame, msg):
+    with pytest.raises(FrameError, match=msg):
+        decode_reply(frame)
+
+
+def test_request_too_long():
+    with pytest.raises(ValueError, match=r"^Payload of 300 bytes exceeds the maximum of 256$"):
+        encode_request(Command.WRITE_MEM, bytes(300))
+
+
+def test_lpu_parameter_errors():
+    with pytest.raises(ValueError, match=r"^Activation width must be at most 8 for the byte "
+                                         r"protocol, not 12$"):
+        LPU(lanes=4, pes=2, act_bits=12)
+    with pytest.raises(ValueError, match=r"^Output buffer depth must be a positive integer, "
+                                         r"not 0$"):
+        LPU(lanes=4, pes=2, out_depth=0)
