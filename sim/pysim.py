@@ -41,6 +41,12 @@ def _drive(dut, inputs, n_out, *, seed, valid_prob, ready_prob, max_cycles, vcd=
         ctx.set(dut.o_stream.ready, 0)
         state["cycles"] = cycles
 
+    _simulate(dut, producer, consumer, vcd)
+    return outputs, state["cycles"]
+
+
+def _simulate(dut, background, main, vcd):
+    """Run ``main`` (and ``background`` beside it) against ``dut`` on a 1 MHz clock."""
     # A combinational DUT has no clock domain of its own; the bench still runs on a clock.
     top = Module()
     top.submodules.dut = dut
@@ -48,14 +54,13 @@ def _drive(dut, inputs, n_out, *, seed, valid_prob, ready_prob, max_cycles, vcd=
     top.d.sync += heartbeat.eq(~heartbeat)
     sim = Simulator(top)
     sim.add_clock(1e-6)
-    sim.add_testbench(producer, background=True)
-    sim.add_testbench(consumer)
+    sim.add_testbench(background, background=True)
+    sim.add_testbench(main)
     if vcd:
         with sim.write_vcd(vcd):
             sim.run()
     else:
         sim.run()
-    return outputs, state["cycles"]
 
 
 def run_pe(dut, acts, weights, *, seed=0, valid_prob=1.0, ready_prob=1.0, vcd=None):
@@ -133,17 +138,7 @@ def run_streamer(system, desc, act_entries, *, seed=0, ready_prob=1.0, max_cycle
             if valid and ready:
                 outputs.append([int(v) for v in payload])
 
-    top = Module()
-    top.submodules.system = system
-    sim = Simulator(top)
-    sim.add_clock(1e-6)
-    sim.add_testbench(sink, background=True)
-    sim.add_testbench(host)
-    if vcd:
-        with sim.write_vcd(vcd):
-            sim.run()
-    else:
-        sim.run()
+    _simulate(system, sink, host, vcd)
     pes = system.streamer.pes
     result["outputs"] = np.array(outputs, dtype=np.int64).reshape(len(outputs), pes)
     return result

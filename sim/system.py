@@ -11,16 +11,20 @@ from .memory_models import MemoryModel, MemoryTiming
 __all__ = ["StreamerSystem", "LPUSystem"]
 
 
+def memory_for(streamer, *, timing=None, init=()):
+    """A :class:`MemoryModel` shaped for ``streamer``'s memory port."""
+    return MemoryModel(words=streamer.mem_words, word_bits=streamer.word_bits,
+                       request_layout=mem_request_layout(streamer.addr_width,
+                                                         streamer.max_burst),
+                       timing=MemoryTiming() if timing is None else timing, init=init)
+
+
 class StreamerSystem(wiring.Component):
     """``streamer`` connected to a :class:`MemoryModel` holding ``init`` (memory words)."""
 
     def __init__(self, streamer, *, timing=None, init=()):
         self._streamer = streamer
-        timing = MemoryTiming() if timing is None else timing
-        self._memory = MemoryModel(
-            words=streamer.mem_words, word_bits=streamer.word_bits,
-            request_layout=mem_request_layout(streamer.addr_width, streamer.max_burst),
-            timing=timing, init=init)
+        self._memory = memory_for(streamer, timing=timing, init=init)
         s = streamer.signature.members
         super().__init__({
             "desc": s["desc"],
@@ -51,11 +55,7 @@ class LPUSystem(wiring.Component):
 
     def __init__(self, lpu, *, timing=None, init=()):
         self._lpu = lpu
-        st = lpu.streamer
-        self._memory = MemoryModel(
-            words=st.mem_words, word_bits=st.word_bits,
-            request_layout=mem_request_layout(st.addr_width, st.max_burst),
-            timing=MemoryTiming() if timing is None else timing, init=init)
+        self._memory = memory_for(lpu.streamer, timing=timing, init=init)
         s = lpu.signature.members
         super().__init__({"rx": s["rx"], "tx": s["tx"]})
 
