@@ -1,0 +1,98 @@
+"""The fabric backend: every ternary or binary projection runs on an LPU through the driver.
+
+Weights are written to device memory once, the first time a projection is used (each at its own
+word address), so a token's projections cost only the activations, the run and the results on
+the link. Results equal :class:`~lpu.host.transformer.GoldenBackend`'s bit for bit.
+"""
+
+import numpy as np
+
+from lpu.hw.formats import WeightFormat, WeightMode
+
+from . import image
+from .tensors import QuantLinear
+
+__all__ = ["FabricBackend"]
+
+
+class FabricBackend:
+    """A :class:`~lpu.host.transformer.ProjectionBackend` on an LPU.
+
+    Parameters
+    ----------
+    driver : LPUDriver
+    ternary_format : str
+        Device format for ternary weights (``"t2"`` or ``"t5"``); binary weights use ``"b1"``.
+
+    Attributes
+    ----------
+    passes, vectors : int
+        Weight passes and activation vectors so far.
+    """
+
+    def __init__(self, driver, *, ternary_format="t2"):
+        self._drv = driver
+        self._ternary = WeightFormat(ternary_format)
+        self._bases = {}
+        self._next = 0
+        self.passes = 0
+        self.vectors = 0
+
+    @property
+    def driver(self):
+        return self._drv
+
+    def _format(self, lin):
+        return self._ternary if lin.mode is WeightMode.TERNARY else WeightFormat.B1
+
+    def _base(self, lin: QuantLinear):
+        """Word address of ``lin``'s image, writing it on first use."""
+        if lin.name in self._bases:
+            return self._bases[lin.name]
+        cfg = self._drv.config
+        rows, cols = lin.shape
+        if cols > cfg["max_k"]:
+            raise ValueError(f"{lin.name}: {cols} inputs exceed the device's maximum row length "
+                             f"({cfg['max_k']})")
+        img = image.weight_image(lin.weights, self._format(lin), lanes=cfg["lanes"],
+                                 pes=cfg["pes"], word_bits=cfg["word_bits"])
+        words = image.image_words(img, cfg["word_bits"])
+        if self._next + len(words) > cfg["mem_words"]:
+            raise ValueError(f"{lin.name}: device memory ({cfg['mem_words']} words) is full")
+        base = self._next
+        self._drv.write_mem(words, at=base)
+        self._bases[lin.name] = base
+        self._next += len(words)
+        return base
+
+    def _run(self, lin, x_q, group):
+        cfg = self._drv.config
+        x_q = np.asarray(x_q)
+        base = self._base(lin)
+        self.passes += 1
+        self.vectors += x_q.shape[1]
+        rows, cols = lin.shape
+        lanes, pes = cfg["lanes"], cfg["pes"]
+        act_tiles = 1 << (-(-cfg["max_k"] // lanes) - 1).bit_length()
+        groups = cols // group if group else 1
+        outs = []
+        for v0 in range(0, x_q.shape[1], cfg["max_vectors"]):
+            x = x_q[:, v0:v0 + cfg["max_vectors"]]
+            v = x.shape[1]
+            self._drv.write_acts(image.activation_entries(x, lanes=lanes, act_tiles=act_tiles))
+            count = self._drv.run({"base": base, "rows": rows, "cols": cols, "group": group,
+                                   "vectors": v, "fmt": image.FormatCode.of(self._format(lin))})
+            out = self._drv.read_out(count)
+            outs.append(out.reshape(-1, groups, v, pes).transpose(0, 3, 1, 2)
+                        .reshape(-1, groups, v)[:rows])
+        return np.concatenate(outs, axis=2)
+
+    def matmul(self, lin: QuantLinear, x_q):
+        """``W @ x_q`` as int64 ``(out, V)``."""
+        return self._run(lin, x_q, 0)[:, 0, :]
+
+    def group_matmul(self, lin: QuantLinear, x_q):
+        """Group sums as int64 ``(out, groups, V)``."""
+        if not lin.group_size:
+            raise ValueError(f"{lin.name} has a per-tensor scale, not group scales")
+        return self._run(lin, x_q, lin.group_size)

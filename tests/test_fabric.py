@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from test_transformer import tiny_model
+
+from lpu.host.driver import LPUDriver, PysimTransport
+from lpu.host.fabric import FabricBackend
+from lpu.host.transformer import GoldenBackend, forward
+from lpu.hw.lpu import LPU
+from lpu.sim import cocotb_runner
+from lpu.sim.system import LPUSystem
+
+
+def _driver(weights="ternary", formats=None):
+    """The compiled simulator where Verilator is at hand, else the Amaranth simulator."""
+    lpu = LPU(lanes=8, pes=4, weights=weights, formats=formats, word_bits=32, addr_width=12,
+              max_k=64, max_vectors=4, timeout=300)
+    if cocotb_runner.available("verilator")[0]:
+        from lpu.sim.fast import VerilatorTransport
+        return LPUDriver(VerilatorTransport(LPUSystem(lpu)))
+    return LPUDriver(PysimTransport(LPUSystem(lpu)))
+
+
+@pytest.mark.parametrize("fmt", ["t2", "t5"])
+def test_every_projection_bit_exact(rng, fmt):
+    model = tiny_model(rng)
+    drv = _driver()
+    fabric, gold = FabricBackend(drv, ternary_format=fmt), GoldenBackend()
+    try:
+        for lin in model.linears.values():
+            x = rng.integers(-128, 128, size=(lin.shape[1], 3)).astype(np.int8)
+            assert np.array_equal(fabric.matmul(lin, x), gold.matmul(lin, x))
+    finally:
+        drv._t.close()
+
+
+def test_binary_group_sums_bit_exact(rng):
+    model = tiny_model(rng, group=16)
+    drv = _driver("binary")
+    fabric, gold = FabricBackend(drv), GoldenBackend()
+    try:
+        lin = model.linears["model.layers.0.mlp.down_proj"]
+        x = rng.integers(-128, 128, size=(lin.shape[1], 6)).astype(np.int8)  # V > max_vectors
+        assert np.array_equal(fabric.group_matmul(lin, x), gold.group_matmul(lin, x))
+    finally:
+        drv._t.close()
+
+
+def test_whole_model_logits_equal(rng):
+    model = tiny_model(rng)
+    drv = _driver()
+    try:
+        ids = [1, 5, 7, 2]
+        gold = forward(model, ids, GoldenBackend())
+        fab = forward(model, ids, FabricBackend(drv))
+        assert np.array_equal(gold, fab)
+    finally:
+        drv._t.close()
