@@ -28,6 +28,9 @@ class FabricBackend:
     ----------
     passes, vectors : int
         Weight passes and activation vectors so far.
+    fabric_cycles : int
+        Cycles the streamer was busy on these jobs (its ``busy_cycles`` counter): the fabric's
+        own time, without the host link.
     """
 
     def __init__(self, driver, *, ternary_format="t2"):
@@ -37,6 +40,7 @@ class FabricBackend:
         self._next = 0
         self.passes = 0
         self.vectors = 0
+        self.fabric_cycles = 0
 
     @property
     def driver(self):
@@ -44,6 +48,10 @@ class FabricBackend:
 
     def _format(self, lin):
         return self._ternary if lin.mode is WeightMode.TERNARY else WeightFormat.B1
+
+    def preload(self, lin: QuantLinear):
+        """Write ``lin``'s weights into device memory now rather than on first use."""
+        self._base(lin)
 
     def _base(self, lin: QuantLinear):
         """Word address of ``lin``'s image, writing it on first use."""
@@ -82,6 +90,7 @@ class FabricBackend:
             self._drv.write_acts(image.activation_entries(x, lanes=lanes, act_tiles=act_tiles))
             count = self._drv.run({"base": base, "rows": rows, "cols": cols, "group": group,
                                    "vectors": v, "fmt": image.FormatCode.of(self._format(lin))})
+            self.fabric_cycles += self._drv.status()["busy_cycles"]
             out = self._drv.read_out(count)
             outs.append(out.reshape(-1, groups, v, pes).transpose(0, 3, 1, 2)
                         .reshape(-1, groups, v)[:rows])

@@ -58,9 +58,21 @@ def _cmd_area(args):
 
 def _cmd_demo(args):
     from lpu.sim.demo import run_demo
-    return run_demo(lanes=args.lanes, pes=args.pes, act_bits=args.act_bits,
-                    weights=args.weights, pipeline=args.pipeline, max_k=args.max_k,
-                    negation=args.negation, rows=args.rows, cols=args.cols, seed=args.seed)
+    return run_demo(problems=args.problems, seed=args.seed, model_path=args.model)
+
+
+def _cmd_run(args):
+    from lpu.host.run import run
+    prompt = args.prompt.replace("\\n", "\n")
+    out = run(args.model, backend=args.backend, prompt=prompt, max_tokens=args.max_tokens,
+              temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(repr(out["prompt"]), "->", repr(out["text"]))
+        if out["cycles"] is not None:
+            print(f"{out['cycles']} cycles, {out['cycles_per_token']} cycles/token")
+    return 0
 
 
 def _cmd_bench_area(args):
@@ -119,13 +131,24 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_area)
 
-    p = sub.add_parser("demo", help="run a random matrix-vector product through a simulated "
-                                    "PE array and check it against the golden model")
-    _add_array_options(p, required=False)
-    p.add_argument("--rows", type=int, default=64)
-    p.add_argument("--cols", type=int, default=256)
-    p.add_argument("--seed", type=int, default=1)
+    p = sub.add_parser("demo", help="the shipped model on the simulated LPU, checked against "
+                                    "the golden model")
+    p.add_argument("--problems", type=int, default=6)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--model", default=None, help="model directory (default: the shipped one)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("run", help="generate text with a model on a backend")
+    p.add_argument("--model", default=None, help="model directory (default: the shipped one)")
+    p.add_argument("--backend", default="golden", choices=["golden", "sim"])
+    p.add_argument("--prompt", default="\\n123+456=",
+                   help="prompt text; \\n stands for a newline")
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_run)
     bench = sub.add_parser("bench", help="measure and record figures")
     bsub = bench.add_subparsers(dest="bench", required=True)
     p = bsub.add_parser("area", help="LUTs per lane of the PE-array variants (iCE40, ECP5)")

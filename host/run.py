@@ -1,0 +1,143 @@
+"""Running a model end to end: ``lpu run`` and ``lpu demo``.
+
+Backends: ``golden`` (NumPy, :class:`~lpu.host.transformer.GoldenBackend`) and ``sim`` (the
+generated LPU compiled by Verilator, :class:`~lpu.sim.fast.VerilatorTransport`, through the real
+protocol and driver). Every ternary projection of the model runs on the backend; the rest on the
+host.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from .fabric import FabricBackend
+from .loaders import load_hf_bitnet
+from .transformer import GoldenBackend, forward, generate
+
+__all__ = ["default_model_path", "CharTokenizer", "device_for", "Session", "BACKENDS"]
+
+BACKENDS = ("golden", "sim")
+
+
+def default_model_path():
+    """The shipped model (``models/bitnet-adder`` beside the package folders)."""
+    return Path(__file__).resolve().parent.parent / "models" / "bitnet-adder"
+
+
+class CharTokenizer:
+    """One token per character of the model's ``lpu_vocab``."""
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+        self._ids = {c: i for i, c in enumerate(vocab)}
+
+    def encode(self, text):
+        bad = [c for c in text if c not in self._ids]
+        if bad:
+            raise ValueError(f"Prompt character {bad[0]!r} is not in the model's vocabulary "
+                             f"{self.vocab!r}")
+        return [self._ids[c] for c in text]
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids)
+
+
+def device_for(model, *, lanes=64, pes=4, word_bits=32):
+    """An LPU sized for ``model``: every projection's row fits, all weights fit in memory."""
+    from lpu.hw.formats import WeightFormat
+    from lpu.hw.lpu import LPU
+
+    from .image import image_word_count
+    ctx = int(model.config.get("max_position_embeddings", 16))
+    max_k = max(lin.shape[1] for lin in model.linears.values())
+    max_k = 1 << (max(max_k, lanes) - 1).bit_length()
+    words = sum(image_word_count(*lin.shape, WeightFormat.T2, lanes=lanes, pes=pes,
+                                 word_bits=word_bits) for lin in model.linears.values())
+    addr_width = max(1, (words - 1).bit_length())
+    max_rows = max(lin.shape[0] for lin in model.linears.values())
+    vectors = min(ctx, 255)
+    return LPU(lanes=lanes, pes=pes, word_bits=word_bits, addr_width=addr_width, max_k=max_k,
+               max_vectors=vectors, formats=["t2"],
+               out_depth=1 << (-(-max_rows // pes) * vectors - 1).bit_length())
+
+
+class Session:
+    """A model and a backend, ready to generate.
+
+    Attributes
+    ----------
+    model, tokenizer, backend
+    transport : the simulator transport (``sim`` backend) or None
+    load_cycles : int
+        Simulated cycles spent writing the weights into device memory.
+    """
+
+    def __init__(self, model_path=None, *, backend="golden"):
+        if backend not in BACKENDS:
+            raise ValueError(f"Backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        path = Path(model_path) if model_path else default_model_path()
+        self.model = load_hf_bitnet(path)
+        vocab = self.model.config.get("lpu_vocab")
+        if not vocab:
+            raise ValueError(f"{path}/config.json has no lpu_vocab: the character vocabulary "
+                             f"of the model")
+        self.tokenizer = CharTokenizer(vocab)
+        self.transport = None
+        self.load_cycles = 0
+        if backend == "golden":
+            self.backend = GoldenBackend()
+            return
+        from lpu.sim.fast import VerilatorTransport
+        from lpu.sim.system import LPUSystem
+
+        from .driver import LPUDriver
+        self.transport = VerilatorTransport(LPUSystem(device_for(self.model)))
+        self.backend = FabricBackend(LPUDriver(self.transport))
+        for lin in self.model.linears.values():
+            self.backend.preload(lin)
+        self.load_cycles = self.transport.cycles
+
+    @property
+    def cycles(self):
+        return self.transport.cycles if self.transport else None
+
+    def generate(self, prompt, max_tokens, *, temperature=0.0, top_k=0, seed=None):
+        """Generated token ids for ``prompt`` (text); stops after a newline."""
+        ids = self.tokenizer.encode(prompt)
+        stop = [self.tokenizer.vocab.index("\n")] if "\n" in self.tokenizer.vocab else []
+        return generate(self.model, ids, max_tokens, self.backend, temperature=temperature,
+                        top_k=top_k, seed=seed, stop_ids=stop)
+
+    def logits(self, text):
+        return forward(self.model, self.tokenizer.encode(text), self.backend)
+
+    def close(self):
+        if self.transport:
+            self.transport.close()
+
+
+def run(model_path=None, *, backend="golden", prompt="\n123+456=", max_tokens=8,
+        temperature=0.0, top_k=0, seed=None):
+    """``lpu run``: returns a dict with ``tokens``, ``text``, ``cycles``, ``cycles_per_token``."""
+    s = Session(model_path, backend=backend)
+    try:
+        start = s.cycles
+        tokens = s.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        cycles = None if start is None else s.cycles - start
+        return {"backend": backend, "prompt": prompt, "tokens": tokens,
+                "text": s.tokenizer.decode(tokens), "cycles": cycles,
+                "cycles_per_token": None if cycles is None or not tokens
+                else round(cycles / len(tokens), 1),
+                "fabric_cycles": getattr(s.backend, "fabric_cycles", None)}
+    finally:
+        s.close()
+
+
+def accuracy_problems(n, seed=7):
+    """``n`` random sums of 1-3 digit numbers as (prompt, expected answer)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a, b = (int(rng.integers(0, 10 ** int(rng.integers(1, 4)))) for _ in range(2))
+        out.append((f"\n{a}+{b}=", f"{a + b}\n"))
+    return out
