@@ -51,18 +51,6 @@ class Transport:
         pass
 
 
-def read_frame(next_byte):
-    """Collect one reply frame from a byte source (``next_byte()`` -> int): skip to the sync
-    byte, read the header, then the length it announces."""
-    b = next_byte()
-    while b != REPLY_SYNC:
-        b = next_byte()
-    head = bytes([b] + [next_byte() for _ in range(3)])
-    (length,) = struct.unpack("<H", head[2:4])
-    length = min(length, MAX_PAYLOAD)
-    return head + bytes(next_byte() for _ in range(length + 2))
-
-
 class PysimTransport(Transport):
     """The Amaranth simulator of an :class:`~lpu.sim.system.LPUSystem`, run in a thread.
 

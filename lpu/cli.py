@@ -7,11 +7,9 @@ import sys
 __all__ = ["main"]
 
 
-def _add_array_options(p, *, required=True):
-    p.add_argument("--lanes", type=int, required=required, default=None if required else 64,
-                   help="lanes per PE (N)")
-    p.add_argument("--pes", type=int, required=required, default=None if required else 4,
-                   help="number of PEs (P)")
+def _add_array_options(p):
+    p.add_argument("--lanes", type=int, required=True, help="lanes per PE (N)")
+    p.add_argument("--pes", type=int, required=True, help="number of PEs (P)")
     p.add_argument("--act-bits", type=int, default=8, help="signed activation width (2-16)")
     p.add_argument("--weights", default="ternary", help="ternary or binary")
     p.add_argument("--pipeline", type=int, default=1,
