@@ -3,7 +3,10 @@
 Transports carry one request frame to the device and bring back its reply frame:
 :class:`PysimTransport` (the Amaranth simulator, for tests), the compiled simulator and a serial
 port come next to it. The driver retries a request whose reply is garbled or reports a damaged
-request, and raises :class:`LinkError` when a request fails ``retries`` times.
+request, and raises :class:`LinkError` when a request fails ``retries`` times. Runs of
+idempotent requests (memory and activation writes, result reads) go out as one batch
+(:meth:`Transport.exchange_many`), so a transport can keep the link busy without a round trip
+per frame.
 """
 
 import queue
@@ -46,6 +49,20 @@ class Transport:
 
     def exchange(self, frame):
         raise NotImplementedError
+
+    def exchange_many(self, frames):
+        """Carry several request frames; return the replies that came back, in order.
+
+        Transports that can keep the link busy (the compiled simulator) send them back to back
+        in one batch; this default sends them one at a time and stops at the first timeout.
+        """
+        replies = []
+        for frame in frames:
+            try:
+                replies.append(self.exchange(frame))
+            except TimeoutError:
+                break
+        return replies
 
     def close(self):
         pass
@@ -117,6 +134,11 @@ class PysimTransport(Transport):
         self._thread.join()
 
 
+def _decode(got):
+    """Status and payload of the reply frame in ``got`` (bytes before its sync are skipped)."""
+    return decode_reply(got[got.index(REPLY_SYNC):] if REPLY_SYNC in got else got)
+
+
 def _complete(got):
     """Whether ``got`` (bytes so far) holds a whole reply frame."""
     try:
@@ -152,8 +174,7 @@ class LPUDriver:
         for _ in range(self._retries):
             try:
                 got = self._t.exchange(frame)
-                status, data = decode_reply(got[got.index(REPLY_SYNC):] if REPLY_SYNC in got
-                                            else got)
+                status, data = _decode(got)
             except (FrameError, TimeoutError) as exc:
                 last = str(exc)
                 continue
@@ -166,6 +187,34 @@ class LPUDriver:
         raise LinkError(f"{Command(command).name} failed after {self._retries} attempts: "
                         f"{last}")
 
+    def request_many(self, command, payloads):
+        """Send several requests of one idempotent command as one batch; return their reply
+        payloads in order.
+
+        A reply that is missing or damaged, or refused for a damaged request, is resent on its
+        own (:meth:`request`) together with every request after it: without sequence numbers,
+        the replies after a lost one cannot be matched to their requests.
+        """
+        payloads = list(payloads)
+        frames = [encode_request(command, p) for p in payloads]
+        replies = self._t.exchange_many(frames) if frames else []
+        if len(replies) != len(frames):
+            replies = []
+        out = []
+        for got in replies:
+            try:
+                status, data = _decode(got)
+            except FrameError:
+                break
+            if status in (Status.BAD_COMMAND, Status.BAD_LENGTH):
+                raise DeviceError(f"Device refused {Command(command).name}: {status.name}")
+            if status is not Status.OK:
+                break
+            out.append(data)
+        for p in payloads[len(out):]:
+            out.append(self.request(command, p)[1])
+        return out
+
     def ping(self):
         _, data = self.request(Command.PING)
         return parse_config(data)
@@ -174,16 +223,15 @@ class LPUDriver:
         """Write memory words (ints of ``word_bits``) starting at word ``at``."""
         wb = self.config["word_bits"] // 8
         per = (MAX_PAYLOAD - 4) // wb
-        for i in range(0, len(words), per):
-            chunk = words[i:i + per]
-            payload = struct.pack("<I", at + i) + b"".join(
-                int(w).to_bytes(wb, "little") for w in chunk)
-            self.request(Command.WRITE_MEM, payload)
+        self.request_many(Command.WRITE_MEM, (
+            struct.pack("<I", at + i) + b"".join(int(w).to_bytes(wb, "little")
+                                                 for w in words[i:i + per])
+            for i in range(0, len(words), per)))
 
     def write_acts(self, entries):
-        for addr, values in entries:
-            payload = struct.pack("<H", addr) + bytes(int(v) & 0xFF for v in values)
-            self.request(Command.WRITE_ACT, payload)
+        self.request_many(Command.WRITE_ACT, (
+            struct.pack("<H", addr) + bytes(int(v) & 0xFF for v in values)
+            for addr, values in entries))
 
     def run(self, desc):
         """Run a job; return the number of results. Raises DeviceError on a job error."""
@@ -200,10 +248,13 @@ class LPUDriver:
         """Results ``start .. start+count`` as an int64 array (count, P)."""
         pes = self.config["pes"]
         per = MAX_PAYLOAD // (4 * pes)
+        spans = [(i, min(per, start + count - i)) for i in range(start, start + count, per)]
+        replies = self.request_many(Command.READ_OUT,
+                                    (struct.pack("<HH", i, n) for i, n in spans))
         rows = []
-        for i in range(start, start + count, per):
-            n = min(per, start + count - i)
-            _, data = self.request(Command.READ_OUT, struct.pack("<HH", i, n))
+        for (_, n), data in zip(spans, replies, strict=True):
+            if len(data) != 4 * pes * n:
+                raise DeviceError(f"READ_OUT returned {len(data)} bytes for {n} results")
             rows.append(np.frombuffer(data, dtype="<i4").reshape(n, pes))
         return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, pes), np.int64)
 

@@ -2,7 +2,7 @@
 
 from math import gcd
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -55,16 +55,21 @@ class TileGearbox(wiring.Component):
         T, g = self._tile, self._g
         room = self._tiles * T          # fill level up to which a chunk is still taken
         C = room + self._max
-        slots = [Signal(self._code, name=f"slot{i}") for i in range(C)]
+        # The slots are kept ``g`` at a time: the level and every chunk size are multiples of
+        # ``g``, so the slots of one cell always move and are written together. One signal per
+        # cell describes the same logic as one per slot, in ``g`` times fewer statements for a
+        # simulator to evaluate.
+        cell = data.ArrayLayout(self._code, g)
+        bits = cell.size // g           # bits per code
+        cells = [Signal(cell.size, name=f"cell{j}") for j in range(C // g)]
         level = Signal(range(C + 1))
 
         emit = Signal()
         m.d.comb += [
             self.o_stream.valid.eq(level >= T),
             emit.eq(self.o_stream.valid & self.o_stream.ready),
+            self.o_stream.payload.eq(Cat(*cells[:T // g])),
         ]
-        for i in range(T):
-            m.d.comb += self.o_stream.payload[i].eq(slots[i])
 
         after = Signal(range(C + 1))        # level once the leaving tile is gone
         m.d.comb += [
@@ -73,23 +78,25 @@ class TileGearbox(wiring.Component):
         ]
         accept = self.i_stream.valid & self.i_stream.ready
         count = self.i_stream.payload.count
-        codes = self.i_stream.payload.codes
+        codes = self.i_stream.payload.codes.as_value()
 
-        # One-hot decode of the write position, shared by all slots.
+        # One-hot decode of the write position, shared by all cells.
         at = {pos: Signal(name=f"at{pos}") for pos in range(0, room + 1, g)}
         for pos, sig in at.items():
             m.d.comb += sig.eq(accept & (after == pos))
 
-        for i in range(C):
-            kept = Mux(emit, slots[i + T], slots[i]) if i + T < C else slots[i]
+        for j, c in enumerate(cells):
+            i = j * g                   # first slot of the cell
+            kept = Mux(emit, cells[j + T // g], c) if i + T < C else c
             nxt = kept
-            for d in range(self._max):
-                pos = i - d
-                if pos < 0 or pos > room or pos % g:
+            for d in range(0, self._max, g):
+                pos = i - d             # a chunk written at pos puts its codes d.. here
+                if pos < 0 or pos > room:
                     continue
+                # Chunk sizes are multiples of g: count > d means the whole cell is present.
                 hit = at[pos] if d < min(self._chunks) else at[pos] & (count > d)
-                nxt = Mux(hit, codes[d], nxt)
-            m.d.sync += slots[i].eq(nxt)
+                nxt = Mux(hit, codes[d * bits:(d + g) * bits], nxt)
+            m.d.sync += c.eq(nxt)
 
         with m.If(self.clear):
             m.d.sync += level.eq(0)

@@ -1,10 +1,13 @@
-// Fast whole-system simulation of an LPUSystem (LPU + memory model) compiled by Verilator.
+// Fast whole-system simulation of an LPUSystem (LPU + memory model) compiled by Verilator,
+// wrapped in lpu.sim.fast.FastTop (clock port, power-on reset inside).
 // (Verilator escapes the double underscore of the exported port names as ___05F.)
 // The host side (lpu.sim.fast) talks to this program over pipes; the per-cycle loop stays here.
 //
-// Requests on stdin:  u32 n, then n bytes to send to the LPU's rx port (n = 0 ends the run).
-// Replies on stdout:  u64 total cycles, u32 m, then the m bytes that came out of tx: one whole
-//                     reply frame, or what arrived before max_cycles idle cycles passed.
+// Requests on stdin:  u32 n, u32 k, then n bytes to send to the LPU's rx port: k request
+//                     frames, sent back to back as fast as the device takes them (n = 0 ends
+//                     the run).
+// Replies on stdout:  u64 total cycles, u32 m, then the m bytes that came out of tx: k whole
+//                     reply frames, or what arrived before max_idle idle cycles passed.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -26,38 +29,39 @@ static void tick() {
 
 static bool read_all(void *buf, size_t n) { return fread(buf, 1, n, stdin) == n; }
 
-// Length of a whole reply frame at the start of got (0 while incomplete).
-static size_t frame_length(const std::vector<uint8_t> &got) {
-  if (got.size() < 4) return 0;
-  size_t len = got[2] | (got[3] << 8);
+// Length of a whole reply frame at got[start...] (0 while incomplete).
+static size_t frame_length(const std::vector<uint8_t> &got, size_t start) {
+  size_t have = got.size() - start;
+  if (have < 4) return 0;
+  size_t len = got[start + 2] | (got[start + 3] << 8);
   if (len > LPU_MAX_PAYLOAD) len = LPU_MAX_PAYLOAD;
-  return got.size() >= 6 + len ? 6 + len : 0;
+  return have >= 6 + len ? 6 + len : 0;
 }
 
 int main(int argc, char **argv) {
   Verilated::commandArgs(argc, argv);
   top = new Vtop;
-  top->rst = 1;
-  tick();
-  tick();
-  top->rst = 0;
+  // The design holds itself in reset for its first cycles (FastTop's power-on reset).
   top->rx___05Fvalid = 0;
   top->tx___05Fready = 0;
+  tick();
+  tick();
   tick();
   const uint64_t max_idle = LPU_MAX_IDLE;
   std::vector<uint8_t> req, got;
   for (;;) {
-    uint32_t n;
-    if (!read_all(&n, 4) || n == 0) break;
+    uint32_t n, k;
+    if (!read_all(&n, 4) || n == 0 || !read_all(&k, 4)) break;
     req.resize(n);
     if (!read_all(req.data(), n)) break;
     got.clear();
     top->tx___05Fready = 1;
-    size_t sent = 0;
+    size_t sent = 0, start = 0;  // start: where the reply frame being received begins in got
+    uint32_t done = 0;
     uint64_t idle = 0;
     bool synced = false;
-    // Send the request (a byte per cycle while the device takes them), listening meanwhile.
-    for (;;) {
+    // Send the requests (a byte per cycle while the device takes them), listening meanwhile.
+    while (done < k) {
       if (sent < n) {
         top->rx___05Fvalid = 1;
         top->rx___05Fpayload = req[sent];
@@ -71,10 +75,16 @@ int main(int argc, char **argv) {
       tick();
       if (took) sent++;
       if (out) {
-        if (!synced && byte == LPU_REPLY_SYNC) synced = true;
-        if (synced) got.push_back(byte);
         idle = 0;
-        if (synced && frame_length(got)) break;
+        if (!synced && byte == LPU_REPLY_SYNC) synced = true;
+        if (!synced) continue;
+        got.push_back(byte);
+        size_t len = frame_length(got, start);
+        if (len) {
+          start += len;
+          done++;
+          synced = false;
+        }
       } else if (sent == n && ++idle > max_idle) {
         break;
       }

@@ -143,3 +143,38 @@ def test_lpu_parameter_errors():
     with pytest.raises(ValueError, match=r"^Output buffer depth must be a positive integer, "
                                          r"not 0$"):
         LPU(lanes=4, pes=2, out_depth=0)
+
+
+class _Batches:
+    """Wraps a transport's batches: ``damage(replies)`` changes what comes back once."""
+
+    def __init__(self, transport, damage):
+        self.t, self.damage, self.sent = transport, damage, []
+
+    def exchange(self, frame):
+        self.sent.append(bytes(frame))
+        return self.t.exchange(frame)
+
+    def exchange_many(self, frames):
+        replies = [self.exchange(f) for f in frames]
+        damage, self.damage = self.damage, lambda r: r
+        return damage(replies)
+
+
+@pytest.mark.parametrize("damage, resent", [
+    (lambda r: r[:1] + r[2:], 5),                                 # a reply lost: all resent
+    (lambda r: r[:2] + [r[2][:4] + bytes([r[2][4] ^ 1]) + r[2][5:]] + r[3:], 3),  # garbled
+    (lambda r: r[:1] + [encode_reply(Status.BAD_CRC)] + r[2:], 4),  # a damaged request
+])
+def test_a_batch_with_a_bad_reply_is_resent(rng, device, damage, resent):
+    drv, transport = device
+    batches = _Batches(transport, damage)
+    drv._t = batches
+    entries = [(a, rng.integers(-128, 128, size=4)) for a in range(5)]
+    drv.write_acts(entries)
+    # five requests in the batch, then the one at fault and every one after it on their own
+    assert len(batches.sent) == 5 + resent
+    assert batches.sent[5:] == batches.sent[5 - resent:5]
+    w = rng.integers(-1, 2, size=(3, 4))
+    out = drv.matmul(w, entries[0][1], fmt="t2")
+    assert np.array_equal(out, golden.matvec(w, entries[0][1]))
