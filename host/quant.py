@@ -28,12 +28,14 @@ from lpu.sim.golden import (
     apply_group_scales,
     group_scale_error_bound,
     group_scales,
+    tensor_scales,
 )
 
 __all__ = [
     "EPS", "ACT_BITS", "SCALE_BITS",
     "ternarize", "quantize_activations",
-    "GroupScales", "group_scales", "apply_group_scales", "group_scale_error_bound",
+    "GroupScales", "group_scales", "tensor_scales", "linear_scales", "apply_group_scales",
+    "group_scale_error_bound",
     "bitlinear", "bitlinear_reference",
 ]
 
@@ -102,6 +104,17 @@ def quantize_activations(x, *, bits=ACT_BITS):
     return x_q.astype(np.int8 if bits <= 8 else np.int16), s
 
 
+def linear_scales(lin: QuantLinear):
+    """The fixed-point scales of ``lin``: ``(out, groups)`` mantissas and ``(out,)`` exponents.
+
+    A per-tensor scale becomes an ``(out, 1)`` matrix (:func:`tensor_scales`), group scales go
+    through :func:`group_scales`; backends and :func:`bitlinear` both use this, so they agree.
+    """
+    if lin.group_size:
+        return group_scales(lin.scale)
+    return tensor_scales(lin.scale, lin.shape[0])
+
+
 def _as_columns(lin, x):
     x = np.asarray(x, dtype=np.float32)
     if x.ndim not in (1, 2) or x.shape[0] != lin.shape[1]:
@@ -119,8 +132,9 @@ def bitlinear(lin: QuantLinear, x, backend):
     x : array_like
         float activations, ``(in,)`` or ``(in, V)`` (tokens are columns).
     backend : lpu.host.transformer.ProjectionBackend
-        Forms the exact integer sums: ``backend.matmul(lin, x_q)`` for a per-tensor scale,
-        ``backend.group_matmul(lin, x_q)`` for group scales (applied with :func:`group_scales`).
+        Forms the exact scaled integer ``acc = sum_g m[o, g] * P[o, g, v]``:
+        ``backend.scaled_matmul(lin, x_q)`` with the mantissas of :func:`linear_scales`, for
+        per-tensor and per-group scales alike; the host finishes ``acc * 2**e[o] / s[v]``.
 
     Returns
     -------
@@ -135,22 +149,12 @@ def bitlinear(lin: QuantLinear, x, backend):
     xc, single = _as_columns(lin, x)
     x_q, s = quantize_activations(xc)
     out_f, v = lin.shape[0], xc.shape[1]
-    s64 = s.astype(np.float64)
-    if not lin.group_size:
-        acc = np.asarray(backend.matmul(lin, x_q))
-        if acc.shape != (out_f, v) or acc.dtype.kind not in "iu":
-            raise ValueError(f"Backend returned {acc.dtype} {acc.shape} for {lin.name}, "
-                             f"not integers of shape {(out_f, v)}")
-        y = acc.astype(np.float64) * float(lin.scale) / s64
-    else:
-        groups = lin.shape[1] // lin.group_size
-        sums = np.asarray(backend.group_matmul(lin, x_q))
-        if sums.shape != (out_f, groups, v) or sums.dtype.kind not in "iu":
-            raise ValueError(f"Backend returned {sums.dtype} {sums.shape} for {lin.name}, "
-                             f"not integers of shape {(out_f, groups, v)}")
-        gs = group_scales(lin.scale)
-        acc = apply_group_scales(sums, gs)
-        y = np.ldexp(acc.astype(np.float64), gs.exponent[:, None]) / s64
+    acc = np.asarray(backend.scaled_matmul(lin, x_q))
+    if acc.shape != (out_f, v) or acc.dtype.kind not in "iu":
+        raise ValueError(f"Backend returned {acc.dtype} {acc.shape} for {lin.name}, "
+                         f"not integers of shape {(out_f, v)}")
+    gs = linear_scales(lin)
+    y = np.ldexp(acc.astype(np.float64), gs.exponent[:, None]) / s.astype(np.float64)
     y = y.astype(np.float32)
     return y[:, 0] if single else y
 
@@ -158,9 +162,9 @@ def bitlinear(lin: QuantLinear, x, backend):
 def bitlinear_reference(lin: QuantLinear, x):
     """Float reference of :func:`bitlinear`: dequantized weights times dequantized activations.
 
-    ``y = lin.dequantize() @ (x_q / s)`` in float32, with the float (not fixed-point) group
-    scales. It differs from :func:`bitlinear` by float32 rounding and, for group scales, by at
-    most :func:`group_scale_error_bound`.
+    ``y = lin.dequantize() @ (x_q / s)`` in float32, with the float (not fixed-point) scales.
+    It differs from :func:`bitlinear` by float32 rounding and by at most
+    :func:`group_scale_error_bound` (per-tensor scales included, as one group per row).
 
     Parameters
     ----------
