@@ -4,7 +4,7 @@ Transports carry one request frame to the device and bring back its reply frame:
 :class:`PysimTransport` (the Amaranth simulator, for tests), the compiled simulator and a serial
 port come next to it. The driver retries a request whose reply is garbled or reports a damaged
 request, and raises :class:`LinkError` when a request fails ``retries`` times. Runs of
-idempotent requests (memory and activation writes, result reads) go out as one batch
+idempotent requests (memory, scale and activation writes, result reads) go out as one batch
 (:meth:`Transport.exchange_many`), so a transport can keep the link busy without a round trip
 per frame.
 """
@@ -25,7 +25,8 @@ from lpu.hw.protocol import (
     decode_reply,
     encode_request,
 )
-from lpu.hw.streamer import DESCRIPTOR_LAYOUT, PERF_LAYOUT, StreamError
+from lpu.hw.scale import JOB_LAYOUT, scale_groups, scale_image
+from lpu.hw.streamer import PERF_LAYOUT, StreamError
 
 from . import image
 
@@ -233,10 +234,43 @@ class LPUDriver:
             struct.pack("<H", addr) + bytes(int(v) & 0xFF for v in values)
             for addr, values in entries))
 
+    def write_scales(self, mantissas, at=0):
+        """Write a job's ``(rows, groups)`` mantissas (signed 16-bit) into the scale memory
+        from address ``at``, in the layout of :func:`lpu.hw.scale.scale_address`.
+
+        Raises
+        ------
+        ValueError
+            If the mantissas are not 16-bit integers or run past the scale memory.
+        """
+        flat = scale_image(mantissas)
+        depth = self.config["scale_depth"]
+        if at < 0 or at + len(flat) > depth:
+            raise ValueError(f"Scale mantissas at {at}..{at + len(flat) - 1} run past the scale "
+                             f"memory ({depth} entries)")
+        per = (MAX_PAYLOAD - 2) // 2
+        self.request_many(Command.WRITE_SCALE, (
+            struct.pack("<H", at + i) + flat[i:i + per].astype("<i2").tobytes()
+            for i in range(0, len(flat), per)))
+
     def run(self, desc):
-        """Run a job; return the number of results. Raises DeviceError on a job error."""
-        value = DESCRIPTOR_LAYOUT.const(desc).as_value().value
-        nbytes = (DESCRIPTOR_LAYOUT.size + 7) // 8
+        """Run a job (:data:`~lpu.hw.scale.JOB_LAYOUT`: the streamer's descriptor and
+        ``scale_base``); return the number of results.
+
+        Raises
+        ------
+        ValueError
+            If the job's mantissas would run past the scale memory (checked before sending).
+        DeviceError
+            On a job error.
+        """
+        groups = scale_groups(desc["cols"], desc["group"])
+        end = desc.get("scale_base", 0) + desc["rows"] * groups
+        if end > self.config["scale_depth"]:
+            raise ValueError(f"Job scales at {desc.get('scale_base', 0)}..{end - 1} run past "
+                             f"the scale memory ({self.config['scale_depth']} entries)")
+        value = JOB_LAYOUT.const({"scale_base": 0, **desc}).as_value().value
+        nbytes = (JOB_LAYOUT.size + 7) // 8
         status, data = self.request(Command.RUN, value.to_bytes(nbytes, "little"))
         error = StreamError(data[0])
         if status is not Status.OK:
@@ -246,17 +280,20 @@ class LPUDriver:
 
     def read_out(self, count, start=0):
         """Results ``start .. start+count`` as an int64 array (count, P)."""
-        pes = self.config["pes"]
-        per = MAX_PAYLOAD // (4 * pes)
+        pes, nb = self.config["pes"], self.config["result_bytes"]
+        per = MAX_PAYLOAD // (nb * pes)
         spans = [(i, min(per, start + count - i)) for i in range(start, start + count, per)]
         replies = self.request_many(Command.READ_OUT,
                                     (struct.pack("<HH", i, n) for i, n in spans))
         rows = []
         for (_, n), data in zip(spans, replies, strict=True):
-            if len(data) != 4 * pes * n:
+            if len(data) != nb * pes * n:
                 raise DeviceError(f"READ_OUT returned {len(data)} bytes for {n} results")
-            rows.append(np.frombuffer(data, dtype="<i4").reshape(n, pes))
-        return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, pes), np.int64)
+            raw = np.frombuffer(data, dtype=np.uint8).reshape(n * pes, nb).astype(np.int64)
+            value = (raw << (8 * np.arange(nb))).sum(axis=1)
+            value -= (value >> (8 * nb - 1) & 1) << (8 * nb)       # sign-extend
+            rows.append(value.reshape(n, pes))
+        return np.concatenate(rows) if rows else np.zeros((0, pes), np.int64)
 
     def status(self):
         _, data = self.request(Command.STATUS)
@@ -265,10 +302,12 @@ class LPUDriver:
                 **{k: int(getattr(perf, k)) for k in
                    ("busy_cycles", "mem_stall", "out_stall", "words_read", "tiles")}}
 
-    def matmul(self, weights, acts, *, fmt, base=0, group=0):
-        """``W @ X`` on the device: integer weights (M x K), int8 activations (K or K x V).
+    def matmul(self, weights, acts, *, fmt, base=0, group=0, mantissas=None, scale_base=0):
+        """``sum_g m[:, g] * (W @ X)[:, g]`` on the device: integer weights (M x K), int8
+        activations (K or K x V), mantissas ``(M, groups)`` (default all 1: plain ``W @ X``)
+        written at ``scale_base``.
 
-        Returns int64 (M x V), or (M, groups, V) with ``group``."""
+        Returns int64 (M x V), or (M,) for 1-D ``acts``."""
         acts = np.asarray(acts)
         x = acts[:, None] if acts.ndim == 1 else acts
         rows, cols = np.shape(weights)
@@ -278,12 +317,13 @@ class LPUDriver:
         self.write_mem(image.image_words(img, self.config["word_bits"]), at=base)
         act_tiles = 1 << (-(-self.config["max_k"] // lanes) - 1).bit_length()
         self.write_acts(image.activation_entries(x, lanes=lanes, act_tiles=act_tiles))
+        groups = scale_groups(cols, group)
+        if mantissas is None:
+            mantissas = np.ones((rows, groups), dtype=np.int64)
+        self.write_scales(mantissas, at=scale_base)
         desc = {"base": base, "rows": rows, "cols": cols, "group": group,
-                "vectors": x.shape[1], "fmt": image.FormatCode.of(fmt)}
+                "vectors": x.shape[1], "fmt": image.FormatCode.of(fmt),
+                "scale_base": scale_base}
         count = self.run(desc)
-        out = self.read_out(count)
-        groups = -(-cols // group) if group else 1
-        v = x.shape[1]
-        y = out.reshape(-1, groups, v, pes).transpose(0, 3, 1, 2).reshape(-1, groups, v)[:rows]
-        y = y if group else y[:, 0, :]
-        return y[..., 0] if acts.ndim == 1 else y
+        y = image.result_matrix(self.read_out(count), rows, x.shape[1])
+        return y[:, 0] if acts.ndim == 1 else y

@@ -1,8 +1,10 @@
 """The fabric backend: every ternary or binary projection runs on an LPU through the driver.
 
-Weights are written to device memory once, the first time a projection is used (each at its own
-word address), so a token's projections cost only the activations, the run and the results on
-the link. Results equal :class:`~lpu.host.transformer.GoldenBackend`'s bit for bit.
+Weights and scale mantissas are written to the device once, the first time a projection is used
+(each at its own word address in device memory and its own range of the scale memory), so a
+token's projections cost only the activations, the run and the results on the link. The LPU's
+scale unit applies the per-tensor or per-group mantissas, so one scaled sum per row and token
+comes back; results equal :class:`~lpu.host.transformer.GoldenBackend`'s bit for bit.
 """
 
 import numpy as np
@@ -10,6 +12,7 @@ import numpy as np
 from lpu.hw.formats import WeightFormat, WeightMode
 
 from . import image
+from .quant import linear_scales
 from .tensors import QuantLinear
 
 __all__ = ["FabricBackend"]
@@ -38,6 +41,8 @@ class FabricBackend:
         self._ternary = WeightFormat(ternary_format)
         self._bases = {}
         self._next = 0
+        self._scale_bases = {}
+        self._next_scale = 0
         self.passes = 0
         self.vectors = 0
         self.fabric_cycles = 0
@@ -50,8 +55,23 @@ class FabricBackend:
         return self._ternary if lin.mode is WeightMode.TERNARY else WeightFormat.B1
 
     def preload(self, lin: QuantLinear):
-        """Write ``lin``'s weights into device memory now rather than on first use."""
+        """Write ``lin``'s weights and mantissas into the device now rather than on first use."""
         self._base(lin)
+        self._scale_base(lin)
+
+    def _scale_base(self, lin: QuantLinear):
+        """Scale-memory address of ``lin``'s mantissas, writing them on first use."""
+        if lin.name in self._scale_bases:
+            return self._scale_bases[lin.name]
+        mant = linear_scales(lin).mantissa
+        depth = self._drv.config["scale_depth"]
+        if self._next_scale + mant.size > depth:
+            raise ValueError(f"{lin.name}: scale memory ({depth} entries) is full")
+        base = self._next_scale
+        self._drv.write_scales(mant, at=base)
+        self._scale_bases[lin.name] = base
+        self._next_scale += mant.size
+        return base
 
     def _base(self, lin: QuantLinear):
         """Word address of ``lin``'s image, writing it on first use."""
@@ -73,35 +93,26 @@ class FabricBackend:
         self._next += len(words)
         return base
 
-    def _run(self, lin, x_q, group):
+    def scaled_matmul(self, lin: QuantLinear, x_q):
+        """The scaled sums ``sum_g m[o, g] * P[o, g, v]`` as int64 ``(out, V)``."""
         cfg = self._drv.config
         x_q = np.asarray(x_q)
         base = self._base(lin)
+        scale_base = self._scale_base(lin)
+        group = lin.group_size
         self.passes += 1
         self.vectors += x_q.shape[1]
         rows, cols = lin.shape
-        lanes, pes = cfg["lanes"], cfg["pes"]
+        lanes = cfg["lanes"]
         act_tiles = 1 << (-(-cfg["max_k"] // lanes) - 1).bit_length()
-        groups = cols // group if group else 1
         outs = []
         for v0 in range(0, x_q.shape[1], cfg["max_vectors"]):
             x = x_q[:, v0:v0 + cfg["max_vectors"]]
             v = x.shape[1]
             self._drv.write_acts(image.activation_entries(x, lanes=lanes, act_tiles=act_tiles))
             count = self._drv.run({"base": base, "rows": rows, "cols": cols, "group": group,
-                                   "vectors": v, "fmt": image.FormatCode.of(self._format(lin))})
+                                   "vectors": v, "fmt": image.FormatCode.of(self._format(lin)),
+                                   "scale_base": scale_base})
             self.fabric_cycles += self._drv.status()["busy_cycles"]
-            out = self._drv.read_out(count)
-            outs.append(out.reshape(-1, groups, v, pes).transpose(0, 3, 1, 2)
-                        .reshape(-1, groups, v)[:rows])
-        return np.concatenate(outs, axis=2)
-
-    def matmul(self, lin: QuantLinear, x_q):
-        """``W @ x_q`` as int64 ``(out, V)``."""
-        return self._run(lin, x_q, 0)[:, 0, :]
-
-    def group_matmul(self, lin: QuantLinear, x_q):
-        """Group sums as int64 ``(out, groups, V)``."""
-        if not lin.group_size:
-            raise ValueError(f"{lin.name} has a per-tensor scale, not group scales")
-        return self._run(lin, x_q, lin.group_size)
+            outs.append(image.result_matrix(self._drv.read_out(count), rows, v))
+        return np.concatenate(outs, axis=1)

@@ -9,7 +9,7 @@ import numpy as np
 from lpu.hw.formats import FormatCode, WeightFormat, check_weights, pack, unpack
 
 __all__ = ["weight_image", "image_words", "read_image", "activation_entries",
-           "check_descriptor", "descriptor", "image_word_count"]
+           "check_descriptor", "descriptor", "image_word_count", "result_matrix"]
 
 
 def _tile_order(weights, fmt, lanes, pes):
@@ -78,6 +78,17 @@ def activation_entries(acts, *, lanes, act_tiles):
     ap[:k] = a
     return [(vi * act_tiles + t, [int(x) for x in ap[t * lanes:(t + 1) * lanes, vi]])
             for vi in range(v) for t in range(kt)]
+
+
+def result_matrix(results, rows, vectors):
+    """The ``(rows, vectors)`` matrix of a job's results as read from the output buffer.
+
+    The scale unit emits one entry of P sums per row block and vector (row block, then vector;
+    PE ``p`` holds row ``block * P + p``); rows past ``rows`` are padding.
+    """
+    r = np.asarray(results, dtype=np.int64)
+    pes = r.shape[1]
+    return r.reshape(-1, vectors, pes).transpose(0, 2, 1).reshape(-1, vectors)[:rows]
 
 
 def check_descriptor(streamer, *, base, rows, cols, fmt, group=0, vectors=1):

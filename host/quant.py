@@ -10,43 +10,32 @@ The conventions are the ones pinned in DESIGN.md ("Numerics"):
 The integer product ``W_t @ x_q`` is formed by a *backend* (the fabric, or
 :class:`lpu.host.transformer.GoldenBackend`) and is exact; only the final scaling is done here.
 
-Group scales (fixed point)
---------------------------
-For per-group scales (Bonsai's groups of 128, GGUF blocks of 256) the backend returns one exact
-integer sum ``P[o, g, v]`` per output row ``o``, group ``g`` and activation vector ``v``. The
-group scales ``S[o, g]`` are applied in fixed point, defined once by :func:`group_scales`:
-
-- every row ``o`` has one exponent ``e[o]`` and each group a signed mantissa ``m[o, g]`` of
-  :data:`SCALE_BITS` (16) bits, ``|m| <= 2**15 - 1``, with ``S ~= m * 2**e[o]``;
-- ``e[o]`` is the smallest exponent for which the row's largest ``|S|`` still fits, and
-  ``m = rint(S / 2**e)``;
-- the fabric forms ``acc[o, v] = sum_g m[o, g] * P[o, g, v]`` exactly (an integer
-  multiply-accumulate: ``|acc| <= (2**15 - 1) * 128 * in_features``), and
-  ``y = acc * 2**e[o] / s[v]`` is the only inexact step, as for a per-tensor scale.
-
-Error bound. Rounding the mantissa costs at most half a step, ``|S - m 2**e| <= 2**(e-1)``, and
-the smallest exponent gives ``2**(e-1) <= peak[o] * 2**-15 / (1 - 2**-16)`` with
-``peak[o] = max_g |S[o, g]|``. Hence, against the float result with exact scales,
-
-    ``|y_fixed[o, v] - y_float[o, v]| <= 2**(e[o]-1) * sum_g |P[o, g, v]| / s[v]``
-    ``                               <= 3.06e-5 * peak[o] * sum_g |P[o, g, v]| / s[v]``
-
-(:func:`group_scale_error_bound`), i.e. a relative error of at most 2**-15 of the row's largest
-scale per unit of ``sum |P| / s``, which is at most ``||x||_1 + in_features / (2 s)``. For fp16
-scales (GGUF, Bonsai) the bound is rarely reached: an fp16 scale of at least 1/16 of its row's
-peak (11 significant bits) is represented exactly.
+Scales (fixed point)
+--------------------
+Per-tensor and per-group scales are applied in the fixed point defined once in
+:mod:`lpu.sim.golden` (:func:`~lpu.sim.golden.group_scales`, re-exported here). A per-tensor
+scale is a ``(out, 1)`` scale matrix: one group spanning the row. The backend returns the
+scaled integer ``acc[o, v] = sum_g m[o, g] * P[o, g, v]`` (on the LPU the scale unit forms it,
+so the host never sees per-group sums) and the host finishes ``y = acc * 2**e[o] / s[v]``.
 """
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from lpu.host.tensors import QuantLinear
+from lpu.sim.golden import (
+    SCALE_BITS,
+    GroupScales,
+    apply_group_scales,
+    group_scale_error_bound,
+    group_scales,
+    tensor_scales,
+)
 
 __all__ = [
     "EPS", "ACT_BITS", "SCALE_BITS",
     "ternarize", "quantize_activations",
-    "GroupScales", "group_scales", "apply_group_scales", "group_scale_error_bound",
+    "GroupScales", "group_scales", "tensor_scales", "linear_scales", "apply_group_scales",
+    "group_scale_error_bound",
     "bitlinear", "bitlinear_reference",
 ]
 
@@ -54,8 +43,6 @@ __all__ = [
 EPS = 1e-5
 #: Activation width of BitLinear.
 ACT_BITS = 8
-#: Width of a signed group-scale mantissa.
-SCALE_BITS = 16
 
 
 def ternarize(weights):
@@ -117,103 +104,15 @@ def quantize_activations(x, *, bits=ACT_BITS):
     return x_q.astype(np.int8 if bits <= 8 else np.int16), s
 
 
-@dataclass(frozen=True)
-class GroupScales:
-    """Fixed-point group scales: ``S[o, g] ~= mantissa[o, g] * 2**exponent[o]``.
+def linear_scales(lin: QuantLinear):
+    """The fixed-point scales of ``lin``: ``(out, groups)`` mantissas and ``(out,)`` exponents.
 
-    Attributes
-    ----------
-    mantissa : np.ndarray
-        int32, ``(out, groups)``, ``|mantissa| <= 2**(bits-1) - 1``.
-    exponent : np.ndarray
-        int32, ``(out,)``: one exponent per output row.
-    bits : int
-        Mantissa width (signed).
+    A per-tensor scale becomes an ``(out, 1)`` matrix (:func:`tensor_scales`), group scales go
+    through :func:`group_scales`; backends and :func:`bitlinear` both use this, so they agree.
     """
-
-    mantissa: np.ndarray
-    exponent: np.ndarray
-    bits: int = SCALE_BITS
-
-    def value(self):
-        """The scales the fixed-point numbers stand for, float64 ``(out, groups)``."""
-        return np.ldexp(self.mantissa.astype(np.float64), self.exponent[:, None])
-
-
-def group_scales(scale, *, bits=SCALE_BITS):
-    """Convert float group scales to the fabric's fixed point (see the module docstring).
-
-    Parameters
-    ----------
-    scale : array_like
-        float, ``(out, groups)``.
-    bits : int
-        Signed mantissa width, 2..32.
-
-    Returns
-    -------
-    GroupScales
-
-    Raises
-    ------
-    ValueError
-        If ``scale`` is not 2-D or not finite, or ``bits`` is out of range.
-    """
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 32:
-        raise ValueError(f"Scale mantissa width must be an integer in 2..32, not {bits!r}")
-    s = np.asarray(scale, dtype=np.float64)
-    if s.ndim != 2:
-        raise ValueError(f"Group scales must be 2-D (out x groups), not shape {s.shape}")
-    if not np.isfinite(s).all():
-        raise ValueError("Group scales must be finite")
-    top = (1 << (bits - 1)) - 1
-    peak = np.abs(s).max(axis=1) if s.shape[1] else np.zeros(s.shape[0])
-    # peak = f * 2**p with f in [0.5, 1): with e = p - (bits - 1) the peak's mantissa lies in
-    # [2**(bits-2), 2**(bits-1)), the largest range that fits; one exponent less would not. Only
-    # when it rounds up to 2**(bits-1) does it need one exponent more. frexp and ldexp are exact.
-    _, p = np.frexp(peak)
-    e = np.where(peak > 0, p - (bits - 1), 0)
-    e = e + (np.rint(np.ldexp(peak, -e)) > top)
-    m = np.rint(np.ldexp(s, -e[:, None]))
-    return GroupScales(m.astype(np.int32), e.astype(np.int32), bits)
-
-
-def apply_group_scales(sums, gs):
-    """The fabric's fixed-point scale step: ``acc[o, v] = sum_g m[o, g] * P[o, g, v]``, exact.
-
-    Parameters
-    ----------
-    sums : np.ndarray
-        Integer group sums ``P``, ``(out, groups, V)``.
-    gs : GroupScales
-
-    Returns
-    -------
-    np.ndarray
-        int64 ``(out, V)``; the output is ``acc * 2**gs.exponent[:, None] / s``.
-    """
-    p = np.asarray(sums, dtype=np.int64)
-    return np.einsum("og,ogv->ov", gs.mantissa.astype(np.int64), p)
-
-
-def group_scale_error_bound(sums, s, gs):
-    """Bound on ``|y_fixed - y_float|`` of a group-scaled BitLinear (module docstring).
-
-    Parameters
-    ----------
-    sums : np.ndarray
-        Integer group sums ``(out, groups, V)``.
-    s : array_like
-        Activation factors ``(V,)``.
-    gs : GroupScales
-
-    Returns
-    -------
-    np.ndarray
-        float64 ``(out, V)``: ``2**(e[o]-1) * sum_g |P[o, g, v]| / s[v]``.
-    """
-    total = np.abs(np.asarray(sums, dtype=np.int64)).sum(axis=1).astype(np.float64)
-    return np.ldexp(total, gs.exponent[:, None] - 1) / np.asarray(s, dtype=np.float64)
+    if lin.group_size:
+        return group_scales(lin.scale)
+    return tensor_scales(lin.scale, lin.shape[0])
 
 
 def _as_columns(lin, x):
@@ -233,8 +132,9 @@ def bitlinear(lin: QuantLinear, x, backend):
     x : array_like
         float activations, ``(in,)`` or ``(in, V)`` (tokens are columns).
     backend : lpu.host.transformer.ProjectionBackend
-        Forms the exact integer sums: ``backend.matmul(lin, x_q)`` for a per-tensor scale,
-        ``backend.group_matmul(lin, x_q)`` for group scales (applied with :func:`group_scales`).
+        Forms the exact scaled integer ``acc = sum_g m[o, g] * P[o, g, v]``:
+        ``backend.scaled_matmul(lin, x_q)`` with the mantissas of :func:`linear_scales`, for
+        per-tensor and per-group scales alike; the host finishes ``acc * 2**e[o] / s[v]``.
 
     Returns
     -------
@@ -249,22 +149,12 @@ def bitlinear(lin: QuantLinear, x, backend):
     xc, single = _as_columns(lin, x)
     x_q, s = quantize_activations(xc)
     out_f, v = lin.shape[0], xc.shape[1]
-    s64 = s.astype(np.float64)
-    if not lin.group_size:
-        acc = np.asarray(backend.matmul(lin, x_q))
-        if acc.shape != (out_f, v) or acc.dtype.kind not in "iu":
-            raise ValueError(f"Backend returned {acc.dtype} {acc.shape} for {lin.name}, "
-                             f"not integers of shape {(out_f, v)}")
-        y = acc.astype(np.float64) * float(lin.scale) / s64
-    else:
-        groups = lin.shape[1] // lin.group_size
-        sums = np.asarray(backend.group_matmul(lin, x_q))
-        if sums.shape != (out_f, groups, v) or sums.dtype.kind not in "iu":
-            raise ValueError(f"Backend returned {sums.dtype} {sums.shape} for {lin.name}, "
-                             f"not integers of shape {(out_f, groups, v)}")
-        gs = group_scales(lin.scale)
-        acc = apply_group_scales(sums, gs)
-        y = np.ldexp(acc.astype(np.float64), gs.exponent[:, None]) / s64
+    acc = np.asarray(backend.scaled_matmul(lin, x_q))
+    if acc.shape != (out_f, v) or acc.dtype.kind not in "iu":
+        raise ValueError(f"Backend returned {acc.dtype} {acc.shape} for {lin.name}, "
+                         f"not integers of shape {(out_f, v)}")
+    gs = linear_scales(lin)
+    y = np.ldexp(acc.astype(np.float64), gs.exponent[:, None]) / s.astype(np.float64)
     y = y.astype(np.float32)
     return y[:, 0] if single else y
 
@@ -272,9 +162,9 @@ def bitlinear(lin: QuantLinear, x, backend):
 def bitlinear_reference(lin: QuantLinear, x):
     """Float reference of :func:`bitlinear`: dequantized weights times dequantized activations.
 
-    ``y = lin.dequantize() @ (x_q / s)`` in float32, with the float (not fixed-point) group
-    scales. It differs from :func:`bitlinear` by float32 rounding and, for group scales, by at
-    most :func:`group_scale_error_bound`.
+    ``y = lin.dequantize() @ (x_q / s)`` in float32, with the float (not fixed-point) scales.
+    It differs from :func:`bitlinear` by float32 rounding and by at most
+    :func:`group_scale_error_bound` (per-tensor scales included, as one group per row).
 
     Parameters
     ----------

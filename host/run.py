@@ -43,7 +43,8 @@ class CharTokenizer:
 
 
 def device_for(model, *, lanes=64, pes=4, word_bits=32):
-    """An LPU sized for ``model``: every projection's row fits, all weights fit in memory."""
+    """An LPU sized for ``model``: every projection's row fits, all weights fit in memory and
+    all scale mantissas in the scale memory."""
     from lpu.hw.formats import WeightFormat
     from lpu.hw.lpu import LPU
 
@@ -56,8 +57,11 @@ def device_for(model, *, lanes=64, pes=4, word_bits=32):
     addr_width = max(1, (words - 1).bit_length())
     max_rows = max(lin.shape[0] for lin in model.linears.values())
     vectors = min(ctx, 255)
+    # every projection's mantissas: one per row (per-tensor scale) or per row and group
+    scales = sum(lin.shape[0] * (lin.shape[1] // lin.group_size if lin.group_size else 1)
+                 for lin in model.linears.values())
     return LPU(lanes=lanes, pes=pes, word_bits=word_bits, addr_width=addr_width, max_k=max_k,
-               max_vectors=vectors, formats=["t2"],
+               max_vectors=vectors, formats=["t2"], scale_depth=scales,
                out_depth=1 << (-(-max_rows // pes) * vectors - 1).bit_length())
 
 

@@ -39,7 +39,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from lpu.host.quant import ACT_BITS, bitlinear, bitlinear_reference
+from lpu.host.quant import ACT_BITS, bitlinear, bitlinear_reference, linear_scales
 from lpu.host.tensors import QuantLinear, QuantModel
 from lpu.sim import golden
 
@@ -51,24 +51,22 @@ __all__ = [
 
 @runtime_checkable
 class ProjectionBackend(Protocol):
-    """What forms the exact integer part of a BitLinear.
+    """What forms the exact integer part of a BitLinear, scales included.
 
     Activations arrive quantized, one column per token (``V`` columns share one pass over the
     weights). Results must equal :class:`GoldenBackend`'s bit for bit.
     """
 
-    def matmul(self, lin: QuantLinear, x_q: np.ndarray) -> np.ndarray:
-        """``W @ x_q``: int8 ``(in, V)`` -> int64 ``(out, V)``."""
-        ...
-
-    def group_matmul(self, lin: QuantLinear, x_q: np.ndarray) -> np.ndarray:
-        """One sum per group of ``lin.group_size`` inputs: int8 ``(in, V)`` -> int64
-        ``(out, in // group_size, V)``."""
+    def scaled_matmul(self, lin: QuantLinear, x_q: np.ndarray) -> np.ndarray:
+        """``acc[o, v] = sum_g m[o, g] * P[o, g, v]``: int8 ``(in, V)`` -> int64 ``(out, V)``,
+        with ``P`` the exact group sums (one group per row for a per-tensor scale) and ``m``
+        the mantissas of :func:`lpu.host.quant.linear_scales`; the host applies ``2**e / s``."""
         ...
 
 
 class GoldenBackend:
-    """The NumPy backend: :func:`lpu.sim.golden.matvec`, the definition of a correct result.
+    """The NumPy backend: :func:`lpu.sim.golden.scaled_matvec`, the definition of a correct
+    result (with :meth:`matmul` and :meth:`group_matmul`, the unscaled sums, for tests).
 
     Attributes
     ----------
@@ -85,6 +83,12 @@ class GoldenBackend:
     def _count(self, x_q):
         self.passes += 1
         self.vectors += x_q.shape[1]
+
+    def scaled_matmul(self, lin: QuantLinear, x_q: np.ndarray) -> np.ndarray:
+        """The scaled sums as int64 ``(out, V)`` (:class:`ProjectionBackend`)."""
+        self._count(x_q)
+        return golden.scaled_matvec(lin.weights, x_q, linear_scales(lin).mantissa,
+                                    group=lin.group_size, act_bits=ACT_BITS, mode=lin.mode)
 
     def matmul(self, lin: QuantLinear, x_q: np.ndarray) -> np.ndarray:
         """``W @ x_q`` as int64 ``(out, V)``."""

@@ -18,14 +18,16 @@ from amaranth.lib.wiring import In, Out
 from .formats import WeightFormat
 from .params import check_positive
 from .protocol import CRC, MAX_PAYLOAD, REPLY_SYNC, REQUEST_SYNC, Command, Status
+from .scale import JOB_LAYOUT, SCALE_BITS, ScaleUnit
 from .streamer import DESCRIPTOR_LAYOUT, PERF_LAYOUT, StreamError, WeightStreamer
 
 __all__ = ["LPU", "config_bytes", "PROTOCOL_VERSION"]
 
-PROTOCOL_VERSION = 1
-_CONFIG_FORMAT = "<BHHBBBBHBIHBH"
+PROTOCOL_VERSION = 2
+_CONFIG_FORMAT = "<BHHBBBBHBIHBHIB"
 CONFIG_FIELDS = ("version", "lanes", "pes", "act_bits", "binary", "formats", "word_bits",
-                 "max_k", "max_vectors", "mem_words", "out_depth", "acc_width", "max_burst")
+                 "max_k", "max_vectors", "mem_words", "out_depth", "acc_width", "max_burst",
+                 "scale_depth", "result_bytes")
 
 
 def config_bytes(lpu):
@@ -35,7 +37,7 @@ def config_bytes(lpu):
     return struct.pack(_CONFIG_FORMAT, PROTOCOL_VERSION, st.lanes, st.pes, st.act_bits,
                        int(st.mode.value == "binary"), fmt_mask, st.word_bits, st.max_k,
                        st.max_vectors, st.mem_words, lpu.out_depth, st.array.acc_width,
-                       st.max_burst)
+                       st.max_burst, lpu.scale.scale_depth, lpu.result_bytes)
 
 
 def parse_config(payload):
@@ -46,13 +48,20 @@ def parse_config(payload):
 
 
 class LPU(wiring.Component):
-    """Weight streamer + PE array + output buffer + command interface.
+    """Weight streamer + PE array + scale unit + output buffer + command interface.
+
+    A ``RUN`` job first goes to the :class:`~lpu.hw.scale.ScaleUnit`, which checks its scale
+    range (``SCALES`` error), then to the streamer; the array's sums pass through the scale unit
+    into the output buffer, so every result is a scaled row sum
+    ``sum_g m[row, g] * P[row, g, v]`` of ``result_bytes`` bytes.
 
     Parameters
     ----------
     out_depth : int
         Output-buffer entries (each P sums); results of a job beyond it are dropped and the
         ``RUN`` reply reports the count the job produced.
+    scale_depth : int
+        Scale-memory entries (signed 16-bit mantissas), 1 to 65536.
     timeout : int
         Idle cycles after which a request that stopped arriving is dropped (``TRUNCATED``).
     **streamer_args
@@ -70,7 +79,7 @@ class LPU(wiring.Component):
         Memory word writes.
     """
 
-    def __init__(self, *, out_depth=1024, timeout=100_000, **streamer_args):
+    def __init__(self, *, out_depth=1024, scale_depth=1024, timeout=100_000, **streamer_args):
         self._streamer = WeightStreamer(**streamer_args)
         if self._streamer.act_bits > 8:
             raise ValueError(f"Activation width must be at most 8 for the byte protocol, not "
@@ -79,6 +88,8 @@ class LPU(wiring.Component):
         check_positive("Timeout", timeout)
         self._out_depth = out_depth
         self._timeout = timeout
+        self._scale = ScaleUnit(pes=self._streamer.pes, acc_width=self._streamer.array.acc_width,
+                                scale_depth=scale_depth, max_vectors=self._streamer.max_vectors)
         s = self._streamer.signature.members
         super().__init__({
             "rx": In(stream.Signature(8)),
@@ -90,6 +101,12 @@ class LPU(wiring.Component):
         })
 
     streamer = property(lambda self: self._streamer)
+    scale = property(lambda self: self._scale)
+
+    @property
+    def result_bytes(self):
+        """Bytes of one result in a ``READ_OUT`` reply: the scaled sum's width, rounded up."""
+        return (self._scale.out_width + 7) // 8
     out_depth = property(lambda self: self._out_depth)
     timeout = property(lambda self: self._timeout)
 
@@ -97,15 +114,19 @@ class LPU(wiring.Component):
         m = Module()
         st = self._streamer
         N, P = st.lanes, st.pes
-        acc_w = st.array.acc_width
+        sc = self._scale
+        out_w = sc.out_width
+        rb = self.result_bytes
         word_bytes = st.word_bits // 8
         m.submodules.streamer = st
+        m.submodules.scale = sc
+        wiring.connect(m, st.o_stream, sc.i_stream)
         wiring.connect(m, st.mem_req, wiring.flipped(self.mem_req))
         wiring.connect(m, wiring.flipped(self.mem_resp), st.mem_resp)
 
         m.submodules.frame = frame = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
         m.submodules.reply = reply = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
-        m.submodules.outbuf = outbuf = Memory(shape=data.ArrayLayout(signed(acc_w), P),
+        m.submodules.outbuf = outbuf = Memory(shape=data.ArrayLayout(signed(out_w), P),
                                               depth=self._out_depth, init=[])
         fw, fr = frame.write_port(), frame.read_port(domain="comb")
         rw, rr = reply.write_port(), reply.read_port(domain="comb")
@@ -119,15 +140,17 @@ class LPU(wiring.Component):
         status = Signal(8)
         reply_len = Signal(16)
         idle = Signal(range(self._timeout + 1))
-        desc_bytes = (DESCRIPTOR_LAYOUT.size + 7) // 8
+        desc_bytes = (JOB_LAYOUT.size + 7) // 8
         AW = max(128, 8 * N, 8 * desc_bytes)
         acc = Signal(AW)             # little-endian field assembly: newest byte on top
         field_addr = Signal(32)
         out_count = Signal(16)
         out_start = Signal(16)
         out_n = Signal(16)
-        sub = Signal(range(max(P * 4, word_bytes, N, 13) + 1))
-        ostream = st.o_stream
+        sub = Signal(range(max(rb, word_bytes, N, 13) + 1))
+        pe_sel = Signal(range(P + 1))
+        job_error = Signal(StreamError)
+        ostream = sc.o_stream
 
         # Results flow into the output buffer whenever the streamer has them.
         m.d.comb += [
@@ -230,6 +253,11 @@ class LPU(wiring.Component):
                             reply_with(Status.BAD_LENGTH, 0)
                         with m.Else():
                             m.next = "STATUS"
+                    with m.Case(Command.WRITE_SCALE):
+                        with m.If((length < 2) | length[0]):
+                            reply_with(Status.BAD_LENGTH, 0)
+                        with m.Else():
+                            m.next = "WSCALE_ADDR"
                     with m.Default():
                         reply_with(Status.BAD_COMMAND, 0)
 
@@ -282,63 +310,106 @@ class LPU(wiring.Component):
                 with m.If(act_w.ready):
                     reply_with(Status.OK, 0)
 
+            scale_w = sc.scale_wr
+            with m.State("WSCALE_ADDR"):
+                m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                with m.If(idx == 1):
+                    m.d.sync += [field_addr.eq(shift_in[-16:]), sub.eq(0)]
+                    m.next = "WSCALE_WORD"
+                    with m.If(shift_in[-16:] + ((length - 2) >> 1) > sc.scale_depth):
+                        reply_with(Status.BAD_LENGTH, 0)
+            with m.State("WSCALE_WORD"):
+                with m.If(idx == length):
+                    reply_with(Status.OK, 0)
+                with m.Else():
+                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1), sub.eq(sub + 1)]
+                    with m.If(sub == 1):
+                        m.next = "WSCALE_WRITE"
+            with m.State("WSCALE_WRITE"):
+                # the scale memory's write port is always ready
+                m.d.comb += [scale_w.valid.eq(1), scale_w.payload.addr.eq(field_addr),
+                             scale_w.payload.data.eq(acc[-SCALE_BITS:])]
+                m.d.sync += [field_addr.eq(field_addr + 1), sub.eq(0)]
+                m.next = "WSCALE_WORD"
+
             with m.State("RUN_DESC"):
                 with m.If(idx == length):
                     m.next = "RUN_START"
                 with m.Else():
                     m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+            job = acc[AW - 8 * desc_bytes:]
             with m.State("RUN_START"):
-                m.d.comb += [st.desc.valid.eq(1),
-                             st.desc.payload.as_value().eq(acc[AW - 8 * desc_bytes:])]
-                with m.If(st.desc.ready):
+                # The scale unit checks the job's scale range before the streamer starts.
+                m.d.comb += [sc.desc.valid.eq(1), sc.desc.payload.as_value().eq(job)]
+                with m.If(sc.desc.ready):
                     m.d.sync += out_count.eq(0)
+                    m.next = "RUN_SCALE"
+            with m.State("RUN_SCALE"):
+                with m.If(~sc.status.setup):
+                    with m.If(sc.status.error):
+                        m.d.sync += [job_error.eq(StreamError.SCALES), idx.eq(0)]
+                        m.next = "RUN_REPLY"
+                    with m.Else():
+                        m.next = "RUN_STREAM"
+            with m.State("RUN_STREAM"):
+                m.d.comb += [st.desc.valid.eq(1),
+                             st.desc.payload.as_value().eq(job[:DESCRIPTOR_LAYOUT.size])]
+                with m.If(st.desc.ready):
                     m.next = "RUN_WAIT"
             with m.State("RUN_WAIT"):
-                # the streamer is busy from the cycle after it took the descriptor
+                # The streamer is busy from the cycle after it took the descriptor; the scale
+                # unit from before and until its last result has left. A job the streamer
+                # refuses never sends sums: the scale unit drops it.
                 with m.If(~st.status.busy):
-                    m.d.comb += [rw.en.eq(1), rw.addr.eq(0), rw.data.eq(st.status.error)]
-                    m.d.sync += idx.eq(1)
-                    m.next = "RUN_REPLY"
+                    with m.If(st.status.error != StreamError.NONE):
+                        m.d.comb += sc.abort.eq(1)
+                        m.d.sync += [job_error.eq(st.status.error), idx.eq(0)]
+                        m.next = "RUN_REPLY"
+                    with m.Elif(~sc.status.busy):
+                        m.d.sync += [job_error.eq(StreamError.NONE), idx.eq(0)]
+                        m.next = "RUN_REPLY"
             with m.State("RUN_REPLY"):
                 m.d.comb += [rw.en.eq(1), rw.addr.eq(idx),
-                             rw.data.eq(out_count.word_select(idx[0] ^ 1, 8))]
+                             rw.data.eq(Mux(idx == 0, job_error,
+                                            out_count.word_select(idx[0] ^ 1, 8)))]
                 m.d.sync += idx.eq(idx + 1)
                 with m.If(idx == 2):
-                    reply_with(Mux(st.status.error == StreamError.NONE, Status.OK,
+                    reply_with(Mux(job_error == StreamError.NONE, Status.OK,
                                    Status.RUN_ERROR), 3)
 
             with m.State("READ_ARGS"):
                 m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
                 with m.If(idx == 3):
                     start, count = shift_in[-32:-16], shift_in[-16:]
-                    m.d.sync += [out_start.eq(start), out_n.eq(count), idx.eq(0), sub.eq(0)]
-                    with m.If((count * P * 4 > MAX_PAYLOAD) | (start + count > out_count) |
+                    m.d.sync += [out_start.eq(start), out_n.eq(count), idx.eq(0), sub.eq(0),
+                                 pe_sel.eq(0)]
+                    with m.If((count * P * rb > MAX_PAYLOAD) | (start + count > out_count) |
                               (start + count > self._out_depth)):
                         reply_with(Status.BAD_LENGTH, 0)
                     with m.Else():
                         m.next = "READ_COPY"
             with m.State("READ_COPY"):
-                # entry out_start + idx // (4P), PE (sub // 4), byte sub % 4, sign-extended
+                # entry out_start, PE pe_sel, byte sub of its sign-extended value
                 m.d.comb += orp.addr.eq(out_start)
-                pe_sel = Signal(range(P))
-                m.d.comb += pe_sel.eq(sub >> 2)
-                value = Signal(signed(32))
+                value = Signal(signed(8 * rb))
                 m.d.comb += value.eq(Array(Value.cast(orp.data[p]).as_signed()
                                            for p in range(P))[pe_sel])
                 m.d.comb += [rw.en.eq(1), rw.addr.eq(idx),
-                             rw.data.eq(value.word_select(sub[:2], 8))]
+                             rw.data.eq(Array(value.word_select(b, 8) for b in range(rb))[sub])]
                 with m.If(out_n == 0):
                     reply_with(Status.OK, 0)
                 with m.Else():
                     m.d.sync += [idx.eq(idx + 1), sub.eq(sub + 1)]
-                    with m.If(sub == 4 * P - 1):
-                        m.d.sync += [sub.eq(0), out_start.eq(out_start + 1),
-                                     out_n.eq(out_n - 1)]
-                        with m.If(out_n == 1):
-                            reply_with(Status.OK, idx + 1)
+                    with m.If(sub == rb - 1):
+                        m.d.sync += [sub.eq(0), pe_sel.eq(pe_sel + 1)]
+                        with m.If(pe_sel == P - 1):
+                            m.d.sync += [pe_sel.eq(0), out_start.eq(out_start + 1),
+                                         out_n.eq(out_n - 1)]
+                            with m.If(out_n == 1):
+                                reply_with(Status.OK, idx + 1)
 
             with m.State("STATUS"):
-                words = Cat(st.status.busy, Const(0, 7), Value.cast(st.status.error),
+                words = Cat(st.status.busy | sc.status.busy, Const(0, 7), Value.cast(job_error),
                             Const(0, 5), Value.cast(st.perf))
                 nbytes = 2 + PERF_LAYOUT.size // 8
                 m.d.comb += [rw.en.eq(1), rw.addr.eq(idx), rw.data.eq(words.word_select(idx, 8))]

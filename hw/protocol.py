@@ -41,12 +41,17 @@ class Command(enum.Enum, shape=8):
     WRITE_MEM = 0x01
     #: ``addr:u16, acts`` -> ``()``: write one activation-buffer entry (N bytes, int8).
     WRITE_ACT = 0x02
-    #: ``descriptor`` (12 bytes) -> ``error:u8, outputs:u16``: run a job to completion.
+    #: ``job`` (14 bytes, :data:`lpu.hw.scale.JOB_LAYOUT`) -> ``error:u8, outputs:u16``: run a
+    #: job to completion; each output is P scaled sums (one per row of a row block).
     RUN = 0x03
-    #: ``start:u16, count:u16`` -> ``count`` results of P x int32.
+    #: ``start:u16, count:u16`` -> ``count`` results of P signed little-endian integers of
+    #: ``result_bytes`` each (see the ``PING`` reply).
     READ_OUT = 0x04
     #: ``()`` -> ``busy:u8, error:u8, 5 x u32 counters`` (see PERF_LAYOUT).
     STATUS = 0x05
+    #: ``addr:u16, int16 mantissas`` -> ``()``: write scale-memory entries from ``addr``
+    #: (layout: :func:`lpu.hw.scale.scale_address`); ``BAD_LENGTH`` past the scale memory.
+    WRITE_SCALE = 0x06
 
 
 class Status(enum.Enum, shape=8):

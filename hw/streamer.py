@@ -74,6 +74,7 @@ class StreamError(enum.Enum, shape=3):
     VECTORS = 4         # vectors above max_vectors
     GROUP = 5           # group not a multiple of the lane count
     ADDRESS = 6         # image runs past the end of memory
+    SCALES = 7          # mantissas run past the scale memory (set by the LPU's scale unit)
 
 
 PERF_LAYOUT = data.StructLayout({

@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 
 from lpu.hw.formats import weight_codes
 
-__all__ = ["run_pe", "run_array"]
+__all__ = ["run_pe", "run_array", "run_streamer", "run_scale"]
 
 
 def _drive(dut, inputs, n_out, *, seed, valid_prob, ready_prob, max_cycles, vcd=None):
@@ -142,3 +142,83 @@ def run_streamer(system, desc, act_entries, *, seed=0, ready_prob=1.0, max_cycle
     pes = system.streamer.pes
     result["outputs"] = np.array(outputs, dtype=np.int64).reshape(len(outputs), pes)
     return result
+
+
+def run_scale(unit, jobs, *, seed=0, valid_prob=1.0, ready_prob=1.0, max_cycles=200000,
+              vcd=None):
+    """Run jobs through a :class:`~lpu.hw.scale.ScaleUnit` in the Amaranth simulator.
+
+    Each job is a dict: ``job`` (a :data:`~lpu.hw.scale.JOB_LAYOUT` dict), ``scales`` (address,
+    mantissas) written first, ``beats`` (n, P) group sums in the array's order with random valid
+    gaps, and optionally ``abort_after`` (beats after which the job is aborted). Outputs are
+    taken with random backpressure. Returns, per job, a dict with ``outputs`` (R, P),
+    ``error``, ``cycles`` (job accepted to idle) and ``setup`` (job accepted to set-up done).
+    """
+    rng = np.random.default_rng(seed)
+    results = []
+    pes = unit.pes
+
+    async def host(ctx):
+        outputs = []
+
+        async def tick():
+            ready = int(rng.random() < ready_prob)
+            ctx.set(unit.o_stream.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(unit.o_stream.valid,
+                                                          unit.o_stream.payload)
+            if valid and ready:
+                outputs.append([int(v) for v in payload])
+
+        for job in jobs:
+            outputs.clear()
+            base, values = job.get("scales", (0, []))
+            for i, value in enumerate(values):
+                ctx.set(unit.scale_wr.payload, {"addr": base + i, "data": int(value)})
+                ctx.set(unit.scale_wr.valid, 1)
+                await tick()
+            ctx.set(unit.scale_wr.valid, 0)
+            ctx.set(unit.desc.payload, job["job"])
+            ctx.set(unit.desc.valid, 1)
+            while not ctx.get(unit.desc.ready):
+                await tick()
+            await tick()
+            ctx.set(unit.desc.valid, 0)
+            cycles = 1
+            while ctx.get(unit.status.setup):
+                await tick()
+                cycles += 1
+            error = bool(ctx.get(unit.status.error))
+            setup = cycles
+            beats = [] if error else job["beats"]
+            stop = job.get("abort_after")
+            for n, beat in enumerate(beats):
+                if stop is not None and n == stop:
+                    break
+                while rng.random() >= valid_prob:
+                    await tick()
+                    cycles += 1
+                ctx.set(unit.i_stream.payload, [int(s) for s in beat])
+                ctx.set(unit.i_stream.valid, 1)
+                while not ctx.get(unit.i_stream.ready):
+                    await tick()
+                    cycles += 1
+                await tick()
+                cycles += 1
+                ctx.set(unit.i_stream.valid, 0)
+            if stop is not None:
+                ctx.set(unit.abort, 1)
+                await tick()
+                ctx.set(unit.abort, 0)
+            while ctx.get(unit.status.busy):
+                await tick()
+                cycles += 1
+                if cycles > max_cycles:
+                    raise TimeoutError(f"Scale unit still busy after {max_cycles} cycles")
+            results.append({"outputs": np.array(outputs, dtype=np.int64).reshape(-1, pes),
+                            "error": error, "cycles": cycles, "setup": setup})
+
+    async def idle(ctx):
+        return
+
+    _simulate(unit, idle, host, vcd)
+    return results

@@ -4,6 +4,7 @@ from test_transformer import tiny_model
 
 from lpu.host.driver import LPUDriver, PysimTransport
 from lpu.host.fabric import FabricBackend
+from lpu.host.quant import linear_scales
 from lpu.host.transformer import GoldenBackend, forward
 from lpu.hw.lpu import LPU
 from lpu.sim import cocotb_runner
@@ -28,19 +29,26 @@ def test_every_projection_bit_exact(rng, fmt):
     try:
         for lin in model.linears.values():
             x = rng.integers(-128, 128, size=(lin.shape[1], 3)).astype(np.int8)
-            assert np.array_equal(fabric.matmul(lin, x), gold.matmul(lin, x))
+            assert np.array_equal(fabric.scaled_matmul(lin, x), gold.scaled_matmul(lin, x))
     finally:
         drv._t.close()
 
 
-def test_binary_group_sums_bit_exact(rng):
+def test_binary_group_scales_bit_exact(rng):
+    """Group scales applied on the fabric: one scaled sum per row comes back."""
     model = tiny_model(rng, group=16)
     drv = _driver("binary")
     fabric, gold = FabricBackend(drv), GoldenBackend()
     try:
         lin = model.linears["model.layers.0.mlp.down_proj"]
+        lin.scale[0] = np.array([-32767, 32767, 1]) / 1024    # mantissas +-(2**15 - 1), 1
         x = rng.integers(-128, 128, size=(lin.shape[1], 6)).astype(np.int8)  # V > max_vectors
-        assert np.array_equal(fabric.group_matmul(lin, x), gold.group_matmul(lin, x))
+        x[:, 0] = -128
+        assert np.array_equal(fabric.scaled_matmul(lin, x), gold.scaled_matmul(lin, x))
+        assert np.abs(linear_scales(lin).mantissa[0]).max() == (1 << 15) - 1
+        # written once: a second call sends only activations
+        assert np.array_equal(fabric.scaled_matmul(lin, x[:, :2]),
+                              gold.scaled_matmul(lin, x[:, :2]))
     finally:
         drv._t.close()
 

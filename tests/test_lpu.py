@@ -11,6 +11,8 @@ from lpu.hw.protocol import (
     encode_reply,
     encode_request,
 )
+from lpu.hw.scale import JOB_LAYOUT
+from lpu.hw.streamer import StreamError
 from lpu.sim import golden
 from lpu.sim.system import LPUSystem
 
@@ -30,16 +32,14 @@ def test_matmul_through_the_protocol(rng, device, fmt, vectors, group):
     w = rng.integers(-1, 2, size=(7, 19))
     x = rng.integers(-128, 128, size=(19, vectors))
     x[0, 0] = -128
-    y = drv.matmul(w, x, fmt=fmt, group=group)
-    if group:
-        wp = np.zeros((7, 24), dtype=np.int64)
-        wp[:, :19] = w
-        xp = np.zeros((24, vectors), dtype=np.int64)
-        xp[:19] = x
-        ref = np.einsum("mgk,gkv->mgv", wp.reshape(7, 3, 8), xp.reshape(3, 8, vectors))
-    else:
-        ref = golden.matvec(w, x)
-    assert np.array_equal(y, ref)
+    assert np.array_equal(drv.matmul(w, x, fmt=fmt, group=group), golden.matvec(w, x))
+    # The scale unit: the group sums (3 groups, the last partial) times extreme mantissas.
+    groups = 3 if group else 1
+    mant = rng.integers(-(1 << 15), 1 << 15, size=(7, groups))
+    mant[0] = (1 << 15) - 1
+    mant[1] = -(1 << 15)
+    y = drv.matmul(w, x, fmt=fmt, group=group, mantissas=mant, scale_base=1000)
+    assert np.array_equal(y, golden.scaled_matvec(w, x, mant, group=group))
     st = drv.status()
     assert not st["busy"] and st["tiles"] == 4 * 5 * vectors
 
@@ -117,6 +117,44 @@ def test_job_error_is_reported(device):
     desc = {"base": 1000, "rows": 8, "cols": 64, "group": 0, "vectors": 1, "fmt": 0}
     with pytest.raises(DeviceError, match=r"^Job failed on the device: ADDRESS$"):
         drv.run(desc)
+    assert drv.status()["error"] is StreamError.ADDRESS
+
+
+def _job_bytes(desc):
+    return JOB_LAYOUT.const(desc).as_value().value.to_bytes((JOB_LAYOUT.size + 7) // 8, "little")
+
+
+def test_scale_range_errors(rng, device):
+    """Mantissas past the scale memory (1024 entries): the host refuses first, the device sets
+    SCALES rather than run the job, and a job after it runs normally."""
+    drv, _ = device
+    assert (drv.config["scale_depth"], drv.config["result_bytes"]) == (1024, 4)
+    desc = {"base": 0, "rows": 7, "cols": 19, "group": 8, "vectors": 1, "fmt": 0,
+            "scale_base": 1004}                                 # 1004 + 7 * 3 = 1025
+    with pytest.raises(ValueError, match=r"^Job scales at 1004\.\.1024 run past the scale "
+                                         r"memory \(1024 entries\)$"):
+        drv.run(desc)
+    status, data = drv.request(Command.RUN, _job_bytes(desc))
+    assert status is Status.RUN_ERROR and data[0] == StreamError.SCALES.value
+    assert drv.status()["error"] is StreamError.SCALES
+    per_tensor = {**desc, "group": 0, "rows": 1025, "scale_base": 0}
+    status, data = drv.request(Command.RUN, _job_bytes(per_tensor))
+    assert status is Status.RUN_ERROR and data[0] == StreamError.SCALES.value
+    # A job the streamer refuses does not leave the scale unit waiting.
+    status, data = drv.request(Command.RUN, _job_bytes({**desc, "scale_base": 0, "base": 1020}))
+    assert status is Status.RUN_ERROR and data[0] == StreamError.ADDRESS.value
+    w = rng.integers(-1, 2, size=(7, 19))
+    x = rng.integers(-128, 128, size=19)
+    assert np.array_equal(drv.matmul(w, x, fmt="t2", group=8, scale_base=1003),
+                          golden.matvec(w, x))
+    with pytest.raises(ValueError, match=r"^Scale mantissas at 1020\.\.1024 run past the scale "
+                                         r"memory \(1024 entries\)$"):
+        drv.write_scales(np.ones((5, 1), dtype=np.int64), at=1020)
+    with pytest.raises(DeviceError, match=r"^Device refused WRITE_SCALE: BAD_LENGTH$"):
+        drv.request(Command.WRITE_SCALE, b"\xfc\x03" + bytes(10))       # 1020 + 5 > 1024
+    with pytest.raises(DeviceError, match=r"^Device refused WRITE_SCALE: BAD_LENGTH$"):
+        drv.request(Command.WRITE_SCALE, b"\x00\x00\x01")               # half a mantissa
+    drv.request(Command.WRITE_SCALE, b"\xfc\x03" + bytes(8))            # 1020 + 4 fits
 
 
 @pytest.mark.parametrize("frame, msg", [

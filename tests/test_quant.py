@@ -10,11 +10,13 @@ from lpu.host.quant import (
     bitlinear_reference,
     group_scale_error_bound,
     group_scales,
+    linear_scales,
     quantize_activations,
     ternarize,
 )
 from lpu.host.tensors import QuantLinear
 from lpu.host.transformer import GoldenBackend
+from lpu.sim import golden
 
 SAMPLES = env_int("LPU_SAMPLES", 20)
 
@@ -137,6 +139,13 @@ def test_group_scale_error_bound_random(rng):
     assert worst < 1
 
 
+def test_fixed_point_is_defined_once():
+    """host.quant re-exports the golden model's fixed point."""
+    assert group_scales is golden.group_scales and GroupScales is golden.GroupScales
+    assert apply_group_scales is golden.apply_group_scales
+    assert group_scale_error_bound is golden.group_scale_error_bound
+
+
 def test_apply_group_scales_is_integer():
     gs = GroupScales(np.array([[3, -2]], dtype=np.int32), np.array([-4], dtype=np.int32))
     sums = np.array([[[5, 1 << 40], [7, 1]]])
@@ -146,17 +155,47 @@ def test_apply_group_scales_is_integer():
 
 
 def test_bitlinear_per_tensor(rng):
+    """A per-tensor scale is one group per row in the same fixed point."""
     w = rng.integers(-1, 2, size=(24, 40))
     lin = QuantLinear("w", w, np.float32(0.03))
     x = rng.normal(size=(40, 5)).astype(np.float32)
     y = bitlinear(lin, x, GoldenBackend())
     x_q, s = quantize_activations(x)
     acc = w.astype(np.int64) @ x_q.astype(np.int64)
+    gs = linear_scales(lin)
+    assert gs.mantissa.shape == (24, 1) and (gs.mantissa == gs.mantissa[0, 0]).all()
+    assert 1 << 14 <= gs.mantissa[0, 0] < 1 << 15
+    assert gs.exponent.tolist() == [-20] * 24                  # 0.03 = 31457.28 * 2**-20
     assert y.dtype == np.float32 and y.shape == (24, 5)
-    assert np.array_equal(y, (acc * np.float64(np.float32(0.03)) / s).astype(np.float32))
+    want = np.ldexp(acc * np.int64(gs.mantissa[0, 0]), -20) / s.astype(np.float64)
+    assert np.array_equal(y, want.astype(np.float32))
+    exact = acc * np.float64(np.float32(0.03)) / s
+    bound = group_scale_error_bound(acc[:, None, :], s, gs)
+    assert (np.abs(y - exact) - np.abs(exact) * 2.0 ** -24 <= bound).all()
     ref = bitlinear_reference(lin, x)
-    assert np.allclose(y, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert np.allclose(y, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
     assert np.array_equal(bitlinear(lin, x[:, 2], GoldenBackend()), y[:, 2])
+
+
+@pytest.mark.parametrize("group", [0, 16])
+def test_scale_error_bound_is_tight(rng, group):
+    """Scales half a mantissa step off and sums of one sign come within 2x of the bound."""
+    out, k = 4, 64
+    groups = k // group if group else 1
+    # 2**14 + 0.499 mantissa steps: float32 holds it, the fixed point rounds off 0.499 steps.
+    scale = np.full((out, groups), (2 ** 14 + 0.499) * 2.0 ** -20, dtype=np.float32)
+    lin = QuantLinear("t", np.ones((out, k), dtype=np.int8),
+                      scale if group else scale[0, 0], group_size=group)
+    x = np.abs(rng.normal(size=(k, 3))).astype(np.float32) + 0.5
+    y = bitlinear(lin, x, GoldenBackend())
+    x_q, s = quantize_activations(x)
+    sums = GoldenBackend().group_matmul(lin, x_q) if group else \
+        GoldenBackend().matmul(lin, x_q)[:, None, :]
+    exact = np.einsum("og,ogv->ov", scale.astype(np.float64), sums) / s
+    bound = group_scale_error_bound(sums, s, linear_scales(lin))
+    err = np.abs(y - exact)
+    assert (err - np.abs(exact) * 2.0 ** -24 <= bound).all()
+    assert (err >= bound / 2).all()
 
 
 def test_bitlinear_binary_groups(rng):
@@ -171,11 +210,10 @@ def test_bitlinear_binary_groups(rng):
 
 
 class _WrongBackend:
-    def matmul(self, lin, x_q):
+    def scaled_matmul(self, lin, x_q):
+        if lin.group_size:
+            return np.zeros((lin.shape[0], x_q.shape[1]))
         return np.zeros((lin.shape[0] + 1, x_q.shape[1]), dtype=np.int64)
-
-    def group_matmul(self, lin, x_q):
-        return np.zeros((lin.shape[0], 1, x_q.shape[1]))
 
 
 def test_bitlinear_errors():
@@ -187,6 +225,6 @@ def test_bitlinear_errors():
                                          r"of shape \(2, 1\)$"):
         bitlinear(lin, np.zeros(4), _WrongBackend())
     lin = QuantLinear("g", np.ones((2, 4), dtype=np.int8), np.ones((2, 2)), group_size=2)
-    with pytest.raises(ValueError, match=r"^Backend returned float64 \(2, 1, 1\) for g, not "
-                                         r"integers of shape \(2, 2, 1\)$"):
+    with pytest.raises(ValueError, match=r"^Backend returned float64 \(2, 1\) for g, not "
+                                         r"integers of shape \(2, 1\)$"):
         bitlinear(lin, np.zeros(4), _WrongBackend())

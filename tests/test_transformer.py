@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import env_int
 
-from lpu.host.quant import bitlinear_reference, ternarize
+from lpu.host.quant import bitlinear_reference, linear_scales, ternarize
 from lpu.host.tensors import QuantLinear, QuantModel
 from lpu.host.transformer import (
     GoldenBackend,
@@ -197,6 +197,15 @@ def test_golden_backend_exact(rng):
     assert be.matmul(QuantLinear("e", -np.ones((1, 64), np.int8), np.float32(1)), x)[0, 0] == \
         128 * 64
     assert (be.passes, be.vectors) == (3, 7)
+    # Scaled sums: the golden model's fixed point, per-tensor and per-group alike.
+    lin = QuantLinear("b", wb, rng.uniform(0.5, 2, size=(12, 4)), group_size=16, mode="binary")
+    x = rng.integers(-128, 128, size=(64, 3)).astype(np.int8)
+    mant = linear_scales(lin).mantissa
+    assert np.array_equal(be.scaled_matmul(lin, x),
+                          np.einsum("og,ogv->ov", mant.astype(np.int64), be.group_matmul(lin, x)))
+    lin = QuantLinear("t", w, np.float32(0.25))
+    assert np.array_equal(be.scaled_matmul(lin, x), (w.astype(np.int64) @ x) * (1 << 14))
+    assert (be.passes, be.vectors) == (6, 16)
     with pytest.raises(ValueError, match=r"^t has a per-tensor scale, not group scales$"):
         be.group_matmul(QuantLinear("t", w, np.float32(1)), x)
 
@@ -206,9 +215,9 @@ class RecordingBackend(GoldenBackend):
         super().__init__()
         self.widths = []
 
-    def matmul(self, lin, x_q):
+    def scaled_matmul(self, lin, x_q):
         self.widths.append(x_q.shape[1])
-        return super().matmul(lin, x_q)
+        return super().scaled_matmul(lin, x_q)
 
 
 def test_generate_uses_cache_and_prefill(rng):
