@@ -60,10 +60,16 @@ def _cmd_demo(args):
 
 
 def _cmd_run(args):
+    from lpu.host.driver import DeviceError, LinkError
     from lpu.host.run import run
     prompt = args.prompt.replace("\\n", "\n")
-    out = run(args.model, backend=args.backend, prompt=prompt, max_tokens=args.max_tokens,
-              temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    try:
+        out = run(args.model, backend=args.backend, prompt=prompt, max_tokens=args.max_tokens,
+                  temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                  port=args.port, baudrate=args.baud)
+    except (LinkError, DeviceError) as exc:
+        print(f"lpu: error: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(out))
     else:
@@ -138,7 +144,13 @@ def build_parser():
 
     p = sub.add_parser("run", help="generate text with a model on a backend")
     p.add_argument("--model", default=None, help="model directory (default: the shipped one)")
-    p.add_argument("--backend", default="golden", choices=["golden", "sim"])
+    p.add_argument("--backend", default="golden",
+                   choices=["golden", "sim", "cocotb", "serial"],
+                   help="golden: NumPy; sim: Verilator with a C++ harness; cocotb: the same "
+                        "Verilog under cocotb (slower); serial: a board on --port")
+    p.add_argument("--port", default=None,
+                   help="serial port or pyserial URL (serial backend)")
+    p.add_argument("--baud", type=int, default=115200, help="baud rate (serial backend)")
     p.add_argument("--prompt", default="\\n123+456=",
                    help="prompt text; \\n stands for a newline")
     p.add_argument("--max-tokens", type=int, default=8)

@@ -106,20 +106,23 @@ async def serve(dut):
             sent = idle = 0
             synced = False
             tx_ready.value = 1
+            rx_valid.value = 1
+            rx_payload.value = req[0]
+            # Inputs are written only when they change: each write costs a call into the
+            # simulator, and the loop runs once per cycle.
             while True:
-                if sent < n:
-                    rx_valid.value = 1
-                    rx_payload.value = req[sent]
-                else:
-                    rx_valid.value = 0
                 await settled
-                took = sent < n and int(rx_ready.value)
-                out = int(tx_valid.value)
+                took = sent < n and rx_ready.value
+                out = tx_valid.value
                 byte = int(tx_payload.value) if out else 0
                 await edge
                 cycles += 1
                 if took:
                     sent += 1
+                    if sent < n:
+                        rx_payload.value = req[sent]
+                    else:
+                        rx_valid.value = 0
                 if out:
                     if not synced and byte == REPLY_SYNC:
                         synced = True

@@ -197,3 +197,32 @@ def test_loop_url_echoes_requests():
 def test_serial_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
         SerialTransport("loop://", **kwargs)
+
+
+@pytest.mark.slow
+def test_lpu_run_over_a_serial_link(capsys):
+    """``lpu run --backend serial``: the shipped model on a simulated board behind a pty."""
+    import json
+
+    from lpu.cli import main
+    from lpu.host.loaders import load_hf_bitnet
+    from lpu.host.run import default_model_path, device_for
+    from lpu.sim import cocotb_runner
+    ok, why = cocotb_runner.available("verilator")
+    if not ok:
+        pytest.skip(f"the simulated board needs Verilator: {why}")
+    from lpu.sim.fast import VerilatorTransport
+    board = VerilatorTransport(LPUSystem(device_for(load_hf_bitnet(default_model_path()))))
+    device = PtyDevice(board)
+    try:
+        assert main(["run", "--backend", "serial", "--port", device.port, "--baud", "921600",
+                     "--prompt", "\\n305+98=", "--json"]) == 0
+        serial = json.loads(capsys.readouterr().out)
+    finally:
+        device.close()
+        board.close()
+    assert main(["run", "--prompt", "\\n305+98=", "--json"]) == 0
+    gold = json.loads(capsys.readouterr().out)
+    assert serial["text"] == gold["text"] == "403\n"
+    assert serial["tokens"] == gold["tokens"]
+    assert serial["cycles"] is None and serial["cycles_per_token"] is None
