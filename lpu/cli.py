@@ -119,6 +119,20 @@ def _cmd_bench_stream(args):
     return 0 if out["exact"] else 1
 
 
+def _cmd_bench_sim(args):
+    from lpu.sim.bench_sim import run_sim_bench
+    out = run_sim_bench(prompt=args.prompt.replace("\\n", "\n"))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>24}: {v}")
+    if args.record:
+        from lpu.boards.bench_area import record
+        record([out], "lpu bench sim --record", name="sim_bench")
+    return 0 if out["cycles_equal"] and out["tokens_match_golden"] else 1
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="lpu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +202,13 @@ def build_parser():
     p.add_argument("--record", action="store_true",
                    help="with --suite: write docs/results/stream.json")
     p.set_defaults(func=_cmd_bench_stream)
+    p = bsub.add_parser("sim", help="the shipped model on the fast simulator and under cocotb "
+                                    "(same Verilog, same cycles): simulated cycles per second")
+    p.add_argument("--prompt", default="\\n12+34=",
+                   help="prompt of the forward pass; \\n stands for a newline")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--record", action="store_true", help="write docs/results/sim_bench.json")
+    p.set_defaults(func=_cmd_bench_sim)
     return parser
 
 
