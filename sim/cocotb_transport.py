@@ -110,6 +110,8 @@ class CocotbTransport(Transport):
     build_seconds : float
         Export and build (a cached build takes well under a second).
     build_dir : Path
+    run_dir : Path
+        The simulator's log and results; removed by :meth:`close` unless the run failed.
 
     Raises
     ------
@@ -152,6 +154,7 @@ class CocotbTransport(Transport):
         self.sim_seconds = 0.0
 
         self._run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.build_dir))
+        self.run_dir = self._run_dir
         self._log = self._run_dir / "sim.log"
         self._results = self._run_dir / "results.xml"
         # AF_UNIX paths are limited to about 100 bytes: the socket lives in a short temp dir.

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 
@@ -53,4 +55,6 @@ def test_cocotb_transport_reports_a_failing_simulation():
         transport.exchange(b"\x00" * 65537)
     with pytest.raises(SimulationError, match=r"^The cocotb simulation failed \(log in .*"):
         transport.close()
+    assert (transport.run_dir / "sim.log").is_file()
+    shutil.rmtree(transport.run_dir)
 
