@@ -37,11 +37,12 @@ demo: $(STAMP)
 	$(VENV)/bin/lpu demo
 
 # Figures recorded under docs/results (see docs/area.md, docs/stream.md). Takes a while: the
-# stream suite compiles several full-size designs.
+# stream suite compiles several full-size designs; bench sim runs the shipped model under cocotb.
 bench: install
 	$(VENV)/bin/lpu bench area --record
 	$(VENV)/bin/lpu bench area --decoder --record
 	$(VENV)/bin/lpu bench stream --suite --record
+	$(VENV)/bin/lpu bench sim --record
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

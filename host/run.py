@@ -1,9 +1,11 @@
 """Running a model end to end: ``lpu run`` and ``lpu demo``.
 
-Backends: ``golden`` (NumPy, :class:`~lpu.host.transformer.GoldenBackend`) and ``sim`` (the
-generated LPU compiled by Verilator, :class:`~lpu.sim.fast.VerilatorTransport`, through the real
-protocol and driver). Every ternary projection of the model runs on the backend; the rest on the
-host.
+Backends: ``golden`` (NumPy, :class:`~lpu.host.transformer.GoldenBackend`); through the real
+protocol and driver, ``sim`` (the generated LPU compiled by Verilator with a C++ harness,
+:class:`~lpu.sim.fast.VerilatorTransport`), ``cocotb`` (the same Verilog under cocotb and
+Verilator, :class:`~lpu.sim.cocotb_transport.CocotbTransport`, slower, the same cycles) and
+``serial`` (a board on a serial port, :class:`~lpu.host.serial_link.SerialTransport`). Every
+ternary projection of the model runs on the backend; the rest on the host.
 """
 
 from pathlib import Path
@@ -14,9 +16,10 @@ from .fabric import FabricBackend
 from .loaders import load_hf_bitnet
 from .transformer import GoldenBackend, forward, generate
 
-__all__ = ["default_model_path", "CharTokenizer", "device_for", "Session", "BACKENDS"]
+__all__ = ["default_model_path", "CharTokenizer", "device_for", "open_transport", "Session",
+           "BACKENDS"]
 
-BACKENDS = ("golden", "sim")
+BACKENDS = ("golden", "sim", "cocotb", "serial")
 
 
 def default_model_path():
@@ -65,20 +68,51 @@ def device_for(model, *, lanes=64, pes=4, word_bits=32):
                out_depth=1 << (-(-max_rows // pes) * vectors - 1).bit_length())
 
 
+def open_transport(backend, model, *, port=None, baudrate=115200):
+    """A transport to a device for ``model`` (:func:`device_for`) on a non-golden backend."""
+    if backend == "serial":
+        from .serial_link import SerialTransport
+        return SerialTransport(port, baudrate=baudrate)
+    from lpu.sim.system import LPUSystem
+    system = LPUSystem(device_for(model))
+    if backend == "sim":
+        from lpu.sim.fast import VerilatorTransport
+        return VerilatorTransport(system)
+    if backend == "cocotb":
+        from lpu.sim.cocotb_transport import CocotbTransport
+        return CocotbTransport(system)
+    raise ValueError(f"Backend must be one of {', '.join(BACKENDS[1:])}, not {backend!r}")
+
+
 class Session:
     """A model and a backend, ready to generate.
 
     Attributes
     ----------
     model, tokenizer, backend
-    transport : the simulator transport (``sim`` backend) or None
-    load_cycles : int
-        Simulated cycles spent writing the weights into device memory.
+    transport : the device transport, or None for ``golden``
+    load_cycles : int or None
+        Simulated cycles spent writing the weights into device memory (None for ``golden``
+        and ``serial``: a board does not count them for the host).
+
+    Parameters
+    ----------
+    model_path : path-like, optional
+    backend : str
+        One of :data:`BACKENDS`.
+    port : str, optional
+        Serial port or pyserial URL; required by ``serial`` and only used by it.
+    baudrate : int
+        Baud rate of the serial port.
     """
 
-    def __init__(self, model_path=None, *, backend="golden"):
+    def __init__(self, model_path=None, *, backend="golden", port=None, baudrate=115200):
         if backend not in BACKENDS:
             raise ValueError(f"Backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if backend == "serial" and not port:
+            raise ValueError("The serial backend needs a port (--port)")
+        if port and backend != "serial":
+            raise ValueError(f"A port is used by the serial backend only, not by {backend!r}")
         path = Path(model_path) if model_path else default_model_path()
         self.model = load_hf_bitnet(path)
         vocab = self.model.config.get("lpu_vocab")
@@ -91,19 +125,20 @@ class Session:
         if backend == "golden":
             self.backend = GoldenBackend()
             return
-        from lpu.sim.fast import VerilatorTransport
-        from lpu.sim.system import LPUSystem
-
         from .driver import LPUDriver
-        self.transport = VerilatorTransport(LPUSystem(device_for(self.model)))
-        self.backend = FabricBackend(LPUDriver(self.transport))
-        for lin in self.model.linears.values():
-            self.backend.preload(lin)
+        self.transport = open_transport(backend, self.model, port=port, baudrate=baudrate)
+        try:
+            self.backend = FabricBackend(LPUDriver(self.transport))
+            for lin in self.model.linears.values():
+                self.backend.preload(lin)
+        except BaseException:
+            self.transport.close()
+            raise
         self.load_cycles = self.transport.cycles
 
     @property
     def cycles(self):
-        return self.transport.cycles if self.transport else None
+        return getattr(self.transport, "cycles", None)
 
     def generate(self, prompt, max_tokens, *, temperature=0.0, top_k=0, seed=None):
         """Generated token ids for ``prompt`` (text); stops after a newline."""
@@ -121,9 +156,10 @@ class Session:
 
 
 def run(model_path=None, *, backend="golden", prompt="\n123+456=", max_tokens=8,
-        temperature=0.0, top_k=0, seed=None):
-    """``lpu run``: returns a dict with ``tokens``, ``text``, ``cycles``, ``cycles_per_token``."""
-    s = Session(model_path, backend=backend)
+        temperature=0.0, top_k=0, seed=None, port=None, baudrate=115200):
+    """``lpu run``: returns a dict with ``tokens``, ``text``, ``cycles``, ``cycles_per_token``
+    (cycles are None for ``golden`` and ``serial``)."""
+    s = Session(model_path, backend=backend, port=port, baudrate=baudrate)
     try:
         start = s.cycles
         tokens = s.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, seed=seed)

@@ -60,10 +60,16 @@ def _cmd_demo(args):
 
 
 def _cmd_run(args):
+    from lpu.host.driver import DeviceError, LinkError
     from lpu.host.run import run
     prompt = args.prompt.replace("\\n", "\n")
-    out = run(args.model, backend=args.backend, prompt=prompt, max_tokens=args.max_tokens,
-              temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    try:
+        out = run(args.model, backend=args.backend, prompt=prompt, max_tokens=args.max_tokens,
+                  temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                  port=args.port, baudrate=args.baud)
+    except (LinkError, DeviceError) as exc:
+        print(f"lpu: error: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(out))
     else:
@@ -113,6 +119,20 @@ def _cmd_bench_stream(args):
     return 0 if out["exact"] else 1
 
 
+def _cmd_bench_sim(args):
+    from lpu.sim.bench_sim import run_sim_bench
+    out = run_sim_bench(prompt=args.prompt.replace("\\n", "\n"))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>24}: {v}")
+    if args.record:
+        from lpu.boards.bench_area import record
+        record([out], "lpu bench sim --record", name="sim_bench")
+    return 0 if out["cycles_equal"] and out["tokens_match_golden"] else 1
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="lpu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,7 +158,13 @@ def build_parser():
 
     p = sub.add_parser("run", help="generate text with a model on a backend")
     p.add_argument("--model", default=None, help="model directory (default: the shipped one)")
-    p.add_argument("--backend", default="golden", choices=["golden", "sim"])
+    p.add_argument("--backend", default="golden",
+                   choices=["golden", "sim", "cocotb", "serial"],
+                   help="golden: NumPy; sim: Verilator with a C++ harness; cocotb: the same "
+                        "Verilog under cocotb (slower); serial: a board on --port")
+    p.add_argument("--port", default=None,
+                   help="serial port or pyserial URL (serial backend)")
+    p.add_argument("--baud", type=int, default=115200, help="baud rate (serial backend)")
     p.add_argument("--prompt", default="\\n123+456=",
                    help="prompt text; \\n stands for a newline")
     p.add_argument("--max-tokens", type=int, default=8)
@@ -176,6 +202,13 @@ def build_parser():
     p.add_argument("--record", action="store_true",
                    help="with --suite: write docs/results/stream.json")
     p.set_defaults(func=_cmd_bench_stream)
+    p = bsub.add_parser("sim", help="the shipped model on the fast simulator and under cocotb "
+                                    "(same Verilog, same cycles): simulated cycles per second")
+    p.add_argument("--prompt", default="\\n12+34=",
+                   help="prompt of the forward pass; \\n stands for a newline")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--record", action="store_true", help="write docs/results/sim_bench.json")
+    p.set_defaults(func=_cmd_bench_sim)
     return parser
 
 

@@ -76,3 +76,38 @@ def test_run_rejects_unknown_characters(capsys):
     assert main(["run", "--prompt", "12*3="]) == 2
     assert capsys.readouterr().err == ("lpu: error: Prompt character '*' is not in the model's "
                                        "vocabulary '\\n0123456789+='\n")
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--backend", "serial"], "The serial backend needs a port (--port)"),
+    (["--backend", "golden", "--port", "/dev/ttyUSB0"],
+     "A port is used by the serial backend only, not by 'golden'"),
+])
+def test_run_port_errors_exit_2(capsys, args, msg):
+    assert main(["run", *args]) == 2
+    assert capsys.readouterr().err == f"lpu: error: {msg}\n"
+
+
+def test_run_serial_without_a_device_exits_1(capsys, tmp_path):
+    port = str(tmp_path / "tty0")
+    assert main(["run", "--backend", "serial", "--port", port]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"lpu: error: Cannot open serial port {port}: ")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_run_cocotb_matches_golden(capsys):
+    from lpu.sim import cocotb_runner
+    ok, why = cocotb_runner.available("verilator")
+    if not ok:
+        pytest.skip(f"the cocotb backend needs Verilator: {why}")
+    assert main(["run", "--backend", "cocotb", "--prompt", "\\n7+5=", "--max-tokens", "1",
+                 "--json"]) == 0
+    cocotb = json.loads(capsys.readouterr().out)
+    assert main(["run", "--backend", "golden", "--prompt", "\\n7+5=", "--max-tokens", "1",
+                 "--json"]) == 0
+    gold = json.loads(capsys.readouterr().out)
+    assert cocotb["tokens"] == gold["tokens"] == [2]
+    assert cocotb["cycles"] > 0
+    assert cocotb["cycles_per_token"] == cocotb["cycles"]
