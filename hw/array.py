@@ -133,22 +133,27 @@ class PEArray(wiring.Component):
         if self._negation == "shared":
             negs = negate_activations(m, acts, self._act_bits)
 
+        # Framing travels beside the data through the tree's register stages. A data register
+        # stage takes a new value only when a tile enters it: with no tile in flight the tree
+        # keeps still (less switching, and a simulator skips its logic).
+        vec_in = pay.vector if self._vectors > 1 else Const(0, 1)
+        ctrl = Cat(self.i_stream.valid, pay.first, pay.last, vec_in)
+        stage_enables = []
+        for stage in range(pipeline_latency(self._lanes, self._pipeline)):
+            stage_enables.append(enable & ctrl[0])
+            nxt = Signal(len(ctrl), name=f"ctrl_p{stage}")
+            with m.If(enable):
+                m.d.sync += nxt.eq(ctrl)
+            ctrl = nxt
+
         sums = []
         for p in range(self._pes):
             codes = [Value.cast(pay.weight[p][i]) for i in range(self._lanes)]
             sums.append(build_dot(
                 m, acts, codes, act_bits=self._act_bits, mode=self._mode,
-                negation=self._negation, pipeline=self._pipeline, enable=enable, negs=negs,
-                name=f"pe{p}")[:2])
+                negation=self._negation, pipeline=self._pipeline, enable=stage_enables,
+                negs=negs, name=f"pe{p}")[:2])
 
-        # Framing travels beside the data through the tree's register stages.
-        vec_in = pay.vector if self._vectors > 1 else Const(0, 1)
-        ctrl = Cat(self.i_stream.valid, pay.first, pay.last, vec_in)
-        for stage in range(pipeline_latency(self._lanes, self._pipeline)):
-            nxt = Signal(len(ctrl), name=f"ctrl_p{stage}")
-            with m.If(enable):
-                m.d.sync += nxt.eq(ctrl)
-            ctrl = nxt
         valid, first, last, vec = ctrl[0], ctrl[1], ctrl[2], ctrl[3:]
         step = enable & valid
 

@@ -72,7 +72,9 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
 
     Returns ``(value, carry, lo, hi)``: the registered tree output, the one ``+1`` of the
     ``"carry"`` scheme that the tree had no adder left for (None for the other schemes), and the
-    range of ``value + carry``. Registers advance when ``enable`` is high.
+    range of ``value + carry``. Registers advance when ``enable`` is high; ``enable`` may also
+    be a list with one signal per register stage (stage 0 first), e.g. ``enable`` and the stage
+    holding a valid tile, so that data registers keep still while no tile passes.
     """
     B = act_bits
     lanes = len(acts)
@@ -97,6 +99,7 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
             leaves.append((leaf, -(1 << (B - 1)), 1 << (B - 1)))
 
     level = 0
+    stage = 0
     items = leaves
     while len(items) > 1:
         level += 1
@@ -115,7 +118,9 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
             nxt.append(items[-1])
         items = nxt
         if pipeline and (level % pipeline == 0 or len(items) == 1):
-            items, carries = _register(m, items, carries, enable, f"{name}_p{level}")
+            en = enable[stage] if isinstance(enable, (list, tuple)) else enable
+            items, carries = _register(m, items, carries, en, f"{name}_p{level}")
+            stage += 1
     value, lo, hi = items[0]
     carry = None
     if carries:

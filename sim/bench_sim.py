@@ -113,8 +113,8 @@ def run_sim_bench(*, prompt=DEFAULT_PROMPT, model_path=None):
         "cocotb_seconds": slow["seconds"],
         "build_seconds": fast["build_seconds"],
         "cocotb_build_seconds": slow["build_seconds"],
-        "verilator_opt": {"fast": "-O1", "cocotb": os.environ.get("LPU_VERILATOR_OPT")
-                          or "-O1"},
+        "verilator_opt": {"fast": VerilatorTransport.DEFAULT_OPT,
+                          "cocotb": os.environ.get("LPU_VERILATOR_OPT") or "-O1"},
         "machine_info": machine_info(),
     }
     return out

