@@ -20,6 +20,7 @@ Usage (from the repository root; needs the ``train`` extra, i.e. torch)::
 
     .venv/bin/python train/train_model.py --out models/bitnet-adder
     .venv/bin/python train/train_model.py --eval-only models/bitnet-adder   # no torch needed
+    .venv/bin/python train/train_model.py --eval-only models/bitnet-adder --backend sim
 """
 
 import argparse
@@ -418,6 +419,11 @@ def main(argv=None):
     parser.add_argument("--out", default="models/bitnet-adder", help="output directory")
     parser.add_argument("--eval-only", metavar="DIR",
                         help="evaluate a saved model with the host transformer; no training")
+    parser.add_argument("--backend", choices=("golden", "sim"), default="golden",
+                        help="with --eval-only: the golden backend, or the simulated LPU "
+                             "(Verilator) and the golden backend both, compared answer by answer")
+    parser.add_argument("--record", metavar="FILE",
+                        help="with --eval-only: write the figures as JSON to FILE")
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -438,7 +444,28 @@ def main(argv=None):
         acc, answers = evaluate_host(model, problems)
         print(f"host transformer, golden backend: accuracy {acc:.4f} on {len(problems)} "
               f"held-out problems ({time.monotonic() - t0:.0f} s)\n"
-              f"by digit counts: {by_class(problems, answers)}")
+              f"by digit counts: {by_class(problems, answers)}", flush=True)
+        report = {"model": args.eval_only, "test_problems": len(problems),
+                  "accuracy_golden_backend": acc}
+        if args.backend == "sim":
+            from lpu.host.run import Session
+            session = Session(args.eval_only, backend="sim")
+            try:
+                t0 = time.monotonic()
+                c0 = session.transport.cycles
+                acc_sim, ans_sim = evaluate_host(model, problems, session.backend)
+                cycles = session.transport.cycles - c0
+                seconds = time.monotonic() - t0
+            finally:
+                session.close()
+            differ = sum(x != y for x, y in zip(answers, ans_sim, strict=True))
+            print(f"simulated LPU (Verilator): accuracy {acc_sim:.4f}; answers differing "
+                  f"from the golden backend: {differ}; {cycles:,} simulated cycles in "
+                  f"{seconds:.0f} s", flush=True)
+            report.update({"accuracy_simulated_lpu": acc_sim, "answers_differing": differ,
+                           "simulated_cycles": cycles, "seconds": round(seconds)})
+        if args.record:
+            Path(args.record).write_text(json.dumps(report, indent=1) + "\n")
         return
 
     net, seconds, acc_torch, ans_torch = train(args)
