@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all install iverilog test demo bench lint clean
+.PHONY: all install iverilog test demo bench bitstream lint clean
 
 all: test
 
@@ -43,6 +43,11 @@ bench: install
 	$(VENV)/bin/lpu bench area --decoder --record
 	$(VENV)/bin/lpu bench stream --suite --record
 	$(VENV)/bin/lpu bench sim --record
+
+# A board's bitstream and build report (docs/boards.md): make bitstream BOARD=ulx3s-85f
+BOARD ?= icebreaker
+bitstream: $(STAMP)
+	$(VENV)/bin/lpu build --board $(BOARD) --json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

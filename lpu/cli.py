@@ -2,7 +2,9 @@
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -51,6 +53,32 @@ def _cmd_area(args):
     else:
         for k, v in out.items():
             print(f"{k:>14}: {v}")
+    return 0
+
+
+def _cmd_build(args):
+    from lpu.boards.build import BuildError, build_board
+    from lpu.boards.top import BOARDS
+    overrides = {k: getattr(args, k) for k in ("lanes", "pes", "mem_words", "max_k",
+                                                "max_vectors", "max_burst", "out_depth",
+                                                "scale_depth", "baud")}
+    if args.board not in BOARDS:
+        raise ValueError(f"Board must be one of {', '.join(BOARDS)}, not {args.board!r}")
+    out_dir = args.output or Path(os.environ.get("LPU_BUILD_DIR", "build")) / args.board
+    try:
+        report = build_board(args.board, out_dir=out_dir, **overrides)
+    except BuildError as exc:
+        print(f"lpu: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['board']} ({report['device']}): {report['bitstream']}, "
+              f"{report['build_seconds']} s")
+        for clk, c in report["clocks"].items():
+            print(f"  clock {clk}: {c['fmax_mhz']} MHz (target {c['target_mhz']} MHz)")
+        for res, u in report["utilization"].items():
+            print(f"  {res:>5}: {u['used']} / {u['available']}")
     return 0
 
 
@@ -148,6 +176,21 @@ def build_parser():
     _add_array_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_area)
+
+    p = sub.add_parser("build", help="a board's bitstream (UART + LPU + on-chip weights) "
+                                     "and a JSON report of timing and utilization")
+    p.add_argument("--board", required=True, help="icebreaker or ulx3s-85f")
+    for opt, what in (("lanes", "lanes per PE (N)"), ("pes", "number of PEs (P)"),
+                      ("mem-words", "on-chip weight memory in 32-bit words"),
+                      ("max-k", "longest row"), ("max-vectors", "most vectors per pass"),
+                      ("max-burst", "longest memory burst in words"),
+                      ("out-depth", "output-buffer entries"),
+                      ("scale-depth", "scale-memory entries"), ("baud", "UART baud rate")):
+        p.add_argument(f"--{opt}", type=int, default=None, help=f"{what} (default: the board's)")
+    p.add_argument("-o", "--output", default=None,
+                   help="build directory (default: $LPU_BUILD_DIR/BOARD, else build/BOARD)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("demo", help="the shipped model on the simulated LPU, checked against "
                                     "the golden model")

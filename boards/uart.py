@@ -1,0 +1,188 @@
+"""An 8N1 UART: serial line to byte stream and back.
+
+The link between a board's LPU and the host's :class:`~lpu.host.serial_link.SerialTransport`.
+One start bit (0), eight data bits least significant first, one stop bit (1), no parity. Each
+bit lasts ``divisor`` clock cycles exactly (:func:`baud_divisor` picks it from the clock and the
+baud rate and refuses a pair whose rate error exceeds what 8N1 tolerates).
+
+The receiver samples the middle of each bit: it waits half a bit after the falling edge of the
+start bit, checks the line is still low (a shorter pulse is a glitch and ignored), then samples
+every ``divisor`` cycles. A byte whose stop bit reads 0 is a framing error: it is dropped, the
+``frame_error`` strobe pulses and the receiver waits for the line to return high before it hunts
+for the next start bit (a break holds the line low). A byte that completes while the previous one
+is still waiting to be taken is dropped and ``overrun`` pulses; the LPU's protocol is half
+duplex, so a host that waits for each reply never causes one.
+
+No library on PyPI provides a UART for Amaranth 0.5 (``amaranth-stdio`` there is an empty
+placeholder), hence this module.
+"""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from lpu.hw.params import check_positive, check_range
+
+__all__ = ["UARTRx", "UARTTx", "baud_divisor", "MAX_BAUD_ERROR"]
+
+#: Largest relative baud-rate error accepted by :func:`baud_divisor`. Sampling mid-bit leaves
+#: half a bit of slack over the 9.5 bits from the start edge to the stop bit's middle, shared by
+#: both ends of the link: 5% in total, so 2% each keeps a margin.
+MAX_BAUD_ERROR = 0.02
+
+#: Smallest divisor: the receiver waits half a bit (divisor // 2 cycles, at least 1) and needs a
+#: cycle to act on a sample.
+MIN_DIVISOR = 4
+
+
+def baud_divisor(clk_hz, baud):
+    """Clock cycles per bit for ``baud`` at ``clk_hz``, rounded to the nearest integer.
+
+    Raises
+    ------
+    ValueError
+        If the rounded divisor misses the baud rate by more than :data:`MAX_BAUD_ERROR`, or is
+        below :data:`MIN_DIVISOR`.
+    """
+    check_positive("Clock frequency", clk_hz)
+    check_positive("Baud rate", baud)
+    divisor = round(clk_hz / baud)
+    if divisor < MIN_DIVISOR:
+        raise ValueError(f"Baud rate {baud} is too fast for a {clk_hz / 1e6:g} MHz clock "
+                         f"(at most {clk_hz // MIN_DIVISOR})")
+    error = abs(clk_hz / divisor - baud) / baud
+    if error > MAX_BAUD_ERROR:
+        raise ValueError(f"Baud rate {baud} is off by {error:.1%} at {clk_hz / 1e6:g} MHz "
+                         f"(divisor {divisor}); at most {MAX_BAUD_ERROR:.0%} is allowed")
+    return divisor
+
+
+class UARTTx(wiring.Component):
+    """Byte stream to 8N1 serial line.
+
+    Parameters
+    ----------
+    divisor : int
+        Clock cycles per bit, at least :data:`MIN_DIVISOR`.
+
+    Attributes
+    ----------
+    i_stream : In(stream.Signature(8))
+        Bytes to send; a byte is taken when the transmitter is idle.
+    tx : Out(1)
+        The serial line (idle high).
+    busy : Out(1)
+        A byte is being sent.
+    """
+
+    i_stream: In(stream.Signature(8))
+    tx: Out(1, init=1)
+    busy: Out(1)
+
+    def __init__(self, *, divisor):
+        self._divisor = check_range("Baud divisor", divisor, MIN_DIVISOR)
+        super().__init__()
+
+    divisor = property(lambda self: self._divisor)
+
+    def elaborate(self, platform):
+        m = Module()
+        timer = Signal(range(self._divisor))
+        shift = Signal(10, init=(1 << 10) - 1)   # stop, data[7:0], start; sent from bit 0
+        bits = Signal(range(11))                  # bits still to send
+        m.d.comb += [self.busy.eq(bits != 0), self.i_stream.ready.eq(bits == 0),
+                     self.tx.eq(shift[0])]
+        with m.If(self.i_stream.valid & self.i_stream.ready):
+            m.d.sync += [shift.eq((1 << 9) | (self.i_stream.payload << 1)), bits.eq(10),
+                         timer.eq(self._divisor - 1)]
+        with m.Elif(bits != 0):
+            with m.If(timer == 0):
+                m.d.sync += [shift.eq((1 << 9) | (shift >> 1)), bits.eq(bits - 1),
+                             timer.eq(self._divisor - 1)]
+            with m.Else():
+                m.d.sync += timer.eq(timer - 1)
+        return m
+
+
+class UARTRx(wiring.Component):
+    """8N1 serial line to byte stream.
+
+    Parameters
+    ----------
+    divisor : int
+        Clock cycles per bit, at least :data:`MIN_DIVISOR`.
+
+    Attributes
+    ----------
+    rx : In(1)
+        The serial line (idle high); synchronized inside.
+    o_stream : Out(stream.Signature(8))
+        Received bytes.
+    frame_error : Out(1)
+        Pulses for one cycle when a byte is dropped because its stop bit was 0.
+    overrun : Out(1)
+        Pulses for one cycle when a byte is dropped because the previous one was not taken.
+    """
+
+    rx: In(1, init=1)
+    o_stream: Out(stream.Signature(8))
+    frame_error: Out(1)
+    overrun: Out(1)
+
+    def __init__(self, *, divisor):
+        self._divisor = check_range("Baud divisor", divisor, MIN_DIVISOR)
+        super().__init__()
+
+    divisor = property(lambda self: self._divisor)
+
+    def elaborate(self, platform):
+        m = Module()
+        line = Signal(init=1)
+        m.submodules.sync_rx = FFSynchronizer(self.rx, line, init=1)
+
+        timer = Signal(range(self._divisor))
+        shift = Signal(8)
+        bits = Signal(range(9))
+        with m.If(self.o_stream.ready):
+            m.d.sync += self.o_stream.valid.eq(0)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(~line):
+                    m.d.sync += timer.eq(self._divisor // 2 - 1)
+                    m.next = "START"
+            # Half a bit after the falling edge: the middle of the start bit.
+            with m.State("START"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Elif(line):
+                    m.next = "IDLE"                          # a glitch, not a start bit
+                with m.Else():
+                    m.d.sync += [timer.eq(self._divisor - 1), bits.eq(8)]
+                    m.next = "DATA"
+            with m.State("DATA"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Else():
+                    m.d.sync += [shift.eq((line << 7) | (shift >> 1)), bits.eq(bits - 1),
+                                 timer.eq(self._divisor - 1)]
+                    with m.If(bits == 1):
+                        m.next = "STOP"
+            # The middle of the stop bit; the next start edge may follow half a bit later.
+            with m.State("STOP"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Elif(~line):
+                    m.d.comb += self.frame_error.eq(1)
+                    m.next = "BREAK"
+                with m.Else():
+                    with m.If(self.o_stream.valid & ~self.o_stream.ready):
+                        m.d.comb += self.overrun.eq(1)
+                    with m.Else():
+                        m.d.sync += [self.o_stream.payload.eq(shift), self.o_stream.valid.eq(1)]
+                    m.next = "IDLE"
+            with m.State("BREAK"):
+                with m.If(line):
+                    m.next = "IDLE"
+        return m

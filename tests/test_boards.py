@@ -1,0 +1,348 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+from amaranth.hdl import Module
+from amaranth.sim import Simulator
+from conftest import env_int
+
+from lpu.boards.uart import UARTRx, UARTTx, baud_divisor
+
+# ---------------------------------------------------------------- UART
+
+
+def _run(dut, *testbenches, vcd=None):
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    for tb in testbenches:
+        sim.add_testbench(tb)
+    sim.run()
+
+
+def _loopback(divisor):
+    m = Module()
+    m.submodules.tx = tx = UARTTx(divisor=divisor)
+    m.submodules.rx = rx = UARTRx(divisor=divisor)
+    m.d.comb += rx.rx.eq(tx.tx)
+    return m, tx, rx
+
+
+@pytest.mark.parametrize("divisor", [4, 7, 13])
+def test_uart_loopback_random_bytes(rng, divisor):
+    m, tx, rx = _loopback(divisor)
+    data = [int(b) for b in rng.integers(0, 256, env_int("LPU_UART_BYTES", 40))]
+    gaps = [int(g) for g in rng.integers(0, 3 * divisor, len(data))]
+    got, errors = [], []
+
+    async def producer(ctx):
+        for byte, gap in zip(data, gaps, strict=True):
+            if gap:
+                await ctx.tick().repeat(gap)
+            ctx.set(tx.i_stream.payload, byte)
+            ctx.set(tx.i_stream.valid, 1)
+            await ctx.tick().until(tx.i_stream.ready)
+            ctx.set(tx.i_stream.valid, 0)
+
+    async def consumer(ctx):
+        ctx.set(rx.o_stream.ready, 1)
+        cycles = 0
+        while len(got) < len(data) and cycles < 20 * divisor * (len(data) + 2) + 100 * divisor:
+            _, _, payload, valid, ferr, ovr = await ctx.tick().sample(
+                rx.o_stream.payload, rx.o_stream.valid, rx.frame_error, rx.overrun)
+            cycles += 1
+            if valid:
+                got.append(payload)
+            if ferr or ovr:
+                errors.append((cycles, ferr, ovr))
+
+    _run(m, producer, consumer)
+    assert got == data
+    assert errors == []
+
+
+@pytest.mark.parametrize("divisor", [4, 10, 104])
+def test_uart_tx_bit_period_is_the_divisor(divisor):
+    dut = UARTTx(divisor=divisor)
+    byte = 0b1011_0010
+    line = []
+
+    async def tb(ctx):
+        ctx.set(dut.i_stream.payload, byte)
+        ctx.set(dut.i_stream.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.i_stream.valid, 0)
+        for _ in range(10 * divisor + 2):
+            line.append((ctx.get(dut.tx), ctx.get(dut.i_stream.ready)))
+            await ctx.tick()
+
+    _run(dut, tb)
+    bits = [0] + [byte >> i & 1 for i in range(8)] + [1]
+    # every bit holds for exactly `divisor` cycles, and the next byte is taken right after
+    assert [v for v, _ in line[:10 * divisor]] == [b for b in bits for _ in range(divisor)]
+    assert [r for _, r in line[:10 * divisor]] == [0] * 10 * divisor
+    assert line[10 * divisor] == (1, 1)
+
+
+def _drive_frames(ctx, pin, frames, period):
+    """Drive 8N1 frames onto ``pin``; ``frames`` holds (byte, stop_bit); period in cycles."""
+    async def run():
+        for byte, stop in frames:
+            for bit in [0] + [byte >> i & 1 for i in range(8)] + [stop]:
+                ctx.set(pin, bit)
+                await ctx.tick().repeat(period)
+            ctx.set(pin, 1)
+            await ctx.tick().repeat(2 * period)
+    return run()
+
+
+@pytest.mark.parametrize("period", [98, 100, 102])   # 2% slow and fast senders
+def test_uart_rx_tolerates_rate_error(rng, period):
+    dut = UARTRx(divisor=100)
+    data = [int(b) for b in rng.integers(0, 256, 6)]
+    got = []
+
+    async def sender(ctx):
+        await ctx.tick().repeat(5)
+        await _drive_frames(ctx, dut.rx, [(b, 1) for b in data], period)
+
+    async def receiver(ctx):
+        ctx.set(dut.o_stream.ready, 1)
+        for _ in range(13 * period * len(data) + 50):
+            _, _, payload, valid = await ctx.tick().sample(dut.o_stream.payload, dut.o_stream.valid)
+            if valid:
+                got.append(payload)
+
+    _run(dut, sender, receiver)
+    assert got == data
+
+
+def test_uart_rx_drops_framing_errors_and_glitches():
+    divisor = 8
+    dut = UARTRx(divisor=divisor)
+    got, ferrs = [], []
+
+    async def sender(ctx):
+        await ctx.tick().repeat(3)
+        # a glitch shorter than half a bit is not a start bit
+        ctx.set(dut.rx, 0)
+        await ctx.tick().repeat(2)
+        ctx.set(dut.rx, 1)
+        await ctx.tick().repeat(2 * divisor)
+        await _drive_frames(ctx, dut.rx, [(0x5A, 1), (0xC3, 0), (0x0F, 1)], divisor)
+        # a break: the line held low for several frames, then a good byte
+        ctx.set(dut.rx, 0)
+        await ctx.tick().repeat(30 * divisor)
+        ctx.set(dut.rx, 1)
+        await ctx.tick().repeat(2 * divisor)
+        await _drive_frames(ctx, dut.rx, [(0xA5, 1)], divisor)
+
+    async def receiver(ctx):
+        ctx.set(dut.o_stream.ready, 1)
+        for cycle in range(90 * divisor):
+            _, _, payload, valid, ferr = await ctx.tick().sample(
+                dut.o_stream.payload, dut.o_stream.valid, dut.frame_error)
+            if valid:
+                got.append(payload)
+            if ferr:
+                ferrs.append(cycle)
+
+    _run(dut, sender, receiver)
+    assert got == [0x5A, 0x0F, 0xA5]
+    assert len(ferrs) == 2          # the bad stop bit and the break
+
+
+def test_uart_rx_flags_overrun_and_keeps_the_waiting_byte():
+    divisor = 6
+    dut = UARTRx(divisor=divisor)
+    overruns = []
+
+    async def sender(ctx):
+        await ctx.tick().repeat(3)
+        await _drive_frames(ctx, dut.rx, [(0x11, 1), (0x22, 1)], divisor)
+
+    async def receiver(ctx):
+        for _ in range(30 * divisor):
+            _, _, ovr = await ctx.tick().sample(dut.overrun)
+            if ovr:
+                overruns.append(1)
+        assert ctx.get(dut.o_stream.valid) and ctx.get(dut.o_stream.payload) == 0x11
+
+    _run(dut, sender, receiver)
+    assert overruns == [1]
+
+
+def test_baud_divisor():
+    assert baud_divisor(12_000_000, 115_200) == 104
+    assert baud_divisor(25_000_000, 115_200) == 217
+    assert baud_divisor(48_000_000, 3_000_000) == 16
+
+
+@pytest.mark.parametrize("clk, baud, msg", [
+    (12_000_000, 2_500_000,
+     r"^Baud rate 2500000 is off by 4\.0% at 12 MHz \(divisor 5\); at most 2% is allowed$"),
+    (12_000_000, 4_000_000, r"^Baud rate 4000000 is too fast for a 12 MHz clock "
+                            r"\(at most 3000000\)$"),
+    (12_000_000, 0, r"^Baud rate must be a positive integer, not 0$"),
+])
+def test_baud_divisor_errors(clk, baud, msg):
+    with pytest.raises(ValueError, match=msg):
+        baud_divisor(clk, baud)
+
+
+def test_uart_divisor_must_be_at_least_4():
+    with pytest.raises(ValueError, match=r"^Baud divisor must be an integer of at least 4, "
+                                         r"not 3$"):
+        UARTTx(divisor=3)
+
+
+# ---------------------------------------------------------------- on-chip weight memory
+
+
+def _burst_ram(words=64, word_bits=16, max_burst=8):
+    from lpu.boards.top import BurstRAM
+    from lpu.hw.streamer import mem_request_layout
+    return BurstRAM(words=words, word_bits=word_bits,
+                    request_layout=mem_request_layout((words - 1).bit_length(), max_burst))
+
+
+@pytest.mark.parametrize("ready_prob", [1.0, 0.5])
+def test_burst_ram_returns_every_burst_in_order(rng, ready_prob):
+    dut = _burst_ram()
+    contents = [int(x) for x in rng.integers(0, 1 << 16, 64)]
+    bursts = [(int(rng.integers(0, 60)), int(rng.integers(0, 5))) for _ in range(30)]
+    expected = [contents[a + i] for a, n in bursts for i in range(n)]
+    readies = [bool(r) for r in rng.random(4000) < ready_prob]
+    got = []
+    loaded = []
+
+    async def host(ctx):
+        for addr, word in enumerate(contents):
+            ctx.set(dut.wr.payload.addr, addr)
+            ctx.set(dut.wr.payload.data, word)
+            ctx.set(dut.wr.valid, 1)
+            await ctx.tick()
+        ctx.set(dut.wr.valid, 0)
+        loaded.append(1)
+        for addr, n in bursts:
+            ctx.set(dut.req.payload.addr, addr)
+            ctx.set(dut.req.payload.len, n)
+            ctx.set(dut.req.valid, 1)
+            await ctx.tick().until(dut.req.ready)
+        ctx.set(dut.req.valid, 0)
+
+    async def sink(ctx):
+        held = None
+        for ready in readies:
+            ctx.set(dut.resp.ready, ready)
+            _, _, valid, word = await ctx.tick().sample(dut.resp.valid, dut.resp.payload)
+            if held is not None:
+                assert valid and word == held     # an offered word stays until taken
+                held = None
+            if valid and ready:
+                got.append(word)
+            elif valid:
+                held = word
+            if len(got) == len(expected):
+                break
+
+    _run(dut, host, sink)
+    assert got == expected
+
+
+def test_burst_ram_streams_back_to_back_bursts_without_a_gap():
+    dut = _burst_ram()
+    trace = []
+
+    async def tb(ctx):
+        ctx.set(dut.resp.ready, 1)
+        for i in range(64):
+            ctx.set(dut.wr.payload.addr, i)
+            ctx.set(dut.wr.payload.data, 100 + i)
+            ctx.set(dut.wr.valid, 1)
+            await ctx.tick()
+        ctx.set(dut.wr.valid, 0)
+        for addr, n in [(3, 4), (40, 2)]:
+            ctx.set(dut.req.payload.addr, addr)
+            ctx.set(dut.req.payload.len, n)
+            ctx.set(dut.req.valid, 1)
+            await ctx.tick().until(dut.req.ready)
+        ctx.set(dut.req.valid, 0)
+        for _ in range(4):
+            trace.append(ctx.get(dut.resp.valid) and ctx.get(dut.resp.payload))
+            await ctx.tick()
+
+    _run(dut, tb)
+    # as MemoryModel's bram preset: the first word one cycle after the request, one per cycle
+    # (the loop above returns one cycle after the second request was accepted)
+    assert trace == [106, 140, 141, 0]
+
+
+# ---------------------------------------------------------------- lpu build
+
+# The smallest LPU the command takes: its control and buffers, not the array, set its size.
+_TINY = ["--lanes", "4", "--pes", "1", "--mem-words", "256", "--max-k", "64",
+         "--max-vectors", "1", "--max-burst", "4", "--out-depth", "8", "--scale-depth", "8"]
+
+
+def test_build_rejects_an_unknown_board(capsys):
+    from lpu.cli import main
+    assert main(["build", "--board", "nexys"]) == 2
+    assert capsys.readouterr().err == ("lpu: error: Board must be one of icebreaker, "
+                                       "ulx3s-85f, not 'nexys'\n")
+
+
+def test_build_rejects_bad_parameters(capsys, tmp_path):
+    from lpu.cli import main
+    assert main(["build", "--board", "icebreaker", "--lanes", "0", "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("lpu: error: Lane count must be an integer from 1 to "
+                                       "65536, not 0\n")
+    assert main(["build", "--board", "icebreaker", "--baud", "5000000",
+                 "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("lpu: error: Baud rate 5000000 is too fast for a 12 MHz "
+                                       "clock (at most 3000000)\n")
+
+
+def test_board_table_is_consistent():
+    from lpu.boards.top import BOARDS, board_spec, lpu_for
+    for name, spec in BOARDS.items():
+        assert spec.name == name and spec.family in ("ice40", "ecp5")
+        assert set(spec.resources) == {"lut", "ff", "bram", "spram", "dsp"}
+        lpu = lpu_for(**spec.lpu)
+        assert lpu.streamer.mem_words == spec.lpu["mem_words"]
+    assert board_spec("ulx3s-85f").lpu["lanes"] == 64 and board_spec("ulx3s-85f").lpu["pes"] == 4
+
+
+@pytest.mark.slow
+def test_build_icebreaker_does_not_fit_is_caught_after_synthesis(capsys, tmp_path):
+    # The LPU's control (byte-wide frame and reply buffers read combinationally, so held in
+    # flip-flops) alone exceeds the UP5K's 5280 LUTs; the check stops before place and route.
+    from lpu.cli import main
+    assert main(["build", "--board", "icebreaker", *_TINY, "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.fullmatch(r"lpu: error: Design does not fit on icebreaker \(iCE40UP5K\): LUT \d+ "
+                        r"used, 5280 available \(after synthesis\)\n", err)
+    assert (tmp_path / "stat.json").exists() and not (tmp_path / "top.asc").exists()
+
+
+@pytest.mark.slow
+def test_build_ulx3s_tiny_writes_bitstream_and_report(capsys, tmp_path):
+    from lpu.cli import main
+    assert main(["build", "--board", "ulx3s-85f", *_TINY, "--json", "-o", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "build_report.json").read_text())
+    assert report["board"] == "ulx3s-85f" and report["device"] == "LFE5U-85F"
+    assert report["lpu"]["lanes"] == 4 and report["lpu"]["pes"] == 1
+    assert report["baud"] == 115200 and report["baud_divisor"] == 217
+    assert len(report["clocks"]) == 1
+    (clock,) = report["clocks"].values()
+    assert clock["target_mhz"] == 25 and clock["fmax_mhz"] > 25
+    assert report["timing_met"] is True
+    util = report["utilization"]
+    assert set(util) == {"lut", "ff", "bram", "spram", "dsp"}
+    assert util["lut"]["available"] == 83640 and 0 < util["lut"]["used"] < 83640
+    assert util["bram"]["available"] == 208 and util["bram"]["used"] >= 1
+    assert Path(report["bitstream"]) == tmp_path / "top.bit"
+    assert (tmp_path / "top.bit").stat().st_size == report["bitstream_bytes"] > 0
+    assert report["build_seconds"] >= sum(report["seconds"].values()) - 1
