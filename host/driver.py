@@ -25,7 +25,7 @@ from lpu.hw.protocol import (
     decode_reply,
     encode_request,
 )
-from lpu.hw.scale import JOB_LAYOUT, scale_groups, scale_image
+from lpu.hw.scale import JOB_LAYOUT, scale_groups, scale_image, scale_words
 from lpu.hw.streamer import PERF_LAYOUT, StreamError
 
 from . import image
@@ -236,22 +236,24 @@ class LPUDriver:
 
     def write_scales(self, mantissas, at=0):
         """Write a job's ``(rows, groups)`` mantissas (signed 16-bit) into the scale memory
-        from address ``at``, in the layout of :func:`lpu.hw.scale.scale_address`.
+        from word address ``at``, as the words of P mantissas of
+        :func:`lpu.hw.scale.scale_image`.
 
         Raises
         ------
         ValueError
             If the mantissas are not 16-bit integers or run past the scale memory.
         """
-        flat = scale_image(mantissas)
+        pes = self.config["pes"]
+        words = scale_image(mantissas, pes)
         depth = self.config["scale_depth"]
-        if at < 0 or at + len(flat) > depth:
-            raise ValueError(f"Scale mantissas at {at}..{at + len(flat) - 1} run past the scale "
-                             f"memory ({depth} entries)")
-        per = (MAX_PAYLOAD - 2) // 2
+        if at < 0 or at + len(words) > depth:
+            raise ValueError(f"Scale words at {at}..{at + len(words) - 1} run past the scale "
+                             f"memory ({depth} words)")
+        per = (MAX_PAYLOAD - 2) // (2 * pes)
         self.request_many(Command.WRITE_SCALE, (
-            struct.pack("<H", at + i) + flat[i:i + per].astype("<i2").tobytes()
-            for i in range(0, len(flat), per)))
+            struct.pack("<H", at + i) + words[i:i + per].astype("<i2").tobytes()
+            for i in range(0, len(words), per)))
 
     def run(self, desc):
         """Run a job (:data:`~lpu.hw.scale.JOB_LAYOUT`: the streamer's descriptor and
@@ -265,10 +267,10 @@ class LPUDriver:
             On a job error.
         """
         groups = scale_groups(desc["cols"], desc["group"])
-        end = desc.get("scale_base", 0) + desc["rows"] * groups
+        end = desc.get("scale_base", 0) + scale_words(desc["rows"], groups, self.config["pes"])
         if end > self.config["scale_depth"]:
             raise ValueError(f"Job scales at {desc.get('scale_base', 0)}..{end - 1} run past "
-                             f"the scale memory ({self.config['scale_depth']} entries)")
+                             f"the scale memory ({self.config['scale_depth']} words)")
         value = JOB_LAYOUT.const({"scale_base": 0, **desc}).as_value().value
         nbytes = (JOB_LAYOUT.size + 7) // 8
         status, data = self.request(Command.RUN, value.to_bytes(nbytes, "little"))

@@ -10,6 +10,7 @@ comes back; results equal :class:`~lpu.host.transformer.GoldenBackend`'s bit for
 import numpy as np
 
 from lpu.hw.formats import WeightFormat, WeightMode
+from lpu.hw.scale import scale_words
 
 from . import image
 from .quant import linear_scales
@@ -60,17 +61,18 @@ class FabricBackend:
         self._scale_base(lin)
 
     def _scale_base(self, lin: QuantLinear):
-        """Scale-memory address of ``lin``'s mantissas, writing them on first use."""
+        """Scale-memory word address of ``lin``'s mantissas, writing them on first use."""
         if lin.name in self._scale_bases:
             return self._scale_bases[lin.name]
         mant = linear_scales(lin).mantissa
-        depth = self._drv.config["scale_depth"]
-        if self._next_scale + mant.size > depth:
-            raise ValueError(f"{lin.name}: scale memory ({depth} entries) is full")
+        cfg = self._drv.config
+        words = scale_words(*mant.shape, cfg["pes"])
+        if self._next_scale + words > cfg["scale_depth"]:
+            raise ValueError(f"{lin.name}: scale memory ({cfg['scale_depth']} words) is full")
         base = self._next_scale
         self._drv.write_scales(mant, at=base)
         self._scale_bases[lin.name] = base
-        self._next_scale += mant.size
+        self._next_scale += words
         return base
 
     def _base(self, lin: QuantLinear):

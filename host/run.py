@@ -50,6 +50,7 @@ def device_for(model, *, lanes=64, pes=4, word_bits=32):
     all scale mantissas in the scale memory."""
     from lpu.hw.formats import WeightFormat
     from lpu.hw.lpu import LPU
+    from lpu.hw.scale import scale_groups, scale_words
 
     from .image import image_word_count
     ctx = int(model.config.get("max_position_embeddings", 16))
@@ -60,8 +61,8 @@ def device_for(model, *, lanes=64, pes=4, word_bits=32):
     addr_width = max(1, (words - 1).bit_length())
     max_rows = max(lin.shape[0] for lin in model.linears.values())
     vectors = min(ctx, 255)
-    # every projection's mantissas: one per row (per-tensor scale) or per row and group
-    scales = sum(lin.shape[0] * (lin.shape[1] // lin.group_size if lin.group_size else 1)
+    # every projection's scale words: P mantissas, one per row of a row block, per group
+    scales = sum(scale_words(lin.shape[0], scale_groups(lin.shape[1], lin.group_size), pes)
                  for lin in model.linears.values())
     return LPU(lanes=lanes, pes=pes, word_bits=word_bits, addr_width=addr_width, max_k=max_k,
                max_vectors=vectors, formats=["t2"], scale_depth=scales,

@@ -23,7 +23,7 @@ from .streamer import DESCRIPTOR_LAYOUT, PERF_LAYOUT, StreamError, WeightStreame
 
 __all__ = ["LPU", "config_bytes", "PROTOCOL_VERSION"]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 _CONFIG_FORMAT = "<BHHBBBBHBIHBHIB"
 CONFIG_FIELDS = ("version", "lanes", "pes", "act_bits", "binary", "formats", "word_bits",
                  "max_k", "max_vectors", "mem_words", "out_depth", "acc_width", "max_burst",
@@ -61,7 +61,8 @@ class LPU(wiring.Component):
         Output-buffer entries (each P sums); results of a job beyond it are dropped and the
         ``RUN`` reply reports the count the job produced.
     scale_depth : int
-        Scale-memory entries (signed 16-bit mantissas), 1 to 65536.
+        Scale-memory words (each P signed 16-bit mantissas, :func:`lpu.hw.scale.scale_address`),
+        1 to 65536.
     timeout : int
         Idle cycles after which a request that stopped arriving is dropped (``TRUNCATED``).
     **streamer_args
@@ -141,13 +142,15 @@ class LPU(wiring.Component):
         reply_len = Signal(16)
         idle = Signal(range(self._timeout + 1))
         desc_bytes = (JOB_LAYOUT.size + 7) // 8
-        AW = max(128, 8 * N, 8 * desc_bytes)
+        AW = max(128, 8 * N, 8 * desc_bytes, SCALE_BITS * P)
         acc = Signal(AW)             # little-endian field assembly: newest byte on top
         field_addr = Signal(32)
         out_count = Signal(16)
         out_start = Signal(16)
         out_n = Signal(16)
-        sub = Signal(range(max(rb, word_bytes, N, 13) + 1))
+        sub = Signal(range(max(rb, word_bytes, N, 13, 2 * P) + 1))
+        scale_rem = Signal(16)       # WRITE_SCALE bytes not yet counted into whole words
+        scale_end = Signal(17)       # WRITE_SCALE: word address past the last word
         pe_sel = Signal(range(P + 1))
         job_error = Signal(StreamError)
         ostream = sc.o_stream
@@ -254,7 +257,7 @@ class LPU(wiring.Component):
                         with m.Else():
                             m.next = "STATUS"
                     with m.Case(Command.WRITE_SCALE):
-                        with m.If((length < 2) | length[0]):
+                        with m.If(length < 2):
                             reply_with(Status.BAD_LENGTH, 0)
                         with m.Else():
                             m.next = "WSCALE_ADDR"
@@ -314,21 +317,30 @@ class LPU(wiring.Component):
             with m.State("WSCALE_ADDR"):
                 m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
                 with m.If(idx == 1):
-                    m.d.sync += [field_addr.eq(shift_in[-16:]), sub.eq(0)]
+                    m.d.sync += [field_addr.eq(shift_in[-16:]), scale_end.eq(shift_in[-16:]),
+                                 scale_rem.eq(length - 2), sub.eq(0)]
+                    m.next = "WSCALE_CHECK"
+            with m.State("WSCALE_CHECK"):
+                # Count the payload's whole words (2P bytes each) by repeated subtraction, one
+                # per cycle, rather than divide by a P that need not be a power of two; refuse a
+                # partial word or words past the memory before writing any.
+                with m.If(scale_rem >= 2 * P):
+                    m.d.sync += [scale_rem.eq(scale_rem - 2 * P), scale_end.eq(scale_end + 1)]
+                with m.Elif((scale_rem != 0) | (scale_end > sc.scale_depth)):
+                    reply_with(Status.BAD_LENGTH, 0)
+                with m.Else():
                     m.next = "WSCALE_WORD"
-                    with m.If(shift_in[-16:] + ((length - 2) >> 1) > sc.scale_depth):
-                        reply_with(Status.BAD_LENGTH, 0)
             with m.State("WSCALE_WORD"):
                 with m.If(idx == length):
                     reply_with(Status.OK, 0)
                 with m.Else():
                     m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1), sub.eq(sub + 1)]
-                    with m.If(sub == 1):
+                    with m.If(sub == 2 * P - 1):
                         m.next = "WSCALE_WRITE"
             with m.State("WSCALE_WRITE"):
-                # the scale memory's write port is always ready
+                # the scale memory's write port is always ready; lane 0 came first (lowest)
                 m.d.comb += [scale_w.valid.eq(1), scale_w.payload.addr.eq(field_addr),
-                             scale_w.payload.data.eq(acc[-SCALE_BITS:])]
+                             scale_w.payload.data.eq(acc[-SCALE_BITS * P:])]
                 m.d.sync += [field_addr.eq(field_addr + 1), sub.eq(0)]
                 m.next = "WSCALE_WORD"
 

@@ -49,8 +49,9 @@ class Command(enum.Enum, shape=8):
     READ_OUT = 0x04
     #: ``()`` -> ``busy:u8, error:u8, 5 x u32 counters`` (see PERF_LAYOUT).
     STATUS = 0x05
-    #: ``addr:u16, int16 mantissas`` -> ``()``: write scale-memory entries from ``addr``
-    #: (layout: :func:`lpu.hw.scale.scale_address`); ``BAD_LENGTH`` past the scale memory.
+    #: ``addr:u16, words`` -> ``()``: write scale-memory words from word address ``addr``, each
+    #: P little-endian int16 mantissas, lane 0 first (layout: :func:`lpu.hw.scale.scale_image`);
+    #: ``BAD_LENGTH`` for a partial word or words past the scale memory (nothing is written).
     WRITE_SCALE = 0x06
 
 

@@ -10,16 +10,20 @@ from the array's group sums ``P`` and emits one ``acc`` per row and vector; the 
 ``y = acc * 2**e[o] / s[v]`` (:func:`lpu.host.quant.bitlinear`). The host never receives
 per-group partial sums.
 
-Scale memory layout (:func:`scale_address`, used by the gateware, the driver and the tests):
-the mantissas of a job are row-major from the job's ``scale_base``, mantissa ``m[row, g]`` at
-``scale_base + row * groups + g``, where ``groups = ceil(cols / group)`` (1 when ``group`` is
-0). A job whose mantissas run past the scale memory (``scale_base + rows * groups >
-scale_depth``) is refused in set-up with :attr:`~lpu.hw.streamer.StreamError.SCALES`.
+Scale memory layout (:func:`scale_address`, :func:`scale_image`, used by the gateware, the
+driver and the tests): the memory holds ``scale_depth`` words of P signed 16-bit mantissas, so
+the P mantissas an input beat needs come from one read. Word ``scale_base + block * groups + g``
+of a job holds ``m[block * P + p, g]`` in lane ``p`` (PE ``p``), where ``block = row // P`` and
+``groups = ceil(cols / group)`` (1 when ``group`` is 0); the lanes of the last block past the
+job's rows are zero (the unit also ignores them). A job takes :func:`scale_words` ``=
+ceil(rows / P) * groups`` words; one whose words run past the memory (``scale_base +
+scale_words > scale_depth``) is refused in set-up with
+:attr:`~lpu.hw.streamer.StreamError.SCALES`.
 
 Input order (from the streamer and array): row block, then group, then vector, each beat P sums
-(PE 0 lowest). The unit keeps ``max_vectors x P`` running sums in a small memory and emits one
-beat of P results per (row block, vector) when the row block's last group arrives, so the output
-order is row block, then vector, as for a per-tensor job without the unit.
+(PE 0 lowest). The unit keeps ``max_vectors`` words of P running sums in a small memory and
+emits one beat of P results per (row block, vector) when the row block's last group arrives, so
+the output order is row block, then vector, as for a per-tensor job without the unit.
 
 Widths: a row sum of ``max_k`` columns fits ``acc_width`` bits (``|P| <= B = max_k *
 2**(act_bits-1)``, :func:`lpu.hw.array.accumulator_range`). The groups partition the row, so
@@ -27,18 +31,22 @@ Widths: a row sum of ``max_k`` columns fits ``acc_width`` bits (``|P| <= B = max
 products and the running sums are ``acc_width + 16`` bits (:attr:`ScaleUnit.out_width`) and no
 legal input overflows, whatever the number of groups.
 
-Throughput: one shared ``16 x acc_width`` multiplier (a plain ``*``, so yosys maps it to a DSP
-where the device has one) serves the P lanes of a beat one per cycle, in a three-stage pipeline
-(read mantissa and running sum, multiply, accumulate), so a beat takes ``P + 3`` cycles
-(:attr:`ScaleUnit.cycles_per_beat`) from being accepted to the next beat being accepted. The
-array delivers a beat every ``group / lanes`` cycles (whole rows: ``cols / lanes``), so the
-unit keeps up when a group spans at least ``P + 3`` tiles and otherwise holds the array back
-(the streamer's ``out_stall`` counter shows it). Output backpressure stalls the unit only when
-a finished beat is still waiting to leave.
+Throughput: P ``16 x acc_width`` multipliers (plain ``*``, one per PE, so yosys maps them to
+DSPs where the device has them) in a three-stage pipeline take one beat per cycle
+(:attr:`ScaleUnit.cycles_per_beat`): stage 0 accepts the beat and reads its mantissa word,
+stage 1 multiplies and reads the vector's running sums, stage 2 adds and writes the running
+sums back, or, on the row block's last group, loads the output register. Beats of the same
+vector follow each other ``V`` beats apart (``V = 1``: back to back); the running-sum read port
+is transparent to the write port, so a beat in stage 1 sees the sums its predecessor in stage 2
+writes in the same cycle, and older writes are already in the memory. The array delivers a beat
+every ``group / lanes`` cycles at best, so the unit never holds it back unless the output is
+not ready: a finished beat waits in the output register, and only a beat that finishes rows
+waits for it (holding stages 1 and 0 and the input; nothing is lost or repeated). The last
+result leaves :attr:`ScaleUnit.latency` cycles after its beat was accepted.
 """
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -48,7 +56,7 @@ from .params import check_positive, check_range
 from .streamer import DESCRIPTOR_LAYOUT
 
 __all__ = ["ScaleUnit", "JOB_LAYOUT", "SCALE_BITS", "SCALE_STATUS_LAYOUT", "scale_address",
-           "scale_groups", "scale_image"]
+           "scale_groups", "scale_image", "scale_words"]
 
 #: Width of a signed scale mantissa (as :data:`lpu.sim.golden.SCALE_BITS`).
 SCALE_BITS = 16
@@ -66,7 +74,7 @@ SCALE_STATUS_LAYOUT = data.StructLayout({
     "error": 1,     # the last job's mantissas run past the scale memory
 })
 
-#: Width of the set-up division ``ceil(cols / group)``: cols + group - 1 < 2**17.
+#: Width of the set-up divisions ``ceil(cols / group)`` and ``ceil(rows / P)``: < 2**17.
 _GROUP_DIV_WIDTH = 17
 
 
@@ -75,13 +83,19 @@ def scale_groups(cols, group):
     return -(-cols // group) if group else 1
 
 
-def scale_address(scale_base, row, g, groups):
-    """Scale-memory address of mantissa ``m[row, g]`` of a job with ``groups`` per row."""
-    return scale_base + row * groups + g
+def scale_words(rows, groups, pes):
+    """Scale-memory words of a job: ``ceil(rows / pes) * groups``."""
+    return -(-rows // pes) * groups
 
 
-def scale_image(mantissa):
-    """The scale-memory words of a job's ``(rows, groups)`` mantissas, in address order.
+def scale_address(scale_base, block, g, groups):
+    """Scale-memory word of row block ``block`` (rows ``block * P ..``), group ``g``."""
+    return scale_base + block * groups + g
+
+
+def scale_image(mantissa, pes):
+    """The scale-memory words of a job's ``(rows, groups)`` mantissas, in address order:
+    an int64 array ``(scale_words, pes)``, lane ``p`` of a word for row ``block * pes + p``.
 
     Raises
     ------
@@ -96,10 +110,11 @@ def scale_image(mantissa):
     if m.size and (m.min() < lo or m.max() > hi):
         raise ValueError(f"Scale mantissas must be in [{lo}, {hi}]")
     rows, groups = m.shape
-    flat = np.zeros(rows * groups, dtype=np.int64)
+    blocks = -(-rows // pes)
+    words = np.zeros((blocks * groups, pes), dtype=np.int64)
     r, g = np.meshgrid(np.arange(rows), np.arange(groups), indexing="ij")
-    flat[scale_address(0, r, g, groups).reshape(-1)] = m.reshape(-1)
-    return flat
+    words[scale_address(0, r // pes, g, groups), r % pes] = m
+    return words
 
 
 class ScaleUnit(wiring.Component):
@@ -114,7 +129,7 @@ class ScaleUnit(wiring.Component):
     acc_width : int
         Width of the array's signed sums.
     scale_depth : int
-        Mantissas the scale memory holds, 1 to 65536.
+        Words (of P mantissas) the scale memory holds, 1 to 65536.
     max_vectors : int
         Most activation vectors per job, 1 to 255.
 
@@ -127,7 +142,8 @@ class ScaleUnit(wiring.Component):
     o_stream : Out(stream.Signature(ArrayLayout(signed(out_width), pes)))
         One beat per row block and vector.
     scale_wr : In(stream.Signature({"addr", "data"}))
-        Scale-memory writes (signed 16-bit mantissas); ``ready`` is always high.
+        Scale-memory word writes (``data``: P signed 16-bit mantissas, lane ``p`` for PE
+        ``p``); ``ready`` is always high.
     abort : In(1)
         Drop the current job (the streamer refused it); the unit returns to idle.
     status : Out(SCALE_STATUS_LAYOUT)
@@ -152,7 +168,8 @@ class ScaleUnit(wiring.Component):
             "i_stream": In(stream.Signature(data.ArrayLayout(signed(acc_width), pes))),
             "o_stream": Out(stream.Signature(data.ArrayLayout(signed(self.out_width), pes))),
             "scale_wr": In(stream.Signature(data.StructLayout({
-                "addr": range(scale_depth), "data": signed(SCALE_BITS)}))),
+                "addr": range(scale_depth),
+                "data": data.ArrayLayout(signed(SCALE_BITS), pes)}))),
             "abort": In(1),
             "status": Out(SCALE_STATUS_LAYOUT),
         })
@@ -169,25 +186,34 @@ class ScaleUnit(wiring.Component):
 
     @property
     def setup_cycles(self):
-        """Cycles of a job's set-up: the descriptor cycle, the group division, the
-        ``rows * groups`` multiplication (each with a start cycle) and the range check."""
+        """Cycles of a job's set-up: the descriptor cycle, the divisions ``ceil(cols / group)``
+        and ``ceil(rows / P)`` side by side, the ``blocks * groups`` multiplication (each with a
+        start cycle) and the range check."""
         return 1 + 1 + (_GROUP_DIV_WIDTH + 1) + 1 + (16 + 1) + 1
 
     @property
     def cycles_per_beat(self):
         """Cycles from accepting one input beat to accepting the next, without stalls."""
-        return self._pes + 3
+        return 1
+
+    @property
+    def latency(self):
+        """Cycles from accepting a row block's last beat to its results being offered."""
+        return 3
 
     def elaborate(self, platform):
         m = Module()
         P, W = self._pes, self.out_width
         m.submodules.div = div = SequentialDivider(_GROUP_DIV_WIDTH)
         m.submodules.mul = mul = SequentialMultiplier(16)
-        m.submodules.scales = scales = Memory(shape=signed(SCALE_BITS), depth=self._scale_depth,
-                                              init=[])
-        m.submodules.sums = sums = Memory(shape=signed(W), depth=self._max_vectors * P, init=[])
+        m.submodules.scales = scales = Memory(
+            shape=data.ArrayLayout(signed(SCALE_BITS), P), depth=self._scale_depth, init=[])
+        m.submodules.sums = sums = Memory(shape=data.ArrayLayout(signed(W), P),
+                                          depth=self._max_vectors, init=[])
         s_w, s_r = scales.write_port(), scales.read_port()
-        a_w, a_r = sums.write_port(), sums.read_port()
+        a_w = sums.write_port()
+        # Transparent: a beat reading its vector's sums sees the write of the beat just ahead.
+        a_r = sums.read_port(transparent_for=(a_w,))
         m.d.comb += [
             s_w.addr.eq(self.scale_wr.payload.addr),
             s_w.data.eq(self.scale_wr.payload.data),
@@ -197,39 +223,46 @@ class ScaleUnit(wiring.Component):
 
         job = Signal(JOB_LAYOUT)
         groups = Signal(16)
+        blocks = Signal(16)
         error = Signal()
         m.d.comb += self.status.error.eq(error)
 
-        # Position of the next input beat: vector v of group g of the row block from `row`.
-        v = Signal(8)
-        vbase = Signal(range(self._max_vectors * P + 1))      # v * P
-        g = Signal(16)
-        row = Signal(17)
-        row_addr = Signal(34)                                 # scale_base + row * groups
-        block_step = Signal(34)                               # P * groups
+        # ceil(rows / P): a shift for a power of two, else a second divider beside the first.
+        rows_up = job.rows + (P - 1)
+        if P & (P - 1) == 0:
+            blocks_quot = rows_up >> (P.bit_length() - 1)
+            blocks_busy = Const(0)
+            blocks_start = Signal()
+        else:
+            m.submodules.blocks_div = bdiv = SequentialDivider(_GROUP_DIV_WIDTH)
+            m.d.comb += [bdiv.num.eq(rows_up), bdiv.den.eq(P)]
+            blocks_quot, blocks_busy, blocks_start = bdiv.quot, bdiv.busy, bdiv.start
 
-        # The beat in flight.
-        beat = Signal(self.i_stream.payload.shape())
-        b_first = Signal()        # first group: the running sums start from zero
-        b_last = Signal()         # last group: the lanes go to the output register
-        b_final = Signal()        # the job's last beat
-        lane = Signal(range(max(P, 2)))
-        maddr = Signal(34)        # mantissa address of the lane being issued
-        aaddr = Signal(range(self._max_vectors * P + 1))
-        lrow = Signal(17)         # row of the lane being issued
-        s1_valid, s1_ok, s1_lane = Signal(), Signal(), Signal(range(max(P, 2)))
-        s1_aaddr = Signal.like(aaddr)
-        s2_valid, s2_lane = Signal(), Signal(range(max(P, 2)))
-        s2_aaddr = Signal.like(aaddr)
-        prod = Signal(signed(W))
-        old = Signal(signed(W))
+        # Position of the next input beat: vector v of group g of the row block at scale word
+        # `block_addr`, with `rows_left` rows of the job from the block's first row on.
+        v = Signal(8)
+        g = Signal(16)
+        block_addr = Signal(18)
+        rows_left = Signal(17)
+
+        # The pipeline (module docstring). Stage 1 holds the accepted beat (its mantissa word
+        # is on the scale memory's read port), stage 2 the products (its running sums on the
+        # sums memory's read port).
+        s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()
+        s1_beat = Signal(self.i_stream.payload.shape())
+        s1_ok = Signal(P)                 # lanes of the job's rows (not the last block's padding)
+        s1_v = Signal(range(self._max_vectors))
+        s2_valid, s2_first, s2_last = Signal(), Signal(), Signal()
+        s2_prod = Signal(data.ArrayLayout(signed(W), P))
+        s2_v = Signal(range(self._max_vectors))
 
         o_valid = self.o_stream.valid
-        with m.If(self.o_stream.ready):
-            m.d.sync += o_valid.eq(0)
+        out_free = ~o_valid | self.o_stream.ready
+        s2_adv = s2_valid & (~s2_last | out_free)
+        s1_adv = s1_valid & (~s2_valid | s2_adv)
+        accept = self.i_stream.valid & self.i_stream.ready
 
-        m.d.comb += self.status.busy.eq(o_valid)
-        m.d.sync += s1_valid.eq(0)
+        m.d.comb += self.status.busy.eq(s1_valid | s2_valid | o_valid)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
@@ -239,20 +272,21 @@ class ScaleUnit(wiring.Component):
             with m.State("GROUPS"):
                 m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1),
                              div.start.eq(1), div.num.eq(job.cols + job.group - 1),
-                             div.den.eq(job.group)]
+                             div.den.eq(job.group), blocks_start.eq(1)]
                 m.next = "DIV"
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("DIV"):
                 m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1)]
-                with m.If(~div.busy):
-                    m.d.sync += groups.eq(Mux(job.group == 0, 1, div.quot))
+                with m.If(~div.busy & ~blocks_busy):
+                    m.d.sync += [groups.eq(Mux(job.group == 0, 1, div.quot)),
+                                 blocks.eq(blocks_quot)]
                     m.next = "SIZE"
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("SIZE"):
                 m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1),
-                             mul.start.eq(1), mul.a.eq(job.rows), mul.b.eq(groups)]
+                             mul.start.eq(1), mul.a.eq(blocks), mul.b.eq(groups)]
                 m.next = "MUL"
                 with m.If(self.abort):
                     m.next = "IDLE"
@@ -268,71 +302,63 @@ class ScaleUnit(wiring.Component):
                     m.d.sync += error.eq(1)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [v.eq(0), vbase.eq(0), g.eq(0), row.eq(0),
-                                 row_addr.eq(job.scale_base), block_step.eq(groups * P)]
-                    m.next = "WAIT"
+                    m.d.sync += [v.eq(0), g.eq(0), block_addr.eq(job.scale_base),
+                                 rows_left.eq(job.rows)]
+                    m.next = "RUN"
                 with m.If(self.abort):
                     m.next = "IDLE"
-            with m.State("WAIT"):
-                m.d.comb += self.status.busy.eq(1)
+            with m.State("RUN"):
+                # Stage 0: take a beat whenever stage 1 is free or moves on this cycle.
+                m.d.comb += [self.status.busy.eq(1), self.i_stream.ready.eq(~s1_valid | s1_adv)]
+                v_last = v == job.vectors - 1
                 g_last = g == groups - 1
-                # a beat that finishes rows needs the output register
-                m.d.comb += self.i_stream.ready.eq(~o_valid | ~g_last)
-                with m.If(self.i_stream.valid & self.i_stream.ready):
-                    v_last = v == job.vectors - 1
+                with m.If(accept):
                     m.d.sync += [
-                        beat.eq(self.i_stream.payload),
-                        b_first.eq(g == 0),
-                        b_last.eq(g_last),
-                        b_final.eq(v_last & g_last & (row + P >= job.rows)),
-                        lane.eq(0),
-                        maddr.eq(row_addr + g),
-                        aaddr.eq(vbase),
-                        lrow.eq(row),
+                        s1_beat.eq(self.i_stream.payload),
+                        s1_first.eq(g == 0),
+                        s1_last.eq(g_last),
+                        s1_v.eq(v),
+                        s1_ok.eq(Cat(rows_left > p for p in range(P))),
                         v.eq(Mux(v_last, 0, v + 1)),
-                        vbase.eq(Mux(v_last, 0, vbase + P)),
                     ]
                     with m.If(v_last):
                         m.d.sync += g.eq(Mux(g_last, 0, g + 1))
                         with m.If(g_last):
-                            m.d.sync += [row.eq(row + P), row_addr.eq(row_addr + block_step)]
-                    m.next = "LANES"
-                with m.If(self.abort):
-                    m.next = "IDLE"
-            with m.State("LANES"):
-                # Issue one lane per cycle: read its mantissa and running sum.
-                m.d.comb += [self.status.busy.eq(1), s_r.addr.eq(maddr), a_r.addr.eq(aaddr)]
-                m.d.sync += [s1_valid.eq(1), s1_lane.eq(lane), s1_aaddr.eq(aaddr),
-                             s1_ok.eq(lrow < job.rows),
-                             lane.eq(lane + 1), maddr.eq(maddr + groups), aaddr.eq(aaddr + 1),
-                             lrow.eq(lrow + 1)]
-                with m.If(lane == P - 1):
-                    m.next = "DRAIN"
-                with m.If(self.abort):
-                    m.next = "IDLE"
-            with m.State("DRAIN"):
-                m.d.comb += self.status.busy.eq(1)
-                with m.If(s2_valid & (s2_lane == P - 1)):
-                    m.next = "WAIT"
-                    with m.If(b_final):
-                        m.next = "IDLE"
+                            m.d.sync += [block_addr.eq(block_addr + groups),
+                                         rows_left.eq(rows_left - P)]
+                            with m.If(rows_left <= P):
+                                m.next = "IDLE"         # the job's last beat
                 with m.If(self.abort):
                     m.next = "IDLE"
 
-        # Stage 1: the mantissa (zero for the padding rows of the last block) times the sum.
-        with m.If(s1_valid):
-            m.d.sync += [prod.eq(Mux(s1_ok, s_r.data, 0) * beat[s1_lane]), old.eq(a_r.data)]
-        m.d.sync += [s2_valid.eq(s1_valid), s2_lane.eq(s1_lane), s2_aaddr.eq(s1_aaddr)]
-        # Stage 2: accumulate; a row's last group goes to the output register.
-        total = Signal(signed(W))
-        m.d.comb += total.eq(Mux(b_first, 0, old) + prod)
-        with m.If(s2_valid):
-            with m.If(b_last):
-                m.d.sync += self.o_stream.payload[s2_lane].eq(total)
-                with m.If(s2_lane == P - 1):
-                    m.d.sync += o_valid.eq(1)
-            with m.Else():
-                m.d.comb += [a_w.addr.eq(s2_aaddr), a_w.data.eq(total), a_w.en.eq(1)]
+        # Stage 0 reads the mantissa word of the beat it accepts.
+        m.d.comb += [s_r.addr.eq(block_addr + g), s_r.en.eq(accept)]
+        with m.If(accept):
+            m.d.sync += s1_valid.eq(1)
+        with m.Elif(s1_adv):
+            m.d.sync += s1_valid.eq(0)
+
+        # Stage 1: P products (the mantissa is zero for the padding rows of the last block);
+        # the vector's running sums are read as the beat moves to stage 2.
+        m.d.comb += [a_r.addr.eq(s1_v), a_r.en.eq(s1_adv)]
+        with m.If(s1_adv):
+            m.d.sync += [s2_valid.eq(1), s2_first.eq(s1_first), s2_last.eq(s1_last),
+                         s2_v.eq(s1_v)]
+            for p in range(P):
+                m.d.sync += s2_prod[p].eq(Mux(s1_ok[p], s_r.data[p], 0) * s1_beat[p])
+        with m.Elif(s2_adv):
+            m.d.sync += s2_valid.eq(0)
+
+        # Stage 2: accumulate; a row block's last group goes to the output register.
+        total = Signal(data.ArrayLayout(signed(W), P))
+        for p in range(P):
+            m.d.comb += total[p].eq(Mux(s2_first, 0, a_r.data[p]) + s2_prod[p])
+        m.d.comb += [a_w.addr.eq(s2_v), a_w.data.eq(total), a_w.en.eq(s2_valid & ~s2_last)]
+        with m.If(self.o_stream.ready):
+            m.d.sync += o_valid.eq(0)
+        with m.If(s2_adv & s2_last):
+            m.d.sync += [self.o_stream.payload.eq(total), o_valid.eq(1)]
+
         with m.If(self.abort):
             m.d.sync += [o_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0)]
         return m

@@ -148,10 +148,11 @@ def run_scale(unit, jobs, *, seed=0, valid_prob=1.0, ready_prob=1.0, max_cycles=
               vcd=None):
     """Run jobs through a :class:`~lpu.hw.scale.ScaleUnit` in the Amaranth simulator.
 
-    Each job is a dict: ``job`` (a :data:`~lpu.hw.scale.JOB_LAYOUT` dict), ``scales`` (address,
-    mantissas) written first, ``beats`` (n, P) group sums in the array's order with random valid
-    gaps, and optionally ``abort_after`` (beats after which the job is aborted). Outputs are
-    taken with random backpressure. Returns, per job, a dict with ``outputs`` (R, P),
+    Each job is a dict: ``job`` (a :data:`~lpu.hw.scale.JOB_LAYOUT` dict), ``scales`` (word
+    address, ``(n, P)`` words of :func:`~lpu.hw.scale.scale_image`) written first, ``beats``
+    (n, P) group sums in the array's order with random valid gaps, and optionally
+    ``abort_after`` (beats after which the job is aborted). Outputs are taken with random
+    backpressure. Returns, per job, a dict with ``outputs`` (R, P),
     ``error``, ``cycles`` (job accepted to idle) and ``setup`` (job accepted to set-up done).
     """
     rng = np.random.default_rng(seed)
@@ -162,18 +163,22 @@ def run_scale(unit, jobs, *, seed=0, valid_prob=1.0, ready_prob=1.0, max_cycles=
         outputs = []
 
         async def tick():
+            """One cycle with a random output ``ready``; returns whether an input beat offered
+            was taken at its edge (the input's ``ready`` may follow the output's)."""
             ready = int(rng.random() < ready_prob)
             ctx.set(unit.o_stream.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(unit.o_stream.valid,
-                                                          unit.o_stream.payload)
+            _, _, valid, payload, taken = await ctx.tick().sample(
+                unit.o_stream.valid, unit.o_stream.payload, unit.i_stream.ready)
             if valid and ready:
                 outputs.append([int(v) for v in payload])
+            return taken
 
         for job in jobs:
             outputs.clear()
             base, values = job.get("scales", (0, []))
             for i, value in enumerate(values):
-                ctx.set(unit.scale_wr.payload, {"addr": base + i, "data": int(value)})
+                ctx.set(unit.scale_wr.payload, {"addr": base + i,
+                                                "data": [int(x) for x in value]})
                 ctx.set(unit.scale_wr.valid, 1)
                 await tick()
             ctx.set(unit.scale_wr.valid, 0)
@@ -199,11 +204,12 @@ def run_scale(unit, jobs, *, seed=0, valid_prob=1.0, ready_prob=1.0, max_cycles=
                     cycles += 1
                 ctx.set(unit.i_stream.payload, [int(s) for s in beat])
                 ctx.set(unit.i_stream.valid, 1)
-                while not ctx.get(unit.i_stream.ready):
-                    await tick()
+                while True:
                     cycles += 1
-                await tick()
-                cycles += 1
+                    if await tick():
+                        break
+                    if cycles > max_cycles:
+                        raise TimeoutError(f"Scale unit took no beat in {max_cycles} cycles")
                 ctx.set(unit.i_stream.valid, 0)
             if stop is not None:
                 ctx.set(unit.abort, 1)

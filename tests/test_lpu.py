@@ -125,19 +125,19 @@ def _job_bytes(desc):
 
 
 def test_scale_range_errors(rng, device):
-    """Mantissas past the scale memory (1024 entries): the host refuses first, the device sets
-    SCALES rather than run the job, and a job after it runs normally."""
+    """Scale words past the scale memory (1024 words of P = 2 mantissas): the host refuses
+    first, the device sets SCALES rather than run the job, and a job after it runs normally."""
     drv, _ = device
     assert (drv.config["scale_depth"], drv.config["result_bytes"]) == (1024, 4)
     desc = {"base": 0, "rows": 7, "cols": 19, "group": 8, "vectors": 1, "fmt": 0,
-            "scale_base": 1004}                                 # 1004 + 7 * 3 = 1025
-    with pytest.raises(ValueError, match=r"^Job scales at 1004\.\.1024 run past the scale "
-                                         r"memory \(1024 entries\)$"):
+            "scale_base": 1013}                                 # 1013 + 4 blocks * 3 = 1025
+    with pytest.raises(ValueError, match=r"^Job scales at 1013\.\.1024 run past the scale "
+                                         r"memory \(1024 words\)$"):
         drv.run(desc)
     status, data = drv.request(Command.RUN, _job_bytes(desc))
     assert status is Status.RUN_ERROR and data[0] == StreamError.SCALES.value
     assert drv.status()["error"] is StreamError.SCALES
-    per_tensor = {**desc, "group": 0, "rows": 1025, "scale_base": 0}
+    per_tensor = {**desc, "group": 0, "rows": 2049, "scale_base": 0}   # 1025 blocks
     status, data = drv.request(Command.RUN, _job_bytes(per_tensor))
     assert status is Status.RUN_ERROR and data[0] == StreamError.SCALES.value
     # A job the streamer refuses does not leave the scale unit waiting.
@@ -145,16 +145,19 @@ def test_scale_range_errors(rng, device):
     assert status is Status.RUN_ERROR and data[0] == StreamError.ADDRESS.value
     w = rng.integers(-1, 2, size=(7, 19))
     x = rng.integers(-128, 128, size=19)
-    assert np.array_equal(drv.matmul(w, x, fmt="t2", group=8, scale_base=1003),
+    assert np.array_equal(drv.matmul(w, x, fmt="t2", group=8, scale_base=1012),
                           golden.matvec(w, x))
-    with pytest.raises(ValueError, match=r"^Scale mantissas at 1020\.\.1024 run past the scale "
-                                         r"memory \(1024 entries\)$"):
-        drv.write_scales(np.ones((5, 1), dtype=np.int64), at=1020)
+    with pytest.raises(ValueError, match=r"^Scale words at 1022\.\.1024 run past the scale "
+                                         r"memory \(1024 words\)$"):
+        drv.write_scales(np.ones((5, 1), dtype=np.int64), at=1022)
     with pytest.raises(DeviceError, match=r"^Device refused WRITE_SCALE: BAD_LENGTH$"):
-        drv.request(Command.WRITE_SCALE, b"\xfc\x03" + bytes(10))       # 1020 + 5 > 1024
+        drv.request(Command.WRITE_SCALE, b"\xfe\x03" + bytes(12))       # 1022 + 3 > 1024
     with pytest.raises(DeviceError, match=r"^Device refused WRITE_SCALE: BAD_LENGTH$"):
-        drv.request(Command.WRITE_SCALE, b"\x00\x00\x01")               # half a mantissa
-    drv.request(Command.WRITE_SCALE, b"\xfc\x03" + bytes(8))            # 1020 + 4 fits
+        drv.request(Command.WRITE_SCALE, b"\x00\x00" + bytes(6))        # half a word
+    with pytest.raises(DeviceError, match=r"^Device refused WRITE_SCALE: BAD_LENGTH$"):
+        drv.request(Command.WRITE_SCALE, b"\x00")                       # half an address
+    drv.request(Command.WRITE_SCALE, b"\xfe\x03" + bytes(8))            # 1022 + 2 fits
+    drv.request(Command.WRITE_SCALE, b"\x00\x04")                       # no words at 1024
 
 
 @pytest.mark.parametrize("frame, msg", [

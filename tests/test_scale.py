@@ -4,7 +4,7 @@ from conftest import env_int
 
 from lpu.hw.array import accumulator_range
 from lpu.hw.params import signed_width
-from lpu.hw.scale import ScaleUnit, scale_address, scale_groups, scale_image
+from lpu.hw.scale import ScaleUnit, scale_address, scale_groups, scale_image, scale_words
 from lpu.sim import golden, pysim
 
 TOP = (1 << 15) - 1
@@ -33,7 +33,7 @@ def _case(rng, unit, w, x, mant, group, scale_base, *, pad_sums=True):
     want[:rows] = golden.scaled_matvec(w, x, mant, group=group)
     want = want.reshape(mb, pes, v).transpose(0, 2, 1).reshape(-1, pes)
     return {"job": _job(rows, cols, group, v, scale_base),
-            "scales": (scale_base, scale_image(mant)), "beats": beats}, want
+            "scales": (scale_base, scale_image(mant, pes)), "beats": beats}, want
 
 
 def _random(rng, rows, cols, v, act_bits=8):
@@ -90,26 +90,36 @@ def test_scale_unit_extremes(rng, group, sign):
     assert np.array_equal(got["outputs"], want)
 
 
-def test_scale_unit_throughput(rng):
-    pes, v = 4, 1
-    unit = ScaleUnit(pes=pes, acc_width=16, scale_depth=64, max_vectors=v)
-    w, x = _random(rng, 16, 64, v)
-    job, want = _case(rng, unit, w, x, np.ones((16, 4), dtype=np.int64), 16, 0)
+@pytest.mark.parametrize("pes, v", [(4, 1), (4, 2), (4, 3), (1, 1), (3, 2)])
+def test_scale_unit_throughput(rng, pes, v):
+    """Groups of one tile: beats back to back, those of one vector V beats apart (V = 1: the
+    next beat reads the running sums the one ahead writes in the same cycle)."""
+    unit = ScaleUnit(pes=pes, acc_width=16, scale_depth=128, max_vectors=v)
+    w, x = _random(rng, 10, 64, v)
+    mant = rng.integers(-TOP - 1, TOP + 1, size=(10, 8))
+    job, want = _case(rng, unit, w, x, mant, 8, 3)
     got, = pysim.run_scale(unit, [job])
+    assert not got["error"]
     assert np.array_equal(got["outputs"], want)
     beats = len(job["beats"])
     assert got["setup"] == unit.setup_cycles
-    # one beat every cycles_per_beat, then the last result leaves
-    assert got["cycles"] == unit.setup_cycles + beats * unit.cycles_per_beat + 1
+    # one beat every cycle, then the last result leaves
+    assert unit.cycles_per_beat == 1
+    assert got["cycles"] == unit.setup_cycles + beats + unit.latency
+    # and exact under random gaps and backpressure
+    got, = pysim.run_scale(unit, [job, job], seed=int(rng.integers(1 << 31)), valid_prob=0.7,
+                           ready_prob=0.5)[1:]
+    assert np.array_equal(got["outputs"], want)
 
 
 def test_scale_unit_refuses_a_range_past_the_memory(rng):
     unit = ScaleUnit(pes=2, acc_width=16, scale_depth=100, max_vectors=2)
     w, x = _random(rng, 5, 40, 2)
     mant = np.ones((5, 5), dtype=np.int64)
-    good, want = _case(rng, unit, w, x, mant, 8, 75)             # 75 + 25 = 100: fits
-    bad = {"job": _job(5, 40, 8, 2, 76), "beats": good["beats"]}  # 76 + 25 = 101
-    per_tensor = {"job": _job(101, 40, 0, 1, 0), "beats": []}     # 101 rows of 1
+    assert scale_words(5, 5, 2) == 15                           # 3 row blocks of 5 groups
+    good, want = _case(rng, unit, w, x, mant, 8, 85)             # 85 + 15 = 100: fits
+    bad = {"job": _job(5, 40, 8, 2, 86), "beats": good["beats"]}  # 86 + 15 = 101
+    per_tensor = {"job": _job(201, 40, 0, 1, 0), "beats": []}     # 101 blocks of 1
     aborted = {**good, "abort_after": 3}
     got = pysim.run_scale(unit, [bad, good, per_tensor, aborted, good],
                           seed=int(rng.integers(1 << 31)), ready_prob=0.5)
@@ -119,11 +129,30 @@ def test_scale_unit_refuses_a_range_past_the_memory(rng):
     assert np.array_equal(got[4]["outputs"], want)     # an abort leaves nothing behind
 
 
-def test_scale_layout_is_row_major():
+def test_scale_unit_refuses_with_a_divided_row_count(rng):
+    """P not a power of two: ceil(rows / P) comes from a second divider, in the same time."""
+    unit = ScaleUnit(pes=3, acc_width=16, scale_depth=12, max_vectors=1)
+    w, x = _random(rng, 7, 16, 1)
+    mant = rng.integers(-TOP - 1, TOP + 1, size=(7, 4))
+    good, want = _case(rng, unit, w, x, mant, 4, 0)              # 3 blocks x 4 groups = 12
+    bad = {"job": _job(7, 16, 4, 1, 1), "beats": good["beats"]}
+    got = pysim.run_scale(unit, [bad, good])
+    assert [r["error"] for r in got] == [True, False]
+    assert got[1]["setup"] == unit.setup_cycles
+    assert np.array_equal(got[1]["outputs"], want)
+
+
+def test_scale_layout_is_words_of_p():
     assert scale_address(10, 2, 1, 3) == 10 + 2 * 3 + 1
     assert scale_groups(19, 8) == 3 and scale_groups(19, 0) == 1
-    m = np.arange(6).reshape(2, 3) - 3
-    assert scale_image(m).tolist() == [-3, -2, -1, 0, 1, 2]
+    assert scale_words(5, 3, 2) == 9 and scale_words(4, 3, 2) == 6
+    m = np.arange(15).reshape(5, 3) - 7
+    img = scale_image(m, 2)
+    assert img.shape == (9, 2)
+    # word block * groups + g holds rows 2 * block, 2 * block + 1 of group g; padding is zero
+    assert img.tolist() == [[-7, -4], [-6, -3], [-5, -2], [-1, 2], [0, 3], [1, 4],
+                            [5, 0], [6, 0], [7, 0]]
+    assert scale_image(m, 1).reshape(-1).tolist() == m.reshape(-1).tolist()
 
 
 @pytest.mark.parametrize("mant, msg", [
@@ -135,7 +164,7 @@ def test_scale_layout_is_row_major():
 ])
 def test_scale_image_errors(mant, msg):
     with pytest.raises(ValueError, match=msg):
-        scale_image(mant)
+        scale_image(mant, 2)
 
 
 @pytest.mark.parametrize("kwargs, exc, msg", [
