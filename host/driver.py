@@ -17,6 +17,7 @@ import numpy as np
 
 from lpu.hw.lpu import parse_config
 from lpu.hw.protocol import (
+    HEADER_BYTES,
     MAX_PAYLOAD,
     REPLY_SYNC,
     Command,
@@ -24,6 +25,7 @@ from lpu.hw.protocol import (
     Status,
     decode_reply,
     encode_request,
+    frame_length,
 )
 from lpu.hw.scale import JOB_LAYOUT, scale_groups, scale_image, scale_words
 from lpu.hw.streamer import PERF_LAYOUT, StreamError
@@ -147,10 +149,7 @@ def _complete(got):
     except ValueError:
         return False
     rest = got[start:]
-    if len(rest) < 4:
-        return False
-    length = min(rest[2] | rest[3] << 8, MAX_PAYLOAD)
-    return len(rest) >= 6 + length
+    return len(rest) >= HEADER_BYTES and len(rest) >= frame_length(rest)
 
 
 class LPUDriver:

@@ -14,14 +14,20 @@ Ports are opened with ``serial.serial_for_url``, so ``/dev/ttyUSB0``, ``loop://`
 
 import serial
 
-from lpu.hw.protocol import MAX_PAYLOAD, REPLY_SYNC
+from lpu.hw.protocol import (
+    FRAME_OVERHEAD,
+    HEADER_BYTES,
+    MAX_PAYLOAD,
+    REPLY_SYNC,
+    frame_length,
+)
 
 from .driver import LinkError, Transport
 
 __all__ = ["SerialTransport"]
 
 #: Bytes skipped while looking for a reply's sync byte before giving up on the reply.
-MAX_SKIP = 2 * (MAX_PAYLOAD + 6)
+MAX_SKIP = 2 * (MAX_PAYLOAD + FRAME_OVERHEAD)
 
 
 class SerialTransport(Transport):
@@ -90,11 +96,11 @@ class SerialTransport(Transport):
                 if skipped > MAX_SKIP:
                     break
             if got:
-                got += self._port.read(3)
-                if len(got) == 4:
-                    length = min(got[2] | got[3] << 8, MAX_PAYLOAD)
-                    got += self._port.read(length + 2)
-                    if len(got) == 6 + length:
+                got += self._port.read(HEADER_BYTES - 1)
+                if len(got) == HEADER_BYTES:
+                    n = frame_length(got)
+                    got += self._port.read(n - HEADER_BYTES)
+                    if len(got) == n:
                         return bytes(got)
         except serial.SerialTimeoutException:
             raise TimeoutError(f"Request not sent on {self._name} within "

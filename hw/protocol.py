@@ -23,12 +23,17 @@ from amaranth.lib import enum
 from amaranth.lib.crc import catalog
 
 __all__ = ["Command", "Status", "REQUEST_SYNC", "REPLY_SYNC", "CRC", "MAX_PAYLOAD",
+           "HEADER_BYTES", "FRAME_OVERHEAD", "frame_length",
            "encode_request", "encode_reply", "decode_reply", "FrameError", "crc16"]
 
 REQUEST_SYNC = 0xA5
 REPLY_SYNC = 0x5A
 #: Largest payload in either direction (the device's frame buffers).
 MAX_PAYLOAD = 256
+#: Bytes of a frame's header (sync, code, two length bytes) and of all it adds to a payload
+#: (the header and two CRC bytes).
+HEADER_BYTES = 4
+FRAME_OVERHEAD = HEADER_BYTES + 2
 CRC = catalog.CRC16_CCITT_FALSE(8)
 
 
@@ -72,6 +77,15 @@ def crc16(data):
     return CRC.compute(bytes(data))
 
 
+def frame_length(header):
+    """Bytes of the whole frame that starts with ``header`` (at least :data:`HEADER_BYTES`).
+
+    The length field is capped at :data:`MAX_PAYLOAD`: a device never sends more, so a larger
+    value is a damaged byte, and a receiver waiting for it would only wait longer.
+    """
+    return FRAME_OVERHEAD + min(header[2] | header[3] << 8, MAX_PAYLOAD)
+
+
 def _frame(sync, code, payload):
     payload = bytes(payload)
     if len(payload) > MAX_PAYLOAD:
@@ -91,14 +105,14 @@ def encode_reply(status, payload=b""):
 def decode_reply(frame):
     """``(Status, payload)`` of a complete reply frame, or FrameError."""
     frame = bytes(frame)
-    if len(frame) < 6:
-        raise FrameError(f"Reply frame of {len(frame)} bytes is shorter than 6")
+    if len(frame) < FRAME_OVERHEAD:
+        raise FrameError(f"Reply frame of {len(frame)} bytes is shorter than {FRAME_OVERHEAD}")
     if frame[0] != REPLY_SYNC:
         raise FrameError(f"Reply frame starts with 0x{frame[0]:02x}, not 0x{REPLY_SYNC:02x}")
     (length,) = struct.unpack("<H", frame[2:4])
-    if len(frame) != 6 + length:
+    if len(frame) != FRAME_OVERHEAD + length:
         raise FrameError(f"Reply frame holds {len(frame)} bytes, its length field says "
-                         f"{6 + length}")
+                         f"{FRAME_OVERHEAD + length}")
     if crc16(frame[1:]) != 0:
         raise FrameError("Reply frame has a bad CRC")
     try:

@@ -31,7 +31,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from lpu.hw.protocol import MAX_PAYLOAD, REPLY_SYNC
+from lpu.hw.protocol import HEADER_BYTES, REPLY_SYNC, frame_length
 
 # Clock period in simulator steps (the exported Verilog has no timescale).
 PERIOD = 2
@@ -53,10 +53,10 @@ def _recv_exact(sock, n):
 
 def _frame_length(got):
     """Length of the whole reply frame at the start of ``got`` (0 while incomplete)."""
-    if len(got) < 4:
+    if len(got) < HEADER_BYTES:
         return 0
-    length = min(got[2] | got[3] << 8, MAX_PAYLOAD)
-    return 6 + length if len(got) >= 6 + length else 0
+    n = frame_length(got)
+    return n if len(got) >= n else 0
 
 
 @cocotb.test()

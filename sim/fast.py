@@ -22,7 +22,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
 from lpu.host.driver import Transport
-from lpu.hw.protocol import MAX_PAYLOAD, REPLY_SYNC
+from lpu.hw.protocol import FRAME_OVERHEAD, HEADER_BYTES, MAX_PAYLOAD, REPLY_SYNC, frame_length
 
 from .cocotb_runner import _verilator_environ, verilator_bin_dir
 
@@ -87,8 +87,15 @@ def build_fast_sim(system, *, opt=DEFAULT_OPT, max_idle=None):
     text = verilog.convert(FastTop(system), name="top")
     max_idle = max_idle or 4 * system.lpu.timeout + 1000
     harness = _HARNESS.read_text()
-    key = hashlib.sha256(f"{text}{harness}{opt}{max_idle}{_cpu_model()}"
-                         .encode()).hexdigest()[:16]
+    cmd = ["verilator", "--cc", "top.v", "--exe", "harness.cc", "--build", "-j", "2",
+           "--top-module", "top", "-O3", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+           "-CFLAGS", f"-DLPU_MAX_PAYLOAD={MAX_PAYLOAD}",
+           "-CFLAGS", f"-DLPU_HEADER_BYTES={HEADER_BYTES}",
+           "-CFLAGS", f"-DLPU_FRAME_OVERHEAD={FRAME_OVERHEAD}",
+           "-CFLAGS", f"-DLPU_REPLY_SYNC={REPLY_SYNC}",
+           "-CFLAGS", f"-DLPU_MAX_IDLE={max_idle}ULL", "-CFLAGS", "-march=native",
+           "-o", "lpu_sim"]
+    key = hashlib.sha256(f"{text}{harness}{cmd}{opt}{_cpu_model()}".encode()).hexdigest()[:16]
     cache = Path(os.environ.get("LPU_BUILD_DIR", "build")).resolve() / "verilator"
     exe = cache / f"lpu_{key}"
     if exe.exists():
@@ -98,12 +105,6 @@ def build_fast_sim(system, *, opt=DEFAULT_OPT, max_idle=None):
         tmp = Path(tmp)
         (tmp / "top.v").write_text(text)
         (tmp / "harness.cc").write_text(harness)
-        cmd = ["verilator", "--cc", "top.v", "--exe", "harness.cc", "--build", "-j", "2",
-               "--top-module", "top", "-O3", "-Wno-fatal", "-Wno-lint", "-Wno-style",
-               "-CFLAGS", f"-DLPU_MAX_PAYLOAD={MAX_PAYLOAD}",
-               "-CFLAGS", f"-DLPU_REPLY_SYNC={REPLY_SYNC}",
-               "-CFLAGS", f"-DLPU_MAX_IDLE={max_idle}ULL", "-CFLAGS", "-march=native",
-               "-o", "lpu_sim"]
         env = {**os.environ, **_verilator_environ(cache / "objcache", opt)}
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         built = tmp / "obj_dir" / "lpu_sim"
@@ -151,9 +152,9 @@ class VerilatorTransport(Transport):
         replies = []
         while got:
             start = got.find(bytes([REPLY_SYNC]))
-            if start < 0 or len(got) < start + 4:
+            if start < 0 or len(got) < start + HEADER_BYTES:
                 break
-            end = start + 6 + min(got[start + 2] | got[start + 3] << 8, MAX_PAYLOAD)
+            end = start + frame_length(got[start:])
             replies.append(got[start:end])
             got = got[end:]
         return replies

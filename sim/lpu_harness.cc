@@ -32,10 +32,10 @@ static bool read_all(void *buf, size_t n) { return fread(buf, 1, n, stdin) == n;
 // Length of a whole reply frame at got[start...] (0 while incomplete).
 static size_t frame_length(const std::vector<uint8_t> &got, size_t start) {
   size_t have = got.size() - start;
-  if (have < 4) return 0;
+  if (have < LPU_HEADER_BYTES) return 0;
   size_t len = got[start + 2] | (got[start + 3] << 8);
   if (len > LPU_MAX_PAYLOAD) len = LPU_MAX_PAYLOAD;
-  return have >= 6 + len ? 6 + len : 0;
+  return have >= LPU_FRAME_OVERHEAD + len ? LPU_FRAME_OVERHEAD + len : 0;
 }
 
 int main(int argc, char **argv) {
