@@ -207,10 +207,7 @@ class BoardTop(wiring.Component):
         m.submodules.uart_tx = utx = UARTTx(divisor=self._divisor)
         wiring.connect(m, lpu.mem_req, ram.req)
         wiring.connect(m, ram.resp, lpu.mem_resp)
-        m.d.comb += [ram.wr.payload.addr.eq(lpu.mem_wr.payload.addr),
-                     ram.wr.payload.data.eq(lpu.mem_wr.payload.data),
-                     ram.wr.valid.eq(lpu.mem_wr.valid),
-                     lpu.mem_wr.ready.eq(ram.wr.ready)]
+        wiring.connect(m, lpu.mem_wr, ram.wr)
         wiring.connect(m, urx.o_stream, lpu.rx)
         wiring.connect(m, lpu.tx, utx.i_stream)
         if platform is None:

@@ -67,10 +67,7 @@ class LPUSystem(wiring.Component):
         m.submodules.memory = mem = self._memory
         wiring.connect(m, lpu.mem_req, mem.req)
         wiring.connect(m, mem.resp, lpu.mem_resp)
-        m.d.comb += [mem.wr.payload.addr.eq(lpu.mem_wr.payload.addr),
-                     mem.wr.payload.data.eq(lpu.mem_wr.payload.data),
-                     mem.wr.valid.eq(lpu.mem_wr.valid),
-                     lpu.mem_wr.ready.eq(mem.wr.ready)]
+        wiring.connect(m, lpu.mem_wr, mem.wr)
         wiring.connect(m, wiring.flipped(self.rx), lpu.rx)
         wiring.connect(m, lpu.tx, wiring.flipped(self.tx))
         return m
