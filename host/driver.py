@@ -28,7 +28,7 @@ from lpu.hw.protocol import (
     frame_length,
 )
 from lpu.hw.scale import JOB_LAYOUT, scale_groups, scale_image, scale_words
-from lpu.hw.streamer import PERF_LAYOUT, StreamError
+from lpu.hw.streamer import PERF_LAYOUT, StreamError, act_tiles_for
 
 from . import image
 
@@ -228,6 +228,12 @@ class LPUDriver:
                                                  for w in words[i:i + per])
             for i in range(0, len(words), per)))
 
+    def write_vectors(self, x):
+        """Write activation vectors ``x`` (K x V, int8) into the activation buffer."""
+        cfg = self.config
+        self.write_acts(image.activation_entries(
+            x, lanes=cfg["lanes"], act_tiles=act_tiles_for(cfg["max_k"], cfg["lanes"])))
+
     def write_acts(self, entries):
         self.request_many(Command.WRITE_ACT, (
             struct.pack("<H", addr) + bytes(int(v) & 0xFF for v in values)
@@ -316,8 +322,7 @@ class LPUDriver:
         img = image.weight_image(weights, fmt, lanes=lanes, pes=pes,
                                  word_bits=self.config["word_bits"])
         self.write_mem(image.image_words(img, self.config["word_bits"]), at=base)
-        act_tiles = 1 << (-(-self.config["max_k"] // lanes) - 1).bit_length()
-        self.write_acts(image.activation_entries(x, lanes=lanes, act_tiles=act_tiles))
+        self.write_vectors(x)
         groups = scale_groups(cols, group)
         if mantissas is None:
             mantissas = np.ones((rows, groups), dtype=np.int64)

@@ -105,13 +105,11 @@ class FabricBackend:
         self.passes += 1
         self.vectors += x_q.shape[1]
         rows, cols = lin.shape
-        lanes = cfg["lanes"]
-        act_tiles = 1 << (-(-cfg["max_k"] // lanes) - 1).bit_length()
         outs = []
         for v0 in range(0, x_q.shape[1], cfg["max_vectors"]):
             x = x_q[:, v0:v0 + cfg["max_vectors"]]
             v = x.shape[1]
-            self._drv.write_acts(image.activation_entries(x, lanes=lanes, act_tiles=act_tiles))
+            self._drv.write_vectors(x)
             count = self._drv.run({"base": base, "rows": rows, "cols": cols, "group": group,
                                    "vectors": v, "fmt": image.FormatCode.of(self._format(lin)),
                                    "scale_base": scale_base})

@@ -7,6 +7,7 @@ the golden model) with the one format definition, :mod:`lpu.hw.formats`.
 import numpy as np
 
 from lpu.hw.formats import FormatCode, WeightFormat, check_weights, pack, unpack
+from lpu.hw.streamer import act_address
 
 __all__ = ["weight_image", "image_words", "read_image", "activation_entries",
            "check_descriptor", "descriptor", "image_word_count", "result_matrix"]
@@ -76,7 +77,7 @@ def activation_entries(acts, *, lanes, act_tiles):
     kt = -(-k // lanes)
     ap = np.zeros((kt * lanes, v), dtype=np.int64)
     ap[:k] = a
-    return [(vi * act_tiles + t, [int(x) for x in ap[t * lanes:(t + 1) * lanes, vi]])
+    return [(act_address(t, vi, act_tiles), [int(x) for x in ap[t * lanes:(t + 1) * lanes, vi]])
             for vi in range(v) for t in range(kt)]
 
 

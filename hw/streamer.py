@@ -95,6 +95,12 @@ def mem_request_layout(addr_width, max_burst):
     return data.StructLayout({"addr": addr_width, "len": range(max_burst + 1)})
 
 
+def act_tiles_for(max_k, lanes):
+    """Activation-buffer entries per vector: ``ceil(max_k / lanes)`` rounded up to a power of
+    two, so that an address is the vector and the tile side by side."""
+    return 1 << (-(-max_k // lanes) - 1).bit_length()
+
+
 def act_address(tile, vector, act_tiles):
     """Activation-buffer address of tile ``tile`` of vector ``vector``."""
     return vector * act_tiles + tile
@@ -181,7 +187,7 @@ class WeightStreamer(wiring.Component):
         self._mem_words = mem_words
         self._max_burst = max_burst
         self._fifo_depth = fifo_depth
-        self._act_tiles = 1 << (-(-max_k // lanes) - 1).bit_length()
+        self._act_tiles = act_tiles_for(max_k, lanes)
         self._act_depth = self._act_tiles * max_vectors
         super().__init__({
             "desc": In(stream.Signature(DESCRIPTOR_LAYOUT)),
