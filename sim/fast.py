@@ -9,6 +9,7 @@ the Verilog, the harness and the flags.
 
 import hashlib
 import os
+import platform
 import shutil
 import struct
 import subprocess
@@ -26,7 +27,7 @@ from lpu.hw.protocol import FRAME_OVERHEAD, HEADER_BYTES, MAX_PAYLOAD, REPLY_SYN
 
 from .cocotb_runner import _verilator_environ, verilator_bin_dir
 
-__all__ = ["VerilatorTransport", "FastTop", "build_fast_sim"]
+__all__ = ["VerilatorTransport", "FastTop", "build_fast_sim", "cpu_model"]
 
 _HARNESS = Path(__file__).with_name("lpu_harness.cc")
 
@@ -66,14 +67,16 @@ class FastTop(wiring.Component):
         return m
 
 
-def _cpu_model():
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return ""
+    return platform.processor() or platform.machine()
 
 
 #: C++ optimisation of the Verilated model (make's OPT_FAST).
@@ -95,7 +98,7 @@ def build_fast_sim(system, *, opt=DEFAULT_OPT, max_idle=None):
            "-CFLAGS", f"-DLPU_REPLY_SYNC={REPLY_SYNC}",
            "-CFLAGS", f"-DLPU_MAX_IDLE={max_idle}ULL", "-CFLAGS", "-march=native",
            "-o", "lpu_sim"]
-    key = hashlib.sha256(f"{text}{harness}{cmd}{opt}{_cpu_model()}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{text}{harness}{cmd}{opt}{cpu_model()}".encode()).hexdigest()[:16]
     cache = Path(os.environ.get("LPU_BUILD_DIR", "build")).resolve() / "verilator"
     exe = cache / f"lpu_{key}"
     if exe.exists():
