@@ -2,19 +2,14 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import needs_verilator, small_lpu
 
 from lpu.host.driver import LPUDriver
-from lpu.hw.lpu import LPU
-from lpu.sim import cocotb_runner, golden
+from lpu.sim import golden
 from lpu.sim.system import LPUSystem
 
-pytestmark = pytest.mark.skipif(not cocotb_runner.available("verilator")[0],
-                                reason=cocotb_runner.available("verilator")[1] or "verilator")
+pytestmark = needs_verilator
 
-
-def _lpu():
-    return LPU(lanes=4, pes=2, word_bits=16, addr_width=10, max_k=64, max_vectors=2,
-               timeout=300)
 
 
 def test_cocotb_transport_matches_golden_and_the_fast_simulator(rng):
@@ -22,8 +17,8 @@ def test_cocotb_transport_matches_golden_and_the_fast_simulator(rng):
     from lpu.sim.fast import VerilatorTransport
     w = rng.integers(-1, 2, size=(9, 30))
     x = rng.integers(-128, 128, size=(30, 2))
-    cocotb = CocotbTransport(LPUSystem(_lpu()))
-    fast = VerilatorTransport(LPUSystem(_lpu()))
+    cocotb = CocotbTransport(LPUSystem(small_lpu()))
+    fast = VerilatorTransport(LPUSystem(small_lpu()))
     try:
         for transport in (cocotb, fast):
             drv = LPUDriver(transport)
@@ -44,7 +39,7 @@ def test_cocotb_transport_matches_golden_and_the_fast_simulator(rng):
 
 def test_cocotb_transport_reports_a_failing_simulation():
     from lpu.sim.cocotb_transport import CocotbTransport, SimulationError
-    transport = CocotbTransport(LPUSystem(_lpu()))
+    transport = CocotbTransport(LPUSystem(small_lpu()))
     with pytest.raises(ValueError, match=r"^Frame must not be empty$"):
         transport.exchange(b"")
     # the bench refuses a request longer than it accepts: the cocotb test fails, the simulator

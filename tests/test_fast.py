@@ -1,26 +1,20 @@
 import numpy as np
-import pytest
+from conftest import needs_verilator, small_lpu
 
 from lpu.host.driver import LPUDriver, PysimTransport
-from lpu.hw.lpu import LPU
-from lpu.sim import cocotb_runner, golden
+from lpu.sim import golden
 from lpu.sim.system import LPUSystem
 
-pytestmark = pytest.mark.skipif(not cocotb_runner.available("verilator")[0],
-                                reason=cocotb_runner.available("verilator")[1] or "verilator")
+pytestmark = needs_verilator
 
-
-def _lpu():
-    return LPU(lanes=4, pes=2, word_bits=16, addr_width=10, max_k=64, max_vectors=2,
-               timeout=300)
 
 
 def test_fast_sim_matches_golden_and_the_amaranth_simulator(rng):
     from lpu.sim.fast import VerilatorTransport
     w = rng.integers(-1, 2, size=(9, 30))
     x = rng.integers(-128, 128, size=(30, 2))
-    fast = VerilatorTransport(LPUSystem(_lpu()))
-    slow = PysimTransport(LPUSystem(_lpu()))
+    fast = VerilatorTransport(LPUSystem(small_lpu()))
+    slow = PysimTransport(LPUSystem(small_lpu()))
     try:
         for transport in (fast, slow):
             drv = LPUDriver(transport)
@@ -36,7 +30,7 @@ def test_fast_sim_matches_golden_and_the_amaranth_simulator(rng):
 
 def test_fast_sim_recovers_from_a_truncated_request(rng):
     from lpu.sim.fast import VerilatorTransport
-    transport = VerilatorTransport(LPUSystem(_lpu()))
+    transport = VerilatorTransport(LPUSystem(small_lpu()))
     try:
         drv = LPUDriver(transport)
         reply = transport.exchange(b"\xa5\x05\x00")      # stops after three bytes

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import small_lpu
 
 from lpu.host.driver import DeviceError, LinkError, LPUDriver, PysimTransport
 from lpu.hw.lpu import LPU
@@ -19,8 +20,7 @@ from lpu.sim.system import LPUSystem
 
 @pytest.fixture
 def device():
-    lpu = LPU(lanes=4, pes=2, word_bits=16, addr_width=10, max_k=64, max_vectors=2,
-              timeout=200)
+    lpu = small_lpu(timeout=200)
     transport = PysimTransport(LPUSystem(lpu))
     yield LPUDriver(transport), transport
     transport.close()

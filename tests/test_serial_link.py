@@ -8,10 +8,10 @@ import tty
 
 import numpy as np
 import pytest
+from conftest import small_lpu
 
 from lpu.host.driver import LinkError, LPUDriver, PysimTransport
 from lpu.host.serial_link import SerialTransport
-from lpu.hw.lpu import LPU
 from lpu.hw.protocol import REQUEST_SYNC
 from lpu.sim import golden
 from lpu.sim.system import LPUSystem
@@ -86,10 +86,6 @@ def _once(fn):
     return wrapped
 
 
-def _lpu():
-    return LPU(lanes=4, pes=2, word_bits=16, addr_width=10, max_k=64, max_vectors=2,
-               timeout=300)
-
 
 @pytest.fixture
 def link(request):
@@ -97,7 +93,7 @@ def link(request):
     opened = []
 
     def make(*, timeout=1.0, backend=True, **faults):
-        sim = PysimTransport(LPUSystem(_lpu())) if backend else None
+        sim = PysimTransport(LPUSystem(small_lpu())) if backend else None
         device = PtyDevice(sim, **faults)
         opened.append((sim, device))
         transport = SerialTransport(device.port, baudrate=115200, timeout=timeout)
