@@ -176,6 +176,23 @@ class LPU(wiring.Component):
             m.d.sync += [status.eq(code), reply_len.eq(n), idx.eq(0)]
             m.next = "TX_SYNC"
 
+        def word_writes(name, port, nbytes, word):
+            """States ``{name}_WORD`` (gather ``nbytes`` payload bytes into ``acc``) and
+            ``{name}_WRITE`` (``word``, a slice of ``acc``, to ``port`` at ``field_addr``)."""
+            with m.State(f"{name}_WORD"):
+                with m.If(idx == length):
+                    reply_with(Status.OK, 0)
+                with m.Else():
+                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1), sub.eq(sub + 1)]
+                    with m.If(sub == nbytes - 1):
+                        m.next = f"{name}_WRITE"
+            with m.State(f"{name}_WRITE"):
+                m.d.comb += [port.valid.eq(1), port.payload.addr.eq(field_addr),
+                             port.payload.data.eq(word)]
+                with m.If(port.ready):
+                    m.d.sync += [field_addr.eq(field_addr + 1), sub.eq(0)]
+                    m.next = f"{name}_WORD"
+
         with m.FSM():
             # ---- receive
             with m.State("RX_SYNC"):
@@ -279,20 +296,7 @@ class LPU(wiring.Component):
                 with m.If(idx == 3):
                     m.d.sync += [field_addr.eq(shift_in[-32:]), sub.eq(0)]
                     m.next = "WMEM_WORD"
-            with m.State("WMEM_WORD"):
-                with m.If(idx == length):
-                    reply_with(Status.OK, 0)
-                with m.Else():
-                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1), sub.eq(sub + 1)]
-                    with m.If(sub == word_bytes - 1):
-                        m.next = "WMEM_WRITE"
-            with m.State("WMEM_WRITE"):
-                m.d.comb += [self.mem_wr.valid.eq(1),
-                             self.mem_wr.payload.addr.eq(field_addr),
-                             self.mem_wr.payload.data.eq(acc[-st.word_bits:])]
-                with m.If(self.mem_wr.ready):
-                    m.d.sync += [field_addr.eq(field_addr + 1), sub.eq(0)]
-                    m.next = "WMEM_WORD"
+            word_writes("WMEM", self.mem_wr, word_bytes, acc[-st.word_bits:])
 
             act_w = st.act_wr
             with m.State("WACT_ADDR"):
@@ -330,19 +334,8 @@ class LPU(wiring.Component):
                     reply_with(Status.BAD_LENGTH, 0)
                 with m.Else():
                     m.next = "WSCALE_WORD"
-            with m.State("WSCALE_WORD"):
-                with m.If(idx == length):
-                    reply_with(Status.OK, 0)
-                with m.Else():
-                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1), sub.eq(sub + 1)]
-                    with m.If(sub == 2 * P - 1):
-                        m.next = "WSCALE_WRITE"
-            with m.State("WSCALE_WRITE"):
-                # the scale memory's write port is always ready; lane 0 came first (lowest)
-                m.d.comb += [scale_w.valid.eq(1), scale_w.payload.addr.eq(field_addr),
-                             scale_w.payload.data.eq(acc[-SCALE_BITS * P:])]
-                m.d.sync += [field_addr.eq(field_addr + 1), sub.eq(0)]
-                m.next = "WSCALE_WORD"
+            # lane 0 came first, so it is the lowest of the word
+            word_writes("WSCALE", scale_w, 2 * P, acc[-SCALE_BITS * P:])
 
             with m.State("RUN_DESC"):
                 with m.If(idx == length):
