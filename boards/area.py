@@ -24,7 +24,7 @@ __all__ = ["TARGETS", "synthesize", "yosys_command"]
 
 TARGETS = ("ice40", "ecp5")
 
-_SCRIPTS = {
+SYNTH_SCRIPTS = {
     "ice40": [
         "synth_ice40 -top {top} -run begin:map_luts",
         "techmap -map +/ice40/latches_map.v",
@@ -83,7 +83,7 @@ def synthesize(component, *, target, name="top", keep_dir=None):
         raise ValueError(f"Target must be 'ice40' or 'ecp5', not {target!r}")
     text = rtlil.convert(component, name=name)
     script = "; ".join(["read_rtlil design.il"] +
-                       [s.format(top=name) for s in _SCRIPTS[target]] +
+                       [s.format(top=name) for s in SYNTH_SCRIPTS[target]] +
                        ["tee -q -o stat.json stat -json"])
     with tempfile.TemporaryDirectory(prefix="lpu-area-") as tmp:
         work = Path(keep_dir) if keep_dir else Path(tmp)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .area import _SCRIPTS, count_cells
+from .area import SYNTH_SCRIPTS, count_cells
 from .top import BoardTop, board_spec, lpu_for
 
 __all__ = ["BuildError", "build_board", "tool_path", "board_config"]
@@ -138,7 +138,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
     out = Path(out_dir).resolve()
     start = time.monotonic()
 
-    script = [s.format(top=name) for s in _SCRIPTS[spec.family][1:]]
+    script = [s.format(top=name) for s in SYNTH_SCRIPTS[spec.family][1:]]
     plan = platform.prepare(
         top, name=name,
         synth_opts="-run begin:map_luts",
