@@ -26,7 +26,7 @@ TARGETS = ("ice40", "ecp5")
 
 SYNTH_SCRIPTS = {
     "ice40": [
-        "synth_ice40 -top {top} -run begin:map_luts",
+        "synth_ice40 -dsp -top {top} -run begin:map_luts",
         "techmap -map +/ice40/latches_map.v",
         "abc -lut 4",
         "ice40_wrapcarry -unwrap",

@@ -138,10 +138,13 @@ def build_board(board, *, out_dir, name="top", **overrides):
     out = Path(out_dir).resolve()
     start = time.monotonic()
 
-    script = [s.format(top=name) for s in SYNTH_SCRIPTS[spec.family][1:]]
+    # The platform writes the first synthesis command itself; it gets that line's options.
+    first, *rest = SYNTH_SCRIPTS[spec.family]
+    synth_opts = " ".join(w for w in first.split()[1:] if w not in ("-top", "{top}"))
+    script = [s.format(top=name) for s in rest]
     plan = platform.prepare(
         top, name=name,
-        synth_opts="-run begin:map_luts",
+        synth_opts=synth_opts,
         script_after_synth="\n".join(script + ["tee -q -o stat.json stat -json"]),
         nextpnr_opts="--report report.json --timing-allow-fail",
     )

@@ -125,19 +125,22 @@ class LPU(wiring.Component):
         wiring.connect(m, st.mem_req, wiring.flipped(self.mem_req))
         wiring.connect(m, wiring.flipped(self.mem_resp), st.mem_resp)
 
-        m.submodules.frame = frame = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
-        m.submodules.reply = reply = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
+        # One byte buffer holds the request's payload and then the reply's: the device is half
+        # duplex, and every command has consumed the payload bytes it reads before it writes
+        # reply bytes over them. Reads are synchronous (block RAM): the read address is the
+        # byte index of the next cycle, so the byte at ``idx`` is on ``buf_r.data`` in each cycle.
+        m.submodules.buf = buf = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
         m.submodules.outbuf = outbuf = Memory(shape=data.ArrayLayout(signed(out_w), P),
                                               depth=self._out_depth, init=[])
-        fw, fr = frame.write_port(), frame.read_port(domain="comb")
-        rw, rr = reply.write_port(), reply.read_port(domain="comb")
-        ow, orp = outbuf.write_port(), outbuf.read_port(domain="comb")
+        buf_w, buf_r = buf.write_port(), buf.read_port()
+        ow, orp = outbuf.write_port(), outbuf.read_port()
         m.submodules.rx_crc = rx_crc = Processor(CRC)
         m.submodules.tx_crc = tx_crc = Processor(CRC)
 
         cmd = Signal(8)
         length = Signal(16)
-        idx = Signal(16)             # byte index into the frame or reply buffer
+        idx = Signal(16)             # byte index into the buffer
+        idx_next = Signal(16)        # what idx becomes at the clock edge: the states set this
         status = Signal(8)
         reply_len = Signal(16)
         idle = Signal(range(self._timeout + 1))
@@ -147,6 +150,7 @@ class LPU(wiring.Component):
         field_addr = Signal(32)
         out_count = Signal(16)
         out_start = Signal(16)
+        out_start_next = Signal(16)  # likewise the output buffer's read address
         out_n = Signal(16)
         sub = Signal(range(max(rb, word_bytes, N, 13, 2 * P) + 1))
         scale_rem = Signal(16)       # WRITE_SCALE bytes not yet counted into whole words
@@ -165,15 +169,20 @@ class LPU(wiring.Component):
         with m.If(ostream.valid):
             m.d.sync += out_count.eq(out_count + 1)
 
+        m.d.comb += [idx_next.eq(idx), out_start_next.eq(out_start)]
+        m.d.sync += [idx.eq(idx_next), out_start.eq(out_start_next)]
+        m.d.comb += [buf_w.addr.eq(idx), buf_r.addr.eq(idx_next), orp.addr.eq(out_start_next)]
+
         rx_byte = self.rx.payload
         rx_take = self.rx.valid & self.rx.ready
-        m.d.comb += [rx_crc.data.eq(rx_byte), fw.data.eq(rx_byte), fw.addr.eq(idx)]
+        m.d.comb += rx_crc.data.eq(rx_byte)
 
         config = config_bytes(self)
         config_rom = Array(Const(b, 8) for b in config)
 
         def reply_with(code, n):
-            m.d.sync += [status.eq(code), reply_len.eq(n), idx.eq(0)]
+            m.d.sync += [status.eq(code), reply_len.eq(n)]
+            m.d.comb += idx_next.eq(0)
             m.next = "TX_SYNC"
 
         def word_writes(name, port, nbytes, word):
@@ -183,7 +192,8 @@ class LPU(wiring.Component):
                 with m.If(idx == length):
                     reply_with(Status.OK, 0)
                 with m.Else():
-                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1), sub.eq(sub + 1)]
+                    m.d.sync += [acc.eq(shift_in), sub.eq(sub + 1)]
+                    m.d.comb += idx_next.eq(idx + 1)
                     with m.If(sub == nbytes - 1):
                         m.next = f"{name}_WRITE"
             with m.State(f"{name}_WRITE"):
@@ -216,15 +226,16 @@ class LPU(wiring.Component):
                             m.d.sync += length[:8].eq(rx_byte)
                             m.next = nxt
                         elif name == "RX_LEN1":
-                            m.d.sync += [length[8:].eq(rx_byte), idx.eq(0)]
+                            m.d.sync += length[8:].eq(rx_byte)
+                            m.d.comb += idx_next.eq(0)
                             m.next = nxt
                             with m.If(Cat(length[:8], rx_byte) == 0):
                                 m.next = "RX_CRC0"
                             with m.If(Cat(length[:8], rx_byte) > MAX_PAYLOAD):
                                 reply_with(Status.BAD_LENGTH, 0)
                         elif name == "RX_PAYLOAD":
-                            m.d.comb += fw.en.eq(1)
-                            m.d.sync += idx.eq(idx + 1)
+                            m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(rx_byte),
+                                         idx_next.eq(idx + 1)]
                             with m.If(idx + 1 == length):
                                 m.next = "RX_CRC0"
                         else:
@@ -237,7 +248,8 @@ class LPU(wiring.Component):
                 with m.If(~rx_crc.match_detected):
                     reply_with(Status.BAD_CRC, 0)
                 with m.Else():
-                    m.d.sync += [idx.eq(0), sub.eq(0), acc.eq(0)]
+                    m.d.sync += [sub.eq(0), acc.eq(0)]
+                    m.d.comb += idx_next.eq(0)
                     m.next = "EXEC"
 
             # ---- dispatch
@@ -282,17 +294,17 @@ class LPU(wiring.Component):
                         reply_with(Status.BAD_COMMAND, 0)
 
             # Assemble little-endian fields from the frame buffer one byte per cycle.
-            m.d.comb += fr.addr.eq(idx)
-            shift_in = Cat(acc[8:], fr.data)
+            shift_in = Cat(acc[8:], buf_r.data)
 
             with m.State("PING"):
-                m.d.comb += [rw.addr.eq(idx), rw.data.eq(config_rom[idx]), rw.en.eq(1)]
-                m.d.sync += idx.eq(idx + 1)
+                m.d.comb += [buf_w.data.eq(config_rom[idx]), buf_w.en.eq(1),
+                             idx_next.eq(idx + 1)]
                 with m.If(idx == len(config) - 1):
                     reply_with(Status.OK, len(config))
 
             with m.State("WMEM_ADDR"):
-                m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                m.d.sync += acc.eq(shift_in)
+                m.d.comb += idx_next.eq(idx + 1)
                 with m.If(idx == 3):
                     m.d.sync += [field_addr.eq(shift_in[-32:]), sub.eq(0)]
                     m.next = "WMEM_WORD"
@@ -300,7 +312,8 @@ class LPU(wiring.Component):
 
             act_w = st.act_wr
             with m.State("WACT_ADDR"):
-                m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                m.d.sync += acc.eq(shift_in)
+                m.d.comb += idx_next.eq(idx + 1)
                 with m.If(idx == 1):
                     m.d.sync += [field_addr.eq(shift_in[-16:]), sub.eq(0)]
                     m.next = "WACT_DATA"
@@ -308,7 +321,8 @@ class LPU(wiring.Component):
                 with m.If(idx == length):
                     m.next = "WACT_WRITE"
                 with m.Else():
-                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                    m.d.sync += acc.eq(shift_in)
+                    m.d.comb += idx_next.eq(idx + 1)
             with m.State("WACT_WRITE"):
                 m.d.comb += [act_w.valid.eq(1), act_w.payload.addr.eq(field_addr)]
                 for i in range(N):
@@ -319,7 +333,8 @@ class LPU(wiring.Component):
 
             scale_w = sc.scale_wr
             with m.State("WSCALE_ADDR"):
-                m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                m.d.sync += acc.eq(shift_in)
+                m.d.comb += idx_next.eq(idx + 1)
                 with m.If(idx == 1):
                     m.d.sync += [field_addr.eq(shift_in[-16:]), scale_end.eq(shift_in[-16:]),
                                  scale_rem.eq(length - 2), sub.eq(0)]
@@ -341,7 +356,8 @@ class LPU(wiring.Component):
                 with m.If(idx == length):
                     m.next = "RUN_START"
                 with m.Else():
-                    m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                    m.d.sync += acc.eq(shift_in)
+                    m.d.comb += idx_next.eq(idx + 1)
             job = acc[AW - 8 * desc_bytes:]
             with m.State("RUN_START"):
                 # The scale unit checks the job's scale range before the streamer starts.
@@ -352,7 +368,8 @@ class LPU(wiring.Component):
             with m.State("RUN_SCALE"):
                 with m.If(~sc.status.setup):
                     with m.If(sc.status.error):
-                        m.d.sync += [job_error.eq(StreamError.SCALES), idx.eq(0)]
+                        m.d.sync += job_error.eq(StreamError.SCALES)
+                        m.d.comb += idx_next.eq(0)
                         m.next = "RUN_REPLY"
                     with m.Else():
                         m.next = "RUN_STREAM"
@@ -368,48 +385,53 @@ class LPU(wiring.Component):
                 with m.If(~st.status.busy):
                     with m.If(st.status.error != StreamError.NONE):
                         m.d.comb += sc.abort.eq(1)
-                        m.d.sync += [job_error.eq(st.status.error), idx.eq(0)]
+                        m.d.sync += job_error.eq(st.status.error)
+                        m.d.comb += idx_next.eq(0)
                         m.next = "RUN_REPLY"
                     with m.Elif(~sc.status.busy):
-                        m.d.sync += [job_error.eq(StreamError.NONE), idx.eq(0)]
+                        m.d.sync += job_error.eq(StreamError.NONE)
+                        m.d.comb += idx_next.eq(0)
                         m.next = "RUN_REPLY"
             with m.State("RUN_REPLY"):
-                m.d.comb += [rw.en.eq(1), rw.addr.eq(idx),
-                             rw.data.eq(Mux(idx == 0, job_error,
-                                            out_count.word_select(idx[0] ^ 1, 8)))]
-                m.d.sync += idx.eq(idx + 1)
+                m.d.comb += [buf_w.en.eq(1), idx_next.eq(idx + 1),
+                             buf_w.data.eq(Mux(idx == 0, job_error,
+                                               out_count.word_select(idx[0] ^ 1, 8)))]
                 with m.If(idx == 2):
                     reply_with(Mux(job_error == StreamError.NONE, Status.OK,
                                    Status.RUN_ERROR), 3)
 
             with m.State("READ_ARGS"):
-                m.d.sync += [acc.eq(shift_in), idx.eq(idx + 1)]
+                m.d.sync += acc.eq(shift_in)
+                m.d.comb += idx_next.eq(idx + 1)
                 with m.If(idx == 3):
-                    start, count = shift_in[-32:-16], shift_in[-16:]
-                    m.d.sync += [out_start.eq(start), out_n.eq(count), idx.eq(0), sub.eq(0),
-                                 pe_sel.eq(0)]
-                    with m.If((count * P * rb > MAX_PAYLOAD) | (start + count > out_count) |
-                              (start + count > self._out_depth)):
-                        reply_with(Status.BAD_LENGTH, 0)
-                    with m.Else():
-                        m.next = "READ_COPY"
+                    m.d.sync += [out_n.eq(shift_in[-16:]), sub.eq(0), pe_sel.eq(0)]
+                    m.d.comb += [out_start_next.eq(shift_in[-32:-16]), idx_next.eq(0)]
+                    m.next = "READ_CHECK"
+            with m.State("READ_CHECK"):
+                # the range check on registered arguments, a cycle after the last byte arrived
+                end = out_start + out_n
+                with m.If((out_n * P * rb > MAX_PAYLOAD) | (end > out_count) |
+                          (end > self._out_depth)):
+                    reply_with(Status.BAD_LENGTH, 0)
+                with m.Else():
+                    m.next = "READ_COPY"
             with m.State("READ_COPY"):
                 # entry out_start, PE pe_sel, byte sub of its sign-extended value
-                m.d.comb += orp.addr.eq(out_start)
                 value = Signal(signed(8 * rb))
                 m.d.comb += value.eq(Array(Value.cast(orp.data[p]).as_signed()
                                            for p in range(P))[pe_sel])
-                m.d.comb += [rw.en.eq(1), rw.addr.eq(idx),
-                             rw.data.eq(Array(value.word_select(b, 8) for b in range(rb))[sub])]
+                m.d.comb += [buf_w.en.eq(1),
+                             buf_w.data.eq(Array(value.word_select(b, 8) for b in range(rb))[sub])]
                 with m.If(out_n == 0):
                     reply_with(Status.OK, 0)
                 with m.Else():
-                    m.d.sync += [idx.eq(idx + 1), sub.eq(sub + 1)]
+                    m.d.sync += sub.eq(sub + 1)
+                    m.d.comb += idx_next.eq(idx + 1)
                     with m.If(sub == rb - 1):
                         m.d.sync += [sub.eq(0), pe_sel.eq(pe_sel + 1)]
                         with m.If(pe_sel == P - 1):
-                            m.d.sync += [pe_sel.eq(0), out_start.eq(out_start + 1),
-                                         out_n.eq(out_n - 1)]
+                            m.d.sync += [pe_sel.eq(0), out_n.eq(out_n - 1)]
+                            m.d.comb += out_start_next.eq(out_start + 1)
                             with m.If(out_n == 1):
                                 reply_with(Status.OK, idx + 1)
 
@@ -417,19 +439,19 @@ class LPU(wiring.Component):
                 words = Cat(st.status.busy | sc.status.busy, Const(0, 7), Value.cast(job_error),
                             Const(0, 5), Value.cast(st.perf))
                 nbytes = 2 + PERF_LAYOUT.size // 8
-                m.d.comb += [rw.en.eq(1), rw.addr.eq(idx), rw.data.eq(words.word_select(idx, 8))]
-                m.d.sync += idx.eq(idx + 1)
+                m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(words.word_select(idx, 8)),
+                             idx_next.eq(idx + 1)]
                 with m.If(idx == nbytes - 1):
                     reply_with(Status.OK, nbytes)
 
             # ---- transmit
-            m.d.comb += [rr.addr.eq(idx), tx_crc.data.eq(self.tx.payload)]
+            m.d.comb += tx_crc.data.eq(self.tx.payload)
             tx_fire = self.tx.valid & self.tx.ready
             for name, value, nxt in (("TX_SYNC", REPLY_SYNC, "TX_STATUS"),
                                      ("TX_STATUS", status, "TX_LEN0"),
                                      ("TX_LEN0", reply_len[:8], "TX_LEN1"),
                                      ("TX_LEN1", reply_len[8:], "TX_PAYLOAD"),
-                                     ("TX_PAYLOAD", rr.data, "TX_CRC0"),
+                                     ("TX_PAYLOAD", buf_r.data, "TX_CRC0"),
                                      ("TX_CRC0", tx_crc.crc[8:], "TX_CRC1"),
                                      ("TX_CRC1", tx_crc.crc[:8], "RX_SYNC")):
                 with m.State(name):
@@ -444,7 +466,7 @@ class LPU(wiring.Component):
                             with m.If(reply_len == 0):
                                 m.next = "TX_CRC0"
                         elif name == "TX_PAYLOAD":
-                            m.d.sync += idx.eq(idx + 1)
+                            m.d.comb += idx_next.eq(idx + 1)
                             with m.If(idx + 1 == reply_len):
                                 m.next = "TX_CRC0"
                         else:

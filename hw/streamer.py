@@ -283,11 +283,18 @@ class WeightStreamer(wiring.Component):
         word_shift = (self._word_bits // 8).bit_length() - 1
         n_bytes = Signal(40)
 
-        fetch_addr = Signal(32)
-        fetch_left = Signal(32)
+        # A job's words lie inside the memory (the ADDRESS check), so the fetch position and
+        # the words left fit the memory's size; the next burst's length is a register, so the
+        # memory sees a registered request.
+        fetch_addr = Signal(range(self._mem_words + 1))
+        fetch_left = Signal(range(self._mem_words + 1))
+        blen = Signal(range(self._max_burst + 1))
         seq_done = Signal()
         pending = Signal(16)
         b_valid = Signal()
+
+        def burst_of(left):
+            return Mux(left < self._max_burst, left, self._max_burst)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -357,7 +364,7 @@ class WeightStreamer(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [fetch_addr.eq(desc.base), fetch_left.eq(words),
-                                 running.eq(1)]
+                                 blen.eq(burst_of(words)), running.eq(1)]
                     m.d.comb += gear.clear.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
@@ -368,8 +375,6 @@ class WeightStreamer(wiring.Component):
 
         # --- fetch: burst requests while the FIFO has room for the whole burst
         reserved = Signal(range(self._fifo_depth + 1))
-        blen = Signal(range(self._max_burst + 1))
-        m.d.comb += blen.eq(Mux(fetch_left < self._max_burst, fetch_left, self._max_burst))
         m.d.comb += [
             self.mem_req.valid.eq(running & (fetch_left != 0) &
                                   (reserved + blen <= self._fifo_depth)),
@@ -380,7 +385,9 @@ class WeightStreamer(wiring.Component):
         pop = fifo.r_rdy & fifo.r_en
         m.d.sync += reserved.eq(reserved + Mux(req_fire, blen, 0) - pop)
         with m.If(req_fire):
-            m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_left.eq(fetch_left - blen)]
+            left = fetch_left - blen
+            m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_left.eq(left),
+                         blen.eq(burst_of(left))]
         m.d.comb += [
             fifo.w_data.eq(self.mem_resp.payload),
             fifo.w_en.eq(self.mem_resp.valid),

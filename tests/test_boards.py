@@ -314,16 +314,32 @@ def test_board_table_is_consistent():
 
 
 @pytest.mark.slow
-def test_build_icebreaker_does_not_fit_is_caught_after_synthesis(capsys, tmp_path):
-    # The LPU's control (byte-wide frame and reply buffers read combinationally, so held in
-    # flip-flops) alone exceeds the UP5K's 5280 LUTs; the check stops before place and route.
+def test_build_icebreaker_too_much_memory_is_caught_after_synthesis(capsys, tmp_path):
+    # 64K words of weights (256 KiB) need far more than the UP5K's 30 block RAMs; the check
+    # stops before place and route and names the resource.
     from lpu.cli import main
-    assert main(["build", "--board", "icebreaker", *_TINY, "-o", str(tmp_path)]) == 1
+    args = [*_TINY[:4], "--mem-words", "65536", *_TINY[6:]]
+    assert main(["build", "--board", "icebreaker", *args, "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert re.fullmatch(r"lpu: error: Design does not fit on icebreaker \(iCE40UP5K\): LUT \d+ "
-                        r"used, 5280 available \(after synthesis\)\n", err)
+    assert re.fullmatch(r"lpu: error: Design does not fit on icebreaker \(iCE40UP5K\): BRAM \d+ "
+                        r"used, 30 available \(after synthesis\)\n", err)
     assert (tmp_path / "stat.json").exists() and not (tmp_path / "top.asc").exists()
+
+
+@pytest.mark.slow
+def test_build_icebreaker_tiny_writes_bitstream_and_report(capsys, tmp_path):
+    from lpu.cli import main
+    assert main(["build", "--board", "icebreaker", *_TINY, "--json", "-o", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "build_report.json").read_text())
+    assert report["board"] == "icebreaker" and report["device"] == "iCE40UP5K"
+    (clock,) = report["clocks"].values()
+    assert report["timing_met"] is (clock["fmax_mhz"] >= clock["target_mhz"])
+    util = report["utilization"]
+    assert 0 < util["lut"]["used"] <= util["lc"]["used"] <= util["lc"]["available"] == 5280
+    assert 1 <= util["bram"]["used"] <= 30 and util["dsp"]["used"] >= 1   # the scale multiplier
+    assert (tmp_path / "top.bin").stat().st_size == report["bitstream_bytes"] > 0
 
 
 @pytest.mark.slow
