@@ -19,6 +19,7 @@ when they are set, otherwise from the YoWASP packages installed beside this Pyth
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -169,7 +170,16 @@ def build_board(board, *, out_dir, name="top", **overrides):
                         f"Design does not fit on {spec.name} ({platform.device}): {res.upper()} "
                         f"{used} used, {avail} available (after synthesis)")
         elif tool.startswith("nextpnr"):
-            seconds["pnr"] = _run(argv, out, "nextpnr.log", f"place and route ({tool})")
+            try:
+                seconds["pnr"] = _run(argv, out, "nextpnr.log", f"place and route ({tool})")
+            except BuildError as exc:
+                # iCE40: LUTs and flip-flops fit one by one, but not packed into logic cells
+                need = re.search(r"Failed to expand region .* of (\d+) (\w+)s", str(exc))
+                if not need:
+                    raise
+                raise BuildError(
+                    f"Design does not fit on {spec.name} ({platform.device}): logic cells ({need[2]}) "
+                    f"{need[1]} needed, {spec.resources['lut']} available (placement)") from None
         else:
             seconds["pack"] = _run(argv, out, f"{tool}.log", f"bitstream ({tool})")
 

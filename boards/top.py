@@ -39,8 +39,9 @@ class BoardSpec:
     baud: int = 115_200
 
 
-#: The supported boards. Default LPU sizes: the iCEBreaker's UP5K has 5280 LUTs and 30 block
-#: RAMs of 512 bytes, so it gets a small array and 4 KiB of weights; the ULX3S-85F's LFE5U-85F
+#: The supported boards. Default LPU sizes: the iCEBreaker's UP5K has 5280 logic cells and 30
+#: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (5100 cells after placement; a
+#: second PE, or 8 x 2, needs about 5400) and 4 KiB of weights; the ULX3S-85F's LFE5U-85F
 #: has 83640 LUTs and 208 block RAMs of 2 KiB, so it gets the 64-lane, 4-PE array of
 #: :func:`lpu.host.run.device_for` and 64 KiB of weights.
 BOARDS = {
@@ -48,7 +49,7 @@ BOARDS = {
         name="icebreaker", platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
         family="ice40",
         resources={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
-        lpu=dict(lanes=16, pes=2, mem_words=1024, max_k=256, max_vectors=1, max_burst=8,
+        lpu=dict(lanes=16, pes=1, mem_words=1024, max_k=256, max_vectors=1, max_burst=8,
                  out_depth=32, scale_depth=64)),
     "ulx3s-85f": BoardSpec(
         name="ulx3s-85f", platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",

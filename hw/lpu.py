@@ -142,12 +142,14 @@ class LPU(wiring.Component):
         idx = Signal(16)             # byte index into the buffer
         idx_next = Signal(16)        # what idx becomes at the clock edge: the states set this
         status = Signal(8)
+        refuse = Signal()            # a range check's verdict, registered before it is acted on
         reply_len = Signal(16)
         idle = Signal(range(self._timeout + 1))
         desc_bytes = (JOB_LAYOUT.size + 7) // 8
         AW = max(128, 8 * N, 8 * desc_bytes, SCALE_BITS * P)
         acc = Signal(AW)             # little-endian field assembly: newest byte on top
         field_addr = Signal(32)
+        end_addr = Signal(33)        # WRITE_MEM: the word address past the last word
         out_count = Signal(16)
         out_start = Signal(16)
         out_start_next = Signal(16)  # likewise the output buffer's read address
@@ -307,6 +309,20 @@ class LPU(wiring.Component):
                 m.d.comb += idx_next.eq(idx + 1)
                 with m.If(idx == 3):
                     m.d.sync += [field_addr.eq(shift_in[-32:]), sub.eq(0)]
+                    m.next = "WMEM_CHECK"
+            with m.State("WMEM_CHECK"):
+                # Words past the memory would wrap around its address port: refuse them all
+                # before writing any, as WRITE_SCALE does.
+                n_words = (length - 4) >> (word_bytes.bit_length() - 1)
+                m.d.sync += end_addr.eq(field_addr + n_words)
+                m.next = "WMEM_END"
+            with m.State("WMEM_END"):
+                m.d.sync += refuse.eq(end_addr > st.mem_words)
+                m.next = "WMEM_RANGE"
+            with m.State("WMEM_RANGE"):
+                with m.If(refuse):
+                    reply_with(Status.BAD_LENGTH, 0)
+                with m.Else():
                     m.next = "WMEM_WORD"
             word_writes("WMEM", self.mem_wr, word_bytes, acc[-st.word_bits:])
 
@@ -408,10 +424,13 @@ class LPU(wiring.Component):
                     m.d.comb += [out_start_next.eq(shift_in[-32:-16]), idx_next.eq(0)]
                     m.next = "READ_CHECK"
             with m.State("READ_CHECK"):
-                # the range check on registered arguments, a cycle after the last byte arrived
+                # the range check on registered arguments, its verdict registered too
                 end = out_start + out_n
-                with m.If((out_n * P * rb > MAX_PAYLOAD) | (end > out_count) |
-                          (end > self._out_depth)):
+                m.d.sync += refuse.eq((out_n * P * rb > MAX_PAYLOAD) | (end > out_count) |
+                                      (end > self._out_depth))
+                m.next = "READ_RANGE"
+            with m.State("READ_RANGE"):
+                with m.If(refuse):
                     reply_with(Status.BAD_LENGTH, 0)
                 with m.Else():
                     m.next = "READ_COPY"

@@ -42,7 +42,8 @@ class Command(enum.Enum, shape=8):
 
     #: ``()`` -> configuration: see :func:`lpu.hw.lpu.config_bytes`.
     PING = 0x00
-    #: ``addr:u32, words`` -> ``()``: write memory words at word address ``addr``.
+    #: ``addr:u32, words`` -> ``()``: write memory words at word address ``addr``;
+    #: ``BAD_LENGTH`` for a partial word or words past the memory (nothing is written).
     WRITE_MEM = 0x01
     #: ``addr:u16, acts`` -> ``()``: write one activation-buffer entry (N bytes, int8).
     WRITE_ACT = 0x02

@@ -1,7 +1,10 @@
+import struct
+
 import numpy as np
 import pytest
 from conftest import small_lpu
 
+from lpu.host import image
 from lpu.host.driver import DeviceError, LinkError, LPUDriver, PysimTransport
 from lpu.hw.lpu import LPU
 from lpu.hw.protocol import (
@@ -110,6 +113,28 @@ def _raw(code):
     body = bytes([code]) + frame[2:4]
     from lpu.hw.protocol import crc16
     return body + crc16(body).to_bytes(2, "big")
+
+
+def test_write_mem_past_the_memory_is_refused_whole(rng, device):
+    """1024 words of 16 bits: words that would run past the memory (and wrap around its
+    10-bit address port onto word 0) are refused, and none of them is written."""
+    drv, _ = device
+    assert (drv.config["mem_words"], drv.config["word_bits"]) == (1024, 16)
+    w = rng.integers(-1, 2, size=(4, 16))
+    x = rng.integers(-128, 128, size=16)
+    assert np.array_equal(drv.matmul(w, x, fmt="t2"), golden.matvec(w, x))   # image at 0
+    for at, n in ((1023, 2), (1024, 1), (1 << 31, 1), (0xFFFFFFFF, 1)):
+        with pytest.raises(DeviceError, match=r"^Device refused WRITE_MEM: BAD_LENGTH$"):
+            drv.request(Command.WRITE_MEM, struct.pack("<I", at) + bytes(2 * n))
+    with pytest.raises(DeviceError, match=r"^Device refused WRITE_MEM: BAD_LENGTH$"):
+        drv.request(Command.WRITE_MEM, struct.pack("<I", 4) + bytes(3))     # half a word
+    drv.request(Command.WRITE_MEM, struct.pack("<I", 1022) + bytes(4))    # 1022 + 2 fits
+    # The image at word 0 is intact: the same job again gives the same sums.
+    desc = {"base": 0, "rows": 4, "cols": 16, "group": 0, "vectors": 1, "fmt": 0,
+            "scale_base": 0}
+    count = drv.run(desc)
+    got = image.result_matrix(drv.read_out(count), 4, 1)[:, 0]
+    assert np.array_equal(got, golden.matvec(w, x))
 
 
 def test_job_error_is_reported(device):
