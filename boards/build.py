@@ -146,6 +146,10 @@ def build_board(board, *, out_dir, name="top", **overrides):
     plan = platform.prepare(
         top, name=name,
         synth_opts=synth_opts,
+        # Amaranth's state machines are binary-coded registers with an initial value, which
+        # yosys leaves alone; one-hot coding shortens their next-state logic. (The initial value
+        # is not needed: the sync domain starts in reset.)
+        script_after_read='setattr -set fsm_encoding "one-hot" w:fsm_state',
         script_after_synth="\n".join(script + ["tee -q -o stat.json stat -json"]),
         nextpnr_opts="--report report.json --timing-allow-fail",
     )

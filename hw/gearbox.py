@@ -72,18 +72,21 @@ class TileGearbox(wiring.Component):
         ]
 
         after = Signal(range(C + 1))        # level once the leaving tile is gone
+        # Whether a tile leaves arrives late in the cycle (it depends on the array's
+        # handshake), so the comparisons are made on the registered level for both cases and
+        # ``emit`` only selects between them.
         m.d.comb += [
             after.eq(level - Mux(emit, T, 0)),
-            self.i_stream.ready.eq(after <= room),
+            self.i_stream.ready.eq(Mux(emit, level <= room + T, level <= room)),
         ]
         accept = self.i_stream.valid & self.i_stream.ready
         count = self.i_stream.payload.count
         codes = self.i_stream.payload.codes.as_value()
 
-        # One-hot decode of the write position, shared by all cells.
+        # One-hot decode of the write position (``after == pos``), shared by all cells.
         at = {pos: Signal(name=f"at{pos}") for pos in range(0, room + 1, g)}
         for pos, sig in at.items():
-            m.d.comb += sig.eq(accept & (after == pos))
+            m.d.comb += sig.eq(accept & Mux(emit, level == pos + T, level == pos))
 
         for j, c in enumerate(cells):
             i = j * g                   # first slot of the cell

@@ -223,6 +223,8 @@ class ScaleUnit(wiring.Component):
 
         job = Signal(JOB_LAYOUT)
         groups = Signal(16)
+        last_g = Signal(16)          # groups - 1 and vectors - 1, so that the beat counters
+        last_v = Signal(8)           # compare with registers
         blocks = Signal(16)
         error = Signal()
         m.d.comb += self.status.error.eq(error)
@@ -280,6 +282,8 @@ class ScaleUnit(wiring.Component):
                 m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1)]
                 with m.If(~div.busy & ~blocks_busy):
                     m.d.sync += [groups.eq(Mux(job.group == 0, 1, div.quot)),
+                                 last_g.eq(Mux(job.group == 0, 0, div.quot - 1)),
+                                 last_v.eq(job.vectors - 1),
                                  blocks.eq(blocks_quot)]
                     m.next = "SIZE"
                 with m.If(self.abort):
@@ -310,8 +314,8 @@ class ScaleUnit(wiring.Component):
             with m.State("RUN"):
                 # Stage 0: take a beat whenever stage 1 is free or moves on this cycle.
                 m.d.comb += [self.status.busy.eq(1), self.i_stream.ready.eq(~s1_valid | s1_adv)]
-                v_last = v == job.vectors - 1
-                g_last = g == groups - 1
+                v_last = v == last_v
+                g_last = g == last_g
                 with m.If(accept):
                     m.d.sync += [
                         s1_beat.eq(self.i_stream.payload),

@@ -60,8 +60,8 @@ BYTE_DIV_WIDTH = 35
 #: Cycles from accepting a descriptor to the first burst request: the descriptor cycle, the
 #: checks, three size divisions (row blocks, tiles per row, tiles per group; the tile count
 #: multiplies alongside the third), the t5 byte division and a cycle to start it, the word
-#: count and the address check.
-SETUP_CYCLES = 1 + 1 + 3 * (SIZE_DIV_WIDTH + 1) + 1 + (BYTE_DIV_WIDTH + 1) + 1 + 1
+#: count and the address check (three cycles).
+SETUP_CYCLES = 1 + 1 + 3 * (SIZE_DIV_WIDTH + 1) + 1 + (BYTE_DIV_WIDTH + 1) + 1 + 3
 
 
 class StreamError(enum.Enum, shape=3):
@@ -258,6 +258,8 @@ class WeightStreamer(wiring.Component):
         kt = Signal(16)          # tiles per row
         gt = Signal(16)          # tiles per group
         words = Signal(32)       # image length in words
+        end = Signal(33)         # word address past the image
+        past_end = Signal()
         error = Signal(StreamError)
         running = Signal()       # sequencer and fetcher active
         m.d.comb += [self.status.error.eq(error)]
@@ -358,8 +360,17 @@ class WeightStreamer(wiring.Component):
                 m.d.sync += words.eq(nwords)
                 m.next = "ADDRESS"
             with m.State("ADDRESS"):
+                # the address check in three steps (sum, comparison, verdict), each a short path
                 m.d.comb += self.status.busy.eq(1)
-                with m.If(desc.base + words > self._mem_words):
+                m.d.sync += end.eq(desc.base + words)
+                m.next = "ADDRESS_CMP"
+            with m.State("ADDRESS_CMP"):
+                m.d.comb += self.status.busy.eq(1)
+                m.d.sync += past_end.eq(end > self._mem_words)
+                m.next = "ADDRESS_OK"
+            with m.State("ADDRESS_OK"):
+                m.d.comb += self.status.busy.eq(1)
+                with m.If(past_end):
                     m.d.sync += error.eq(StreamError.ADDRESS)
                     m.next = "IDLE"
                 with m.Else():
