@@ -79,7 +79,8 @@ def board_config(board, **overrides):
     """The board's default LPU parameters with ``overrides`` (None values ignored) applied."""
     spec = board_spec(board)
     cfg = dict(spec.lpu)
-    cfg.update({k: v for k, v in overrides.items() if v is not None and k != "baud"})
+    cfg.update({k: v for k, v in overrides.items()
+                if v is not None and k not in ("baud", "memory")})
     baud = overrides.get("baud") or spec.baud
     return spec, cfg, baud
 
@@ -122,7 +123,8 @@ def build_board(board, *, out_dir, name="top", **overrides):
     """Build ``board``'s bitstream into ``out_dir`` and return the report (a dict).
 
     ``overrides`` change the board's default LPU parameters (``lanes``, ``pes``,
-    ``mem_words``, ``max_k``, ...) or the ``baud`` rate.
+    ``mem_words``, ``max_k``, ...), the ``baud`` rate or the weight ``memory``
+    (:data:`lpu.boards.memory.MEMORY_KINDS`).
 
     Raises
     ------
@@ -134,7 +136,8 @@ def build_board(board, *, out_dir, name="top", **overrides):
     spec, cfg, baud = board_config(board, **overrides)
     platform = _platform_class(spec)()
     clk_hz = int(platform.default_clk_frequency)
-    top = BoardTop(lpu=lpu_for(**cfg), clk_hz=clk_hz, baud=baud)
+    memory = overrides.get("memory") or spec.memory
+    top = BoardTop(lpu=lpu_for(**cfg), clk_hz=clk_hz, baud=baud, memory=memory)
     out = Path(out_dir).resolve()
     start = time.monotonic()
 
@@ -199,6 +202,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
         "device": platform.device,
         "package": platform.package,
         "lpu": cfg,
+        "memory": memory,
         "clk_mhz": clk_hz / 1e6,
         "baud": baud,
         "baud_divisor": top.divisor,

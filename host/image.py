@@ -4,6 +4,9 @@ The layout is defined in :mod:`lpu.hw.streamer`; this module writes it (and read
 the golden model) with the one format definition, :mod:`lpu.hw.formats`.
 """
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from lpu.hw.formats import FormatCode, WeightFormat, WeightMode, check_weights, pack, unpack
@@ -11,7 +14,7 @@ from lpu.hw.streamer import act_address
 
 __all__ = ["weight_image", "image_words", "read_image", "activation_entries",
            "check_descriptor", "descriptor", "image_word_count", "result_matrix",
-           "device_format", "model_image"]
+           "device_format", "model_image", "flash_image"]
 
 
 def _tile_order(weights, fmt, lanes, pes):
@@ -161,3 +164,20 @@ def model_image(linears, *, lanes, pes, word_bits, mem_words=None, ternary_forma
                          f"({mem_words} words)")
     out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
     return out.tobytes(), layout
+
+
+def flash_image(linears, path, *, offset, lanes, pes, word_bits, mem_words=None,
+                ternary_format="t2"):
+    """Write :func:`model_image` to ``path`` (a .bin to program into the flash at byte
+    ``offset``) and its description beside it (``path`` with suffix .json: the offset, the
+    device shape, the format and ``layout``, what ``FabricBackend(preloaded=...)`` takes).
+    Returns the description."""
+    img, layout = model_image(linears, lanes=lanes, pes=pes, word_bits=word_bits,
+                              mem_words=mem_words, ternary_format=ternary_format)
+    path = Path(path)
+    path.write_bytes(img)
+    info = {"offset": offset, "bytes": len(img), "words": len(img) // (word_bits // 8),
+            "lanes": lanes, "pes": pes, "word_bits": word_bits,
+            "ternary_format": ternary_format, "layout": layout}
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
@@ -304,3 +306,26 @@ def test_preloaded_layout_refuses_unknown_projection(rng):
     fabric = FabricBackend(driver=None, preloaded={})
     with pytest.raises(ValueError, match=rf"^{lin.name}: not in the preloaded weight layout$"):
         fabric.preload(lin)
+
+
+def test_flash_image_command(tmp_path, capsys):
+    """The shipped model: its t5 image fits the UP5K's SPRAM-sized 32768 words, its t2 image
+    does not (exit 2, nothing written)."""
+    from lpu.cli import main
+    from lpu.host.loaders import load_hf_bitnet
+    from lpu.host.run import default_model_path
+    model = load_hf_bitnet(default_model_path())
+    t2, _ = image.model_image(model.linears.values(), lanes=16, pes=2, word_bits=32)
+    img, layout = image.model_image(model.linears.values(), lanes=16, pes=2, word_bits=32,
+                                    ternary_format="t5")
+    out = tmp_path / "w.bin"
+    args = ["flash-image", "--board", "icebreaker", "--mem-words", "32768", "-o", str(out)]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (f"lpu: error: Weight image of {len(t2) // 4} words does "
+                                       f"not fit device memory (32768 words)\n")
+    assert not out.exists()
+    assert main([*args, "--format", "t5", "--offset", "0x200000"]) == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert out.read_bytes() == img
+    assert info["layout"] == layout and info["offset"] == 0x200000
+    assert info["words"] == len(img) // 4 <= 32768
