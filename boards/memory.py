@@ -13,12 +13,12 @@ Every memory here is a component with the ports of
     :class:`SPRAMBurstRAM`: the iCE40 UP5K's four SB_SPRAM256KA (16K x 16 bits each), up to
     32768 words of 32 bits (128 KiB); the same timing as ``bram`` except that a write waits
     until no burst is in progress (the SPRAM has one port).
-``flash``
+``flash``, ``qspi``
     :class:`SPIFlashReader`: the board's configuration flash, read with fast read (``0x0B``,
-    one data line) or quad I/O fast read (``0xEB``), the weights at a byte offset past the
-    bitstream. Flash is not writable from the fabric: ``wr`` takes and drops every word and
-    raises the sticky ``wr_dropped`` flag. The image is programmed with the bitstream tools
-    (:func:`lpu.host.image.flash_image`).
+    one data line; ``flash``) or quad I/O fast read (``0xEB``; ``qspi``), the weights at a
+    byte offset past the bitstream. Flash is not writable from the fabric: ``wr`` takes and
+    drops every word and raises the sticky ``wr_dropped`` flag. The image
+    (:func:`lpu.host.image.flash_image`) is programmed with the bitstream tools.
 """
 
 from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Signal
@@ -33,7 +33,7 @@ __all__ = ["MEMORY_KINDS", "BurstRAM", "SPRAMBurstRAM", "SPIFlashReader", "SPI_S
            "FLASH_COMMANDS", "FLASH_OFFSET", "flash_cycles_per_word", "weight_memory"]
 
 #: Memory kinds of :func:`weight_memory` (and of ``BoardSpec.memory``).
-MEMORY_KINDS = ("bram", "spram", "flash")
+MEMORY_KINDS = ("bram", "spram", "flash", "qspi")
 
 #: Words of one SB_SPRAM256KA (16 bits wide), and how many a UP5K has.
 SPRAM_DEPTH = 16384
@@ -294,9 +294,10 @@ class SPIFlashReader(wiring.Component):
     and sends a new command. A word's last bit is clocked in only when the output register is
     free (the clock stretches), so nothing is lost under backpressure.
 
-    Costs, in clock cycles: ``2 * word_bits / width`` per word (:func:`flash_cycles_per_word`);
-    a new command ``2 * (8 + address + mode + dummy clocks)`` plus 3 (deselect and set-up):
-    83 for 0x0B, 43 for 0xEB.
+    Costs, in clock cycles: ``2 * word_bits / width`` per word (:func:`flash_cycles_per_word`:
+    64 for 32-bit words on one line, 16 on four); a burst that does not continue the last one
+    about ``2 * (8 + address + mode + dummy clocks)`` more for the command (80 for 0x0B, 40
+    for 0xEB; ``lpu bench memory`` measures them).
 
     Flash is read-only here: ``wr`` is always ready, drops every word and sets ``wr_dropped``
     (sticky), so ``WRITE_MEM`` completes but changes nothing. The weights are programmed with
@@ -507,13 +508,16 @@ class SPIFlashReader(wiring.Component):
 def weight_memory(kind, streamer, **kwargs):
     """The weight memory ``kind`` (one of :data:`MEMORY_KINDS`) shaped for ``streamer``'s
     memory port (its ``mem_words``, ``word_bits``, ``addr_width`` and ``max_burst``);
-    ``kwargs`` go to :class:`SPIFlashReader` (``offset``, ``width``)."""
-    classes = {"bram": BurstRAM, "spram": SPRAMBurstRAM, "flash": SPIFlashReader}
+    ``kwargs`` go to :class:`SPIFlashReader` (``offset``)."""
+    classes = {"bram": BurstRAM, "spram": SPRAMBurstRAM, "flash": SPIFlashReader,
+               "qspi": SPIFlashReader}
     if kind not in classes:
         raise ValueError(f"Weight memory must be one of {', '.join(MEMORY_KINDS)}, not {kind!r}")
-    if kwargs and kind != "flash":
+    if kwargs and classes[kind] is not SPIFlashReader:
         raise ValueError(f"Options {', '.join(sorted(kwargs))} apply only to flash, not to "
                          f"{kind!r}")
+    if kind == "qspi":
+        kwargs["width"] = 4
     return classes[kind](words=streamer.mem_words, word_bits=streamer.word_bits,
                          request_layout=mem_request_layout(streamer.addr_width,
                                                            streamer.max_burst), **kwargs)

@@ -32,7 +32,7 @@ class BoardSpec:
     family: str
     #: Resources available on the FPGA (nextpnr's count), for the fit check and the report.
     resources: dict
-    #: Weight memory: ``bram``, ``spram`` or ``flash`` (:func:`lpu.boards.memory.weight_memory`).
+    #: Weight memory: ``bram``, ``spram``, ``flash`` or ``qspi`` (:mod:`lpu.boards.memory`).
     memory: str = "bram"
     #: Keyword arguments of :func:`lpu_for` (LPU parameters and memory size).
     lpu: dict = field(default_factory=dict)

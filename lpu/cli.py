@@ -220,9 +220,9 @@ def build_parser():
                       ("out-depth", "output-buffer entries"),
                       ("scale-depth", "scale-memory entries"), ("baud", "UART baud rate")):
         p.add_argument(f"--{opt}", type=int, default=None, help=f"{what} (default: the board's)")
-    p.add_argument("--memory", default=None, choices=["bram", "spram", "flash"],
-                   help="weight memory: block RAM, UP5K SPRAM or the configuration flash "
-                        "(default: the board's)")
+    p.add_argument("--memory", default=None, choices=["bram", "spram", "flash", "qspi"],
+                   help="weight memory: block RAM, UP5K SPRAM, the configuration flash on "
+                        "one data line or four (default: the board's)")
     p.add_argument("-o", "--output", default=None,
                    help="build directory (default: $LPU_BUILD_DIR/BOARD, else build/BOARD)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")

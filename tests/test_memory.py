@@ -256,11 +256,14 @@ def _rtlil(board, memory, **cfg):
 
 def test_board_tops_instantiate_the_memories():
     """On the platforms: four SB_SPRAM256KA for 32768 words of 32 bits on the iCEBreaker; the
-    flash pins on the iCEBreaker, and USRMCLK for the ULX3S's flash clock."""
+    flash pins (one data line or four) on the iCEBreaker, and USRMCLK for the ULX3S's flash
+    clock."""
     il = _rtlil("icebreaker", "spram", mem_words=32768)
     assert il.count("cell \\SB_SPRAM256KA") == 4
     il = _rtlil("icebreaker", "flash", mem_words=1 << 16)
     assert "spi_flash_1x_0__cs" in il and "SB_SPRAM256KA" not in il
+    il = _rtlil("icebreaker", "qspi", mem_words=1 << 16)
+    assert "spi_flash_4x_0__dq" in il
     il = _rtlil("ulx3s-85f", "flash", mem_words=1 << 16)
     assert il.count("cell \\USRMCLK") == 1
 
@@ -283,9 +286,11 @@ def test_board_tops_instantiate_the_memories():
      r"^Flash image at byte 1048576 of 4194304 words of 32 bits ends at byte 17825792, past "
      r"24-bit addresses \(16 MiB\)$"),
     (lambda: weight_memory("sdram", WeightStreamer(lanes=4, pes=1)), ValueError,
-     r"^Weight memory must be one of bram, spram, flash, not 'sdram'$"),
-    (lambda: weight_memory("bram", WeightStreamer(lanes=4, pes=1, addr_width=8), width=4),
-     ValueError, r"^Options width apply only to flash, not to 'bram'$"),
+     r"^Weight memory must be one of bram, spram, flash, qspi, not 'sdram'$"),
+    (lambda: weight_memory("bram", WeightStreamer(lanes=4, pes=1, addr_width=8), offset=0),
+     ValueError, r"^Options offset apply only to flash, not to 'bram'$"),
+    (lambda: _rtlil("ulx3s-85f", "qspi"), ValueError,
+     r"^Platform ULX3S_85F_Platform has no spi_flash_4x resource for a 4-line flash$"),
     (lambda: image.model_image(tiny_model(np.random.default_rng(0)).linears.values(), lanes=8,
                                pes=2, word_bits=32, mem_words=100), ValueError,
      r"^Weight image of \d+ words does not fit device memory \(100 words\)$"),
