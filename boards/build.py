@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from .area import SYNTH_SCRIPTS, count_cells
+from .memory import FLASH_OFFSET
 from .top import BoardTop, board_spec, lpu_for
 
 __all__ = ["BuildError", "build_board", "tool_path", "board_config"]
@@ -215,6 +216,9 @@ def build_board(board, *, out_dir, name="top", **overrides):
         "build_seconds": round(time.monotonic() - start, 1),
     }
     (out / "build_report.json").write_text(json.dumps(result, indent=1) + "\n")
+    if memory in ("flash", "qspi") and result["bitstream_bytes"] > FLASH_OFFSET:
+        raise BuildError(f"Bitstream of {result['bitstream_bytes']} bytes overlaps the weight "
+                         f"image at flash byte {FLASH_OFFSET}")
     if not timing_met:
         worst = min(clocks.items(), key=lambda kv: kv[1]["fmax_mhz"] / kv[1]["target_mhz"])
         raise BuildError(f"Timing not met on {spec.name}: clock {worst[0]} reaches "

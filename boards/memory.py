@@ -39,9 +39,9 @@ MEMORY_KINDS = ("bram", "spram", "flash", "qspi")
 SPRAM_DEPTH = 16384
 SPRAM_COUNT = 4
 
-#: Default byte offset of the weight image in the configuration flash: past the largest
-#: bitstream of the boards' FPGAs (UP5K: 104 KB; LFE5U-85F: 2.3 MB uncompressed, so the ULX3S
-#: needs a larger offset or a compressed bitstream), at a 64 KiB erase-block boundary.
+#: Default byte offset of the weight image in the configuration flash: past the bitstream
+#: (UP5K: 104,090 bytes; ULX3S-85F builds here: 0.34-0.46 MB; ``lpu build`` checks it), at a
+#: 64 KiB erase-block boundary.
 FLASH_OFFSET = 1 << 20
 
 #: SPI flash read commands by data-line count: (code, address clocks, mode clocks, dummy
