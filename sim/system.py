@@ -11,6 +11,15 @@ from .memory_models import MemoryModel, MemoryTiming
 __all__ = ["StreamerSystem", "LPUSystem"]
 
 
+def _system_memory(streamer, timing, init, memory):
+    if memory is None:
+        return memory_for(streamer, timing=timing, init=init)
+    if timing is not None or len(init):
+        raise ValueError("A memory component and a timing or contents for the memory model "
+                         "are exclusive")
+    return memory
+
+
 def memory_for(streamer, *, timing=None, init=()):
     """A :class:`MemoryModel` shaped for ``streamer``'s memory port."""
     return MemoryModel(words=streamer.mem_words, word_bits=streamer.word_bits,
@@ -25,8 +34,7 @@ class StreamerSystem(wiring.Component):
 
     def __init__(self, streamer, *, timing=None, init=(), memory=None):
         self._streamer = streamer
-        self._memory = (memory if memory is not None
-                        else memory_for(streamer, timing=timing, init=init))
+        self._memory = _system_memory(streamer, timing, init, memory)
         s = streamer.signature.members
         super().__init__({
             "desc": s["desc"],
@@ -58,8 +66,7 @@ class LPUSystem(wiring.Component):
 
     def __init__(self, lpu, *, timing=None, init=(), memory=None):
         self._lpu = lpu
-        self._memory = (memory if memory is not None
-                        else memory_for(lpu.streamer, timing=timing, init=init))
+        self._memory = _system_memory(lpu.streamer, timing, init, memory)
         s = lpu.signature.members
         super().__init__({"rx": s["rx"], "tx": s["tx"]})
 

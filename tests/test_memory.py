@@ -296,6 +296,10 @@ def test_board_tops_instantiate_the_memories():
      r"^Weight image of \d+ words does not fit device memory \(100 words\)$"),
     (lambda: image.model_image([], lanes=8, pes=2, word_bits=32, ternary_format="b1"),
      ValueError, r"^Ternary format must be 't2' or 't5', not 'b1'$"),
+    (lambda: StreamerSystem(WeightStreamer(lanes=4, pes=1, addr_width=4), init=[1],
+                            memory=BurstRAM(words=16, word_bits=32, request_layout=LAYOUT)),
+     ValueError, r"^A memory component and a timing or contents for the memory model are "
+                 r"exclusive$"),
     (lambda: _rtlil("ulx3s-85f", "spram"), ValueError,
      r"^SPRAM \(SB_SPRAM256KA\) exists only on iCE40 UP devices, not on platform "
      r"ULX3S_85F_Platform$"),
