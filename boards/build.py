@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from .area import SYNTH_SCRIPTS, count_cells
+from .memory import FLASH_OFFSET
 from .top import BoardTop, board_spec, lpu_for
 
 __all__ = ["BuildError", "build_board", "tool_path", "board_config"]
@@ -80,7 +81,8 @@ def board_config(board, **overrides):
     """The board's default LPU parameters with ``overrides`` (None values ignored) applied."""
     spec = board_spec(board)
     cfg = dict(spec.lpu)
-    cfg.update({k: v for k, v in overrides.items() if v is not None and k != "baud"})
+    cfg.update({k: v for k, v in overrides.items()
+                if v is not None and k not in ("baud", "memory")})
     baud = overrides.get("baud") or spec.baud
     return spec, cfg, baud
 
@@ -123,7 +125,8 @@ def build_board(board, *, out_dir, name="top", **overrides):
     """Build ``board``'s bitstream into ``out_dir`` and return the report (a dict).
 
     ``overrides`` change the board's default LPU parameters (``lanes``, ``pes``,
-    ``mem_words``, ``max_k``, ...) or the ``baud`` rate.
+    ``mem_words``, ``max_k``, ...), the ``baud`` rate or the weight ``memory``
+    (:data:`lpu.boards.memory.MEMORY_KINDS`).
 
     Raises
     ------
@@ -135,7 +138,8 @@ def build_board(board, *, out_dir, name="top", **overrides):
     spec, cfg, baud = board_config(board, **overrides)
     platform = _platform_class(spec)()
     clk_hz = int(platform.default_clk_frequency)
-    top = BoardTop(lpu=lpu_for(**cfg), clk_hz=clk_hz, baud=baud)
+    memory = overrides.get("memory") or spec.memory
+    top = BoardTop(lpu=lpu_for(**cfg), clk_hz=clk_hz, baud=baud, memory=memory)
     out = Path(out_dir).resolve()
     start = time.monotonic()
 
@@ -213,6 +217,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
         "device": platform.device,
         "package": platform.package,
         "lpu": cfg,
+        "memory": memory,
         "clk_mhz": clk_hz / 1e6,
         "baud": baud,
         "baud_divisor": top.divisor,
@@ -225,6 +230,9 @@ def build_board(board, *, out_dir, name="top", **overrides):
         "build_seconds": round(time.monotonic() - start, 1),
     }
     (out / "build_report.json").write_text(json.dumps(result, indent=1) + "\n")
+    if memory in ("flash", "qspi") and result["bitstream_bytes"] > FLASH_OFFSET:
+        raise BuildError(f"Bitstream of {result['bitstream_bytes']} bytes overlaps the weight "
+                         f"image at flash byte {FLASH_OFFSET}")
     if not timing_met:
         worst = min(clocks.items(), key=lambda kv: kv[1]["fmax_mhz"] / kv[1]["target_mhz"])
         raise BuildError(f"Timing not met on {spec.name}: clock {worst[0]} reaches "

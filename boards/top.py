@@ -8,15 +8,14 @@ weights. The host reaches it with ``lpu run --backend serial --port ... --baud .
 
 from dataclasses import dataclass, field
 
-from amaranth.hdl import Module, Signal
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
+from amaranth.hdl import Module
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from lpu.hw.lpu import LPU
 from lpu.hw.params import check_positive
-from lpu.hw.streamer import mem_request_layout
 
+from .memory import BurstRAM, weight_memory
 from .uart import UARTRx, UARTTx, baud_divisor
 
 __all__ = ["BoardSpec", "BOARDS", "board_spec", "BurstRAM", "BoardTop", "lpu_for"]
@@ -33,6 +32,8 @@ class BoardSpec:
     family: str
     #: Resources available on the FPGA (nextpnr's count), for the fit check and the report.
     resources: dict
+    #: Weight memory: ``bram``, ``spram``, ``flash`` or ``qspi`` (:mod:`lpu.boards.memory`).
+    memory: str = "bram"
     #: Keyword arguments of :func:`lpu_for` (LPU parameters and memory size).
     lpu: dict = field(default_factory=dict)
     #: Baud rate of the UART.
@@ -77,90 +78,6 @@ def lpu_for(*, lanes, pes, mem_words, max_k, max_vectors, max_burst, out_depth, 
                formats=list(formats), out_depth=out_depth, scale_depth=scale_depth)
 
 
-class BurstRAM(wiring.Component):
-    """On-chip RAM behind the LPU's burst read port and word write port.
-
-    The timing of :class:`~lpu.sim.memory_models.MemoryModel`'s ``bram`` preset -- the first
-    word one cycle after the request, then one word per cycle, a request queued behind a burst
-    starting without a gap -- but with a synchronous read port, so it maps to block RAM. A word
-    is read only when the output register is free or being emptied, so a word once offered stays
-    offered until taken.
-
-    Parameters
-    ----------
-    words, word_bits : int
-    request_layout : StructLayout
-        ``{"addr", "len"}``, as :func:`lpu.hw.streamer.mem_request_layout`.
-
-    Attributes
-    ----------
-    req : In(stream.Signature(request_layout))
-    resp : Out(stream.Signature(word_bits))
-    wr : In(stream.Signature(StructLayout({"addr", "data"})))
-        Always ready; a write to an address beyond ``words`` is ignored.
-    """
-
-    def __init__(self, *, words, word_bits, request_layout):
-        check_positive("Memory size in words", words)
-        check_positive("Word width", word_bits)
-        self._words = words
-        self._mem = Memory(shape=word_bits, depth=words, init=[])
-        super().__init__({
-            "req": In(stream.Signature(request_layout)),
-            "resp": Out(stream.Signature(word_bits)),
-            "wr": In(stream.Signature(data.StructLayout({
-                "addr": request_layout["addr"].shape, "data": word_bits}))),
-        })
-
-    words = property(lambda self: self._words)
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.mem = mem = self._mem
-        wp = mem.write_port()
-        rd = mem.read_port()
-        m.d.comb += [wp.addr.eq(self.wr.payload.addr), wp.data.eq(self.wr.payload.data),
-                     wp.en.eq(self.wr.valid & (self.wr.payload.addr < self._words)),
-                     self.wr.ready.eq(1)]
-
-        addr = Signal.like(self.req.payload.addr)
-        left = Signal.like(self.req.payload.len)
-        have = Signal()              # rd.data holds a word not yet taken
-        taken = self.resp.valid & self.resp.ready
-        free = ~have | self.resp.ready
-        m.d.comb += [self.resp.valid.eq(have), self.resp.payload.eq(rd.data)]
-
-        accept = self.req.valid & self.req.ready
-        # A new burst's first word is read in the cycle its request is accepted.
-        start = accept & (left == 0) & free & (self.req.payload.len != 0)
-        cont = (left != 0) & free
-        m.d.comb += [
-            self.req.ready.eq((left == 0) | ((left == 1) & cont)),
-            rd.en.eq(start | cont),
-            rd.addr.eq(addr),
-        ]
-        with m.If(start):
-            m.d.comb += rd.addr.eq(self.req.payload.addr)
-
-        with m.If(start | cont):
-            m.d.sync += have.eq(1)
-        with m.Elif(taken):
-            m.d.sync += have.eq(0)
-
-        with m.If(accept & (left == 0)):
-            with m.If(start):
-                m.d.sync += [addr.eq(self.req.payload.addr + 1),
-                             left.eq(self.req.payload.len - 1)]
-            with m.Else():
-                m.d.sync += [addr.eq(self.req.payload.addr), left.eq(self.req.payload.len)]
-        with m.Elif(accept):
-            # the last word of the current burst is read now; the new burst follows next cycle
-            m.d.sync += [addr.eq(self.req.payload.addr), left.eq(self.req.payload.len)]
-        with m.Elif(cont):
-            m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
-        return m
-
-
 class BoardTop(wiring.Component):
     """UART + LPU + on-chip weight memory, clocked by the platform's default clock.
 
@@ -183,16 +100,14 @@ class BoardTop(wiring.Component):
     uart_rx: In(1, init=1)
     uart_tx: Out(1, init=1)
 
-    def __init__(self, *, lpu, clk_hz, baud):
+    def __init__(self, *, lpu, clk_hz, baud, memory="bram"):
         if not isinstance(lpu, LPU):
             raise TypeError(f"LPU must be an LPU, not {lpu!r}")
         self._lpu = lpu
         self._clk_hz = check_positive("Clock frequency", clk_hz)
         self._baud = baud
         self._divisor = baud_divisor(clk_hz, baud)
-        st = lpu.streamer
-        self._ram = BurstRAM(words=st.mem_words, word_bits=st.word_bits,
-                             request_layout=mem_request_layout(st.addr_width, st.max_burst))
+        self._ram = weight_memory(memory, lpu.streamer)
         super().__init__()
 
     lpu = property(lambda self: self._lpu)

@@ -9,7 +9,7 @@ comes back; results equal :class:`~lpu.host.transformer.GoldenBackend`'s bit for
 
 import numpy as np
 
-from lpu.hw.formats import WeightFormat, WeightMode
+from lpu.hw.formats import WeightFormat
 from lpu.hw.scale import scale_words
 
 from . import image
@@ -27,6 +27,10 @@ class FabricBackend:
     driver : LPUDriver
     ternary_format : str
         Device format for ternary weights (``"t2"`` or ``"t5"``); binary weights use ``"b1"``.
+    preloaded : dict, optional
+        ``{projection name: word address}`` of weights already in device memory (a flash
+        programmed with :func:`lpu.host.image.model_image`'s image in the same format): no
+        ``WRITE_MEM`` is sent, and a projection not in it is refused (ValueError).
 
     Attributes
     ----------
@@ -37,10 +41,11 @@ class FabricBackend:
         own time, without the host link.
     """
 
-    def __init__(self, driver, *, ternary_format="t2"):
+    def __init__(self, driver, *, ternary_format="t2", preloaded=None):
         self._drv = driver
         self._ternary = WeightFormat(ternary_format)
-        self._bases = {}
+        self._preloaded = preloaded is not None
+        self._bases = dict(preloaded or {})
         self._next = 0
         self._scale_bases = {}
         self._next_scale = 0
@@ -53,7 +58,7 @@ class FabricBackend:
         return self._drv
 
     def _format(self, lin):
-        return self._ternary if lin.mode is WeightMode.TERNARY else WeightFormat.B1
+        return image.device_format(lin.mode, self._ternary)
 
     def preload(self, lin: QuantLinear):
         """Write ``lin``'s weights and mantissas into the device now rather than on first use."""
@@ -79,6 +84,8 @@ class FabricBackend:
         """Word address of ``lin``'s image, writing it on first use."""
         if lin.name in self._bases:
             return self._bases[lin.name]
+        if self._preloaded:
+            raise ValueError(f"{lin.name}: not in the preloaded weight layout")
         cfg = self._drv.config
         rows, cols = lin.shape
         if cols > cfg["max_k"]:

@@ -4,13 +4,17 @@ The layout is defined in :mod:`lpu.hw.streamer`; this module writes it (and read
 the golden model) with the one format definition, :mod:`lpu.hw.formats`.
 """
 
+import json
+from pathlib import Path
+
 import numpy as np
 
-from lpu.hw.formats import FormatCode, WeightFormat, check_weights, pack, unpack
+from lpu.hw.formats import FormatCode, WeightFormat, WeightMode, check_weights, pack, unpack
 from lpu.hw.streamer import act_address
 
 __all__ = ["weight_image", "image_words", "read_image", "activation_entries",
-           "check_descriptor", "descriptor", "image_word_count", "result_matrix"]
+           "check_descriptor", "descriptor", "image_word_count", "result_matrix",
+           "device_format", "model_image", "flash_image"]
 
 
 def _tile_order(weights, fmt, lanes, pes):
@@ -127,3 +131,53 @@ def descriptor(streamer, *, base, rows, cols, fmt, group=0, vectors=1, check=Tru
                          vectors=vectors)
     return {"base": base, "rows": rows, "cols": cols, "group": group, "vectors": vectors,
             "fmt": FormatCode.of(fmt)}
+
+
+def device_format(mode, ternary_format="t2"):
+    """The device format of a projection's weights: ``ternary_format`` (``t2`` or ``t5``) for
+    ternary weights, ``b1`` for binary ones."""
+    return WeightFormat(ternary_format) if WeightMode(mode) is WeightMode.TERNARY \
+        else WeightFormat.B1
+
+
+def model_image(linears, *, lanes, pes, word_bits, mem_words=None, ternary_format="t2"):
+    """Every projection's weight image, one after another from word 0, in the order of
+    ``linears`` (a sequence of :class:`~lpu.host.tensors.QuantLinear`): the device memory that
+    :class:`~lpu.host.fabric.FabricBackend` writes as it first meets them, as one block for a
+    memory programmed ahead (a flash image).
+
+    Returns ``(image, layout)``: the bytes (little-endian words, as :func:`image_words` reads
+    them) and ``{name: word address}``. Raises ValueError when ``mem_words`` is given and the
+    image does not fit.
+    """
+    if ternary_format not in ("t2", "t5"):
+        raise ValueError(f"Ternary format must be 't2' or 't5', not {ternary_format!r}")
+    parts, layout, words = [], {}, 0
+    for lin in linears:
+        img = weight_image(lin.weights, device_format(lin.mode, ternary_format), lanes=lanes,
+                           pes=pes, word_bits=word_bits)
+        layout[lin.name] = words
+        words += len(img) // (word_bits // 8)
+        parts.append(img)
+    if mem_words is not None and words > mem_words:
+        raise ValueError(f"Weight image of {words} words does not fit device memory "
+                         f"({mem_words} words)")
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+    return out.tobytes(), layout
+
+
+def flash_image(linears, path, *, offset, lanes, pes, word_bits, mem_words=None,
+                ternary_format="t2"):
+    """Write :func:`model_image` to ``path`` (a .bin to program into the flash at byte
+    ``offset``) and its description beside it (``path`` with suffix .json: the offset, the
+    device shape, the format and ``layout``, what ``FabricBackend(preloaded=...)`` takes).
+    Returns the description."""
+    img, layout = model_image(linears, lanes=lanes, pes=pes, word_bits=word_bits,
+                              mem_words=mem_words, ternary_format=ternary_format)
+    path = Path(path)
+    path.write_bytes(img)
+    info = {"offset": offset, "bytes": len(img), "words": len(img) // (word_bits // 8),
+            "lanes": lanes, "pes": pes, "word_bits": word_bits,
+            "ternary_format": ternary_format, "layout": layout}
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

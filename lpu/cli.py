@@ -61,7 +61,7 @@ def _cmd_build(args):
     from lpu.boards.top import BOARDS
     overrides = {k: getattr(args, k) for k in ("lanes", "pes", "mem_words", "max_k",
                                                 "max_vectors", "max_burst", "out_depth",
-                                                "scale_depth", "baud")}
+                                                "scale_depth", "baud", "memory")}
     if args.board not in BOARDS:
         raise ValueError(f"Board must be one of {', '.join(BOARDS)}, not {args.board!r}")
     out_dir = args.output or Path(os.environ.get("LPU_BUILD_DIR", "build")) / args.board
@@ -80,6 +80,39 @@ def _cmd_build(args):
         for res, u in report["utilization"].items():
             print(f"  {res:>5}: {u['used']} / {u['available']}")
     return 0
+
+
+def _cmd_flash_image(args):
+    from lpu.boards.build import board_config
+    from lpu.boards.memory import FLASH_OFFSET
+    from lpu.host.image import flash_image
+    from lpu.host.loaders import load_hf_bitnet
+    from lpu.host.run import default_model_path
+    _, cfg, _ = board_config(args.board, lanes=args.lanes, pes=args.pes,
+                             mem_words=args.mem_words)
+    model = load_hf_bitnet(Path(args.model) if args.model else default_model_path())
+    offset = FLASH_OFFSET if args.offset is None else args.offset
+    info = flash_image(model.linears.values(), args.output, offset=offset, lanes=cfg["lanes"],
+                       pes=cfg["pes"], word_bits=32, mem_words=cfg["mem_words"],
+                       ternary_format=args.format)
+    out = Path(args.output)
+    print(f"wrote {out} ({info['bytes']} bytes, {info['words']} words of {cfg['mem_words']}, "
+          f"{len(info['layout'])} projections, {args.format}) and {out.with_suffix('.json')}")
+    print(f"program at byte {offset:#x}: iceprog -o {offset // 1024}k {out} (iCEBreaker); "
+          f"openFPGALoader -b ulx3s -f -o {offset:#x} {out} (ULX3S)")
+    return 0
+
+
+def _cmd_bench_memory(args):
+    from lpu.sim.bench_memory import MEMORY_SUITE, run_memory_bench
+    rows = []
+    for cfg in MEMORY_SUITE:
+        rows.append(run_memory_bench(**cfg))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.record:
+        from lpu.boards.bench_area import record
+        record(rows, "lpu bench memory --record", name="memory")
+    return 0 if all(r["exact"] for r in rows) else 1
 
 
 def _cmd_demo(args):
@@ -187,10 +220,27 @@ def build_parser():
                       ("out-depth", "output-buffer entries"),
                       ("scale-depth", "scale-memory entries"), ("baud", "UART baud rate")):
         p.add_argument(f"--{opt}", type=int, default=None, help=f"{what} (default: the board's)")
+    p.add_argument("--memory", default=None, choices=["bram", "spram", "flash", "qspi"],
+                   help="weight memory: block RAM, UP5K SPRAM, the configuration flash on "
+                        "one data line or four (default: the board's)")
     p.add_argument("-o", "--output", default=None,
                    help="build directory (default: $LPU_BUILD_DIR/BOARD, else build/BOARD)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("flash-image", help="a model's weight image (.bin) to program into a "
+                                           "board's flash, and its layout (.json)")
+    p.add_argument("--board", required=True, help="icebreaker or ulx3s-85f")
+    p.add_argument("--model", default=None, help="model directory (default: the shipped one)")
+    p.add_argument("--format", default="t2", choices=["t2", "t5"],
+                   help="device format of ternary weights")
+    for opt, what in (("lanes", "lanes per PE (N)"), ("pes", "number of PEs (P)"),
+                      ("mem-words", "memory words the LPU addresses")):
+        p.add_argument(f"--{opt}", type=int, default=None, help=f"{what} (default: the board's)")
+    p.add_argument("--offset", type=lambda v: int(v, 0), default=None,
+                   help="byte address in the flash (default: 0x100000)")
+    p.add_argument("-o", "--output", required=True, help="the .bin to write")
+    p.set_defaults(func=_cmd_flash_image)
 
     p = sub.add_parser("demo", help="the shipped model on the simulated LPU, checked against "
                                     "the golden model")
@@ -252,6 +302,10 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--record", action="store_true", help="write docs/results/sim_bench.json")
     p.set_defaults(func=_cmd_bench_sim)
+    p = bsub.add_parser("memory", help="words per cycle of the boards' weight memories (block "
+                                       "RAM, SPRAM, SPI flash 1x/4x), Amaranth simulator")
+    p.add_argument("--record", action="store_true", help="write docs/results/memory.json")
+    p.set_defaults(func=_cmd_bench_memory)
     return parser
 
 

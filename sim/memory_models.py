@@ -24,12 +24,15 @@ stream rules require.
 
 from dataclasses import dataclass, replace
 
-from amaranth.hdl import Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MemoryTiming", "MEMORIES", "MemoryModel", "memory_timing"]
+from lpu.boards.memory import FLASH_COMMANDS, FLASH_OFFSET, SPI_SIGNATURE, SPIFlashReader
+
+__all__ = ["MemoryTiming", "MEMORIES", "MemoryModel", "memory_timing", "SPIFlashModel",
+           "SimulatedFlash"]
 
 
 @dataclass(frozen=True)
@@ -158,4 +161,105 @@ class MemoryModel(wiring.Component):
                 with m.If(crosses & (left != 1)):
                     m.d.sync += [wait.eq(t.row_miss + t.cycles_per_word - 1),
                                  open_row.eq(nxt >> row_bits)]
+        return m
+
+
+class SPIFlashModel(wiring.Component):
+    """An SPI NOR flash for simulation: answers fast read (``0x0B``) and quad I/O fast read
+    (``0xEB``, mode byte, 4 dummy clocks) with bytes of ``image`` placed at byte address
+    ``base``; bytes outside it read as erased (0xFF). Other commands are ignored.
+
+    It samples its inputs on SCK's rising edge and changes its outputs on the falling edge,
+    as a flash in SPI mode 0 does, seeing the bus through the ``sync`` domain: an edge is a
+    change of ``sck`` between two cycles, and an output changes one cycle after the falling
+    edge (later than a real flash's few nanoseconds).
+
+    Attributes
+    ----------
+    spi : In(lpu.boards.memory.SPI_SIGNATURE)
+    """
+
+    def __init__(self, *, image, base=0):
+        image = bytes(image)
+        if not image:
+            raise ValueError("Flash image must hold at least one byte")
+        self._size = len(image)
+        self._base = base
+        self._mem = Memory(shape=8, depth=len(image), init=list(image))
+        super().__init__({"spi": In(SPI_SIGNATURE)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = self._mem
+        rd = mem.read_port(domain="comb")
+        spi = self.spi
+        prev = Signal()
+        m.d.sync += prev.eq(spi.sck)
+        rise = spi.cs & spi.sck & ~prev
+        fall = spi.cs & ~spi.sck & prev
+
+        edges = Signal(32)          # rising edges since the flash was selected
+        cmd = Signal(8)
+        shift = Signal(32)          # address bits (and the mode byte of 0xEB)
+        out = Signal(4)
+        m.d.comb += spi.i.eq(out)
+
+        fast, quad = FLASH_COMMANDS[1], FLASH_COMMANDS[4]
+        fast_data = 8 + fast[1] + fast[2] + fast[3]
+        quad_data = 8 + quad[1] + quad[2] + quad[3]
+        is_fast = cmd == fast[0]
+        is_quad = cmd == quad[0]
+        start = Signal(24)
+        m.d.comb += start.eq(Mux(is_quad, shift[8:], shift[:24]))
+        k = Signal(32)              # index of the data bit (0x0B) or nibble (0xEB) to output
+        m.d.comb += k.eq(edges - Mux(is_quad, quad_data, fast_data))
+        byte = Signal(32)
+        m.d.comb += byte.eq(start + Mux(is_quad, k >> 1, k >> 3))
+        inside = (byte >= self._base) & (byte < self._base + self._size)
+        m.d.comb += rd.addr.eq(byte - self._base)
+        value = Signal(8)
+        m.d.comb += value.eq(Mux(inside, rd.data, 0xFF))
+
+        with m.If(~spi.cs):
+            m.d.sync += [edges.eq(0), out.eq(0)]
+        with m.Elif(rise):
+            m.d.sync += edges.eq(edges + 1)
+            with m.If(edges < 8):
+                m.d.sync += cmd.eq(Cat(spi.o[0], cmd[:-1]))
+            with m.Elif(is_fast & (edges < 8 + fast[1])):
+                m.d.sync += shift.eq(Cat(spi.o[0], shift[:-1]))
+            with m.Elif(is_quad & (edges < 8 + quad[1] + quad[2])):
+                m.d.sync += shift.eq(Cat(spi.o, shift[:-4]))
+        with m.Elif(fall):
+            with m.If(is_fast & (edges >= fast_data)):
+                m.d.sync += out[1].eq(value.bit_select(~k[:3], 1))
+            with m.Elif(is_quad & (edges >= quad_data)):
+                m.d.sync += out.eq(Mux(k[0], value[:4], value[4:]))
+        return m
+
+
+class SimulatedFlash(wiring.Component):
+    """A :class:`~lpu.boards.memory.SPIFlashReader` on an :class:`SPIFlashModel` holding
+    ``image`` at the reader's offset: a memory with the ports of :class:`MemoryModel` (and
+    ``wr_dropped``) for the simulated systems."""
+
+    def __init__(self, *, words, word_bits, request_layout, image, offset=None, width=1):
+        offset = FLASH_OFFSET if offset is None else offset
+        self._reader = SPIFlashReader(words=words, word_bits=word_bits,
+                                      request_layout=request_layout, offset=offset, width=width)
+        self._flash = SPIFlashModel(image=image, base=offset)
+        s = self._reader.signature.members
+        super().__init__({n: s[n] for n in ("req", "resp", "wr", "wr_dropped")})
+
+    reader = property(lambda self: self._reader)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.reader = reader = self._reader
+        m.submodules.flash = flash = self._flash
+        wiring.connect(m, reader.spi, flash.spi)
+        wiring.connect(m, wiring.flipped(self.req), reader.req)
+        wiring.connect(m, reader.resp, wiring.flipped(self.resp))
+        wiring.connect(m, wiring.flipped(self.wr), reader.wr)
+        m.d.comb += self.wr_dropped.eq(reader.wr_dropped)
         return m

@@ -91,13 +91,14 @@ def run_array(dut, tiles, *, seed=0, valid_prob=1.0, ready_prob=1.0, vcd=None):
 
 
 def run_streamer(system, desc, act_entries, *, seed=0, ready_prob=1.0, max_cycles=200000,
-                 vcd=None):
+                 vcd=None, setup=None):
     """Run one job on a :class:`~lpu.sim.system.StreamerSystem` in the Amaranth simulator.
 
     Writes ``act_entries`` (address, values) into the activation buffer, sends ``desc``, takes
     the outputs with random backpressure and waits for the streamer to go idle. Returns a dict
     with ``outputs`` (R, P), ``error`` (a StreamError), ``cycles`` (descriptor accepted to idle)
-    and ``perf`` (the counters).
+    and ``perf`` (the counters). ``setup``, an ``async def setup(ctx)``, runs first (to load
+    a memory through its write port, say).
     """
     rng = np.random.default_rng(seed)
     outputs = []
@@ -105,6 +106,8 @@ def run_streamer(system, desc, act_entries, *, seed=0, ready_prob=1.0, max_cycle
     done = {"flag": False}
 
     async def host(ctx):
+        if setup is not None:
+            await setup(ctx)
         for addr, values in act_entries:
             ctx.set(system.act_wr.payload, {"addr": addr, "data": values})
             ctx.set(system.act_wr.valid, 1)

@@ -11,6 +11,15 @@ from .memory_models import MemoryModel, MemoryTiming
 __all__ = ["StreamerSystem", "LPUSystem"]
 
 
+def _system_memory(streamer, timing, init, memory):
+    if memory is None:
+        return memory_for(streamer, timing=timing, init=init)
+    if timing is not None or len(init):
+        raise ValueError("A memory component and a timing or contents for the memory model "
+                         "are exclusive")
+    return memory
+
+
 def memory_for(streamer, *, timing=None, init=()):
     """A :class:`MemoryModel` shaped for ``streamer``'s memory port."""
     return MemoryModel(words=streamer.mem_words, word_bits=streamer.word_bits,
@@ -20,11 +29,12 @@ def memory_for(streamer, *, timing=None, init=()):
 
 
 class StreamerSystem(wiring.Component):
-    """``streamer`` connected to a :class:`MemoryModel` holding ``init`` (memory words)."""
+    """``streamer`` connected to a :class:`MemoryModel` holding ``init`` (memory words), or to
+    ``memory`` (any component with its ``req``, ``resp`` and ``wr`` ports)."""
 
-    def __init__(self, streamer, *, timing=None, init=()):
+    def __init__(self, streamer, *, timing=None, init=(), memory=None):
         self._streamer = streamer
-        self._memory = memory_for(streamer, timing=timing, init=init)
+        self._memory = _system_memory(streamer, timing, init, memory)
         s = streamer.signature.members
         super().__init__({
             "desc": s["desc"],
@@ -51,15 +61,17 @@ class StreamerSystem(wiring.Component):
 
 
 class LPUSystem(wiring.Component):
-    """An :class:`~lpu.hw.lpu.LPU` with a simulated memory: bytes in, bytes out."""
+    """An :class:`~lpu.hw.lpu.LPU` with a simulated memory (a :class:`MemoryModel`, or
+    ``memory`` as for :class:`StreamerSystem`): bytes in, bytes out."""
 
-    def __init__(self, lpu, *, timing=None, init=()):
+    def __init__(self, lpu, *, timing=None, init=(), memory=None):
         self._lpu = lpu
-        self._memory = memory_for(lpu.streamer, timing=timing, init=init)
+        self._memory = _system_memory(lpu.streamer, timing, init, memory)
         s = lpu.signature.members
         super().__init__({"rx": s["rx"], "tx": s["tx"]})
 
     lpu = property(lambda self: self._lpu)
+    memory = property(lambda self: self._memory)
 
     def elaborate(self, platform):
         m = Module()
