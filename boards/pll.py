@@ -17,8 +17,8 @@ the request as a :class:`PLLConfig`:
   ``f_out = f_in * (FBDIV_SEL + 1) / (IDIV_SEL + 1)``, the VCO at ``f_out * ODIV_SEL`` in
   400-1200 MHz, the phase detector in 3-400 MHz, the output in 3.125-600 MHz.
 
-:class:`PLL` instantiates the primitive on a clock pin; :class:`PLLClockDomain` makes a clock
-domain of its output, held in reset until the PLL reports lock.
+:class:`PLL` instantiates the primitive on a clock pin; :class:`PLLClockDomain` clocks a clock
+domain with its output, held in reset until the PLL reports lock.
 """
 
 from dataclasses import dataclass
@@ -317,7 +317,10 @@ class PLL(wiring.Component):
 
 
 class PLLClockDomain(wiring.Component):
-    """A clock domain driven by a :class:`PLL`, in reset until the PLL locks and a little after.
+    """Drives a clock domain from a :class:`PLL`, in reset until the PLL locks and a little after.
+
+    The domain itself is defined by the module that uses this one (as Amaranth wants domains
+    defined at or above every user); this drives its clock and reset signals.
 
     The reset is released ``hold_s`` seconds (at the PLL frequency) after lock is seen, in step
     with the domain's clock. The hold covers the iCE40 block RAMs, which read as zero for about
@@ -329,7 +332,7 @@ class PLLClockDomain(wiring.Component):
     pin : io.PortLike
         The clock input (see :class:`PLL`).
     domain : str
-        Name of the clock domain made.
+        Name of the clock domain driven.
     gowin_device : str
         See :class:`PLL`.
     hold_s : float
@@ -358,7 +361,6 @@ class PLLClockDomain(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.pll = pll = self._pll
-        m.domains += ClockDomain(self._domain)
         m.domains.pll_hold = ClockDomain("pll_hold", reset_less=True, local=True)
         m.d.comb += [self.clk.eq(pll.clk), ClockSignal("pll_hold").eq(self.clk),
                      ClockSignal(self._domain).eq(self.clk)]

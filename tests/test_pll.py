@@ -2,7 +2,7 @@ from fractions import Fraction
 
 import pytest
 from amaranth.back import rtlil
-from amaranth.hdl import IOPort
+from amaranth.hdl import ClockDomain, IOPort, Module
 from amaranth.lib import io
 from conftest import env_int
 
@@ -177,8 +177,10 @@ def test_pll_errors():
 def test_pll_primitive_carries_the_parameters(family, primitive, f_in, f_out):
     cfg = pll_config(family, f_in, f_out)
     pin = io.SingleEndedPort(IOPort(1, name="clk_pin"), direction="i")
-    dom = PLLClockDomain(config=cfg, pin=pin, gowin_device="GW1NR-9C")
-    text = rtlil.convert(dom, name="top")
+    m = Module()
+    m.domains.sync = ClockDomain("sync")
+    m.submodules.clock = PLLClockDomain(config=cfg, pin=pin, gowin_device="GW1NR-9C")
+    text = rtlil.convert(m, name="top", ports=[])
     cell = text[text.index(f"cell \\{primitive} "):]
     cell = cell[:cell.index("\n  end")]
     for name, value in cfg.params.items():
