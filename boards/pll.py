@@ -28,10 +28,10 @@ from numbers import Rational, Real
 from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import FFSynchronizer
-from amaranth.lib.wiring import Out
+from amaranth.lib.wiring import In, Out
 
 __all__ = ["PLLConfig", "PLL_FAMILIES", "pll_config", "ice40_pll", "ecp5_pll", "gowin_pll",
-           "PLL", "PLLClockDomain"]
+           "PLL", "PLLClockDomain", "LockReset"]
 
 _MHZ = 1_000_000
 
@@ -361,21 +361,52 @@ class PLLClockDomain(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.pll = pll = self._pll
+        # The hold logic runs on the PLL clock without a reset of its own.
         m.domains.pll_hold = ClockDomain("pll_hold", reset_less=True, local=True)
+        m.submodules.hold = hold = LockReset(cycles=self._hold, domain="pll_hold")
         m.d.comb += [self.clk.eq(pll.clk), ClockSignal("pll_hold").eq(self.clk),
-                     ClockSignal(self._domain).eq(self.clk)]
+                     ClockSignal(self._domain).eq(self.clk),
+                     hold.lock.eq(pll.locked),
+                     ResetSignal(self._domain).eq(~hold.ready), self.locked.eq(hold.ready)]
+        return m
 
+
+class LockReset(wiring.Component):
+    """``ready`` rises ``cycles`` clock cycles after ``lock`` is seen high, and falls in the cycle
+    after ``lock`` is seen low; ``lock`` is asynchronous (two synchronizer stages).
+
+    The registers count up from zero, the state every FPGA family configures them to (iCE40
+    flip-flops start at 0 whatever their initial value says), so ``domain`` needs no reset.
+
+    Parameters
+    ----------
+    cycles : int
+    domain : str
+        A domain without reset, clocked by the PLL.
+
+    Attributes
+    ----------
+    lock : In(1)
+    ready : Out(1)
+    """
+
+    lock: In(1)
+    ready: Out(1)
+
+    def __init__(self, *, cycles, domain):
+        self._cycles = cycles
+        self._domain = domain
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
         lock = Signal()
-        m.submodules.lock_sync = FFSynchronizer(pll.locked, lock, o_domain="pll_hold")
-        # Counts up from the configuration's zero (iCE40 flip-flops start at 0 whatever their
-        # initial value says).
-        timer = Signal(range(self._hold + 1))
-        ready = Signal()
+        m.submodules.lock_sync = FFSynchronizer(self.lock, lock, o_domain=self._domain)
+        timer = Signal(range(self._cycles + 1))
         with m.If(~lock):
-            m.d.pll_hold += [timer.eq(0), ready.eq(0)]
-        with m.Elif(timer == self._hold):
-            m.d.pll_hold += ready.eq(1)
+            m.d[self._domain] += [timer.eq(0), self.ready.eq(0)]
+        with m.Elif(timer == self._cycles):
+            m.d[self._domain] += self.ready.eq(1)
         with m.Else():
-            m.d.pll_hold += timer.eq(timer + 1)
-        m.d.comb += [ResetSignal(self._domain).eq(~ready), self.locked.eq(ready)]
+            m.d[self._domain] += timer.eq(timer + 1)
         return m

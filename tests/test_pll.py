@@ -197,3 +197,43 @@ def test_pll_primitive_carries_the_parameters(family, primitive, f_in, f_out):
         attrs = text[:text.index("cell \\EHXPLLL ")].rsplit("cell ", 1)[-1]
         assert 'attribute \\FREQUENCY_PIN_CLKI "25"\n' in attrs
         assert 'attribute \\FREQUENCY_PIN_CLKOP "150"\n' in attrs
+
+
+def test_lock_reset_holds_until_lock_plus_the_hold_and_drops_with_lock():
+    from amaranth.sim import Simulator
+
+    from lpu.boards.pll import LockReset
+
+    cycles = 5
+    m = Module()
+    m.domains.hold = ClockDomain("hold", reset_less=True)
+    m.submodules.dut = dut = LockReset(cycles=cycles, domain="hold")
+    seen = []
+
+    async def tb(ctx):
+        for lock in [0] * 4 + [1] * 12 + [0] * 4 + [1] * 12:
+            ctx.set(dut.lock, lock)
+            await ctx.tick("hold")
+            seen.append((lock, ctx.get(dut.ready)))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6, domain="hold")
+    sim.add_testbench(tb)
+    sim.run()
+    # ready follows lock through two synchronizer stages, then the count of `cycles` ticks
+    # (rising only), one more register stage on both edges
+    locks = [lk for lk, _ in seen]
+    model = []
+    sync, timer, ready = [0, 0], 0, 0
+    for lk in locks:
+        s2 = sync[1]
+        if not s2:
+            timer, ready = 0, 0
+        elif timer == cycles:
+            ready = 1
+        else:
+            timer += 1
+        sync = [lk, sync[0]]
+        model.append(ready)
+    assert [r for _, r in seen] == model
+    assert 0 < sum(model) < len(model) and model[:4 + 2 + cycles] == [0] * (4 + 2 + cycles)
