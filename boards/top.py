@@ -46,7 +46,10 @@ class BoardSpec:
 #: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (5100 cells after placement; a
 #: second PE, or 8 x 2, needs about 5400) and 4 KiB of weights; the ULX3S-85F's LFE5U-85F
 #: has 83640 LUTs and 208 block RAMs of 2 KiB, so it gets the 64-lane, 4-PE array of
-#: :func:`lpu.host.run.device_for` and 64 KiB of weights.
+#: :func:`lpu.host.run.device_for` and 64 KiB of weights. The Tang Nano 9K's GW1NR-9 has 8640
+#: LUT4s and 26 block RAMs of 2 KiB: an 8-lane, 2-PE array and 8 KiB of weights. Default clocks:
+#: the issue's targets for the iCE40 UP5K (48 MHz) and ECP5-85F (150 MHz); for the GW1NR-9,
+#: 40.5 MHz (27 MHz x 3 / 2), below the 47.7 MHz nextpnr reaches with the default LPU.
 BOARDS = {
     "icebreaker": BoardSpec(
         name="icebreaker", platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
@@ -68,7 +71,7 @@ BOARDS = {
         resources={"lut": 8640, "ff": 6480, "bram": 26, "spram": 0, "dsp": 20},
         lpu=dict(lanes=8, pes=2, mem_words=2048, max_k=256, max_vectors=1, max_burst=8,
                  out_depth=32, scale_depth=64),
-        freq_mhz=54),
+        freq_mhz=40.5),
 }
 
 

@@ -360,14 +360,26 @@ def test_build_icebreaker_too_much_memory_is_caught_after_synthesis(capsys, tmp_
 
 @pytest.mark.slow
 def test_build_icebreaker_tiny_writes_bitstream_and_report(capsys, tmp_path):
+    from lpu.boards.pll import ice40_pll
+    from lpu.boards.uart import baud_divisor
     from lpu.cli import main
-    assert main(["build", "--board", "icebreaker", *_TINY, "--json", "-o", str(tmp_path)]) == 0
+
+    # The tiny LPU reaches about 24 MHz on the UP5K, short of the board's default 48 MHz; the
+    # PLL makes 18 MHz (12 MHz x 48 / 32).
+    assert main(["build", "--board", "icebreaker", *_TINY, "--freq", "18", "--json",
+                 "-o", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "build_report.json").read_text())
     assert report["board"] == "icebreaker" and report["device"] == "iCE40UP5K"
+    pll = ice40_pll(12_000_000, 18_000_000)
+    assert report["pll"] == pll.report() and report["clk_mhz"] == 18.0
+    assert report["baud_divisor"] == baud_divisor(18_000_000, 115200)
+    # nextpnr times the PLL's output clock against the PLL frequency
     (clock,) = report["clocks"].values()
-    assert report["timing_met"] is (clock["fmax_mhz"] >= clock["target_mhz"])
+    assert abs(clock["target_mhz"] - 18) < 0.02
+    assert clock["fmax_mhz"] >= clock["target_mhz"] and report["timing_met"] is True
     util = report["utilization"]
+    assert util["pll"] == {"used": 1, "available": 1}
     assert 0 < util["lut"]["used"] <= util["lc"]["used"] <= util["lc"]["available"] == 5280
     assert 1 <= util["bram"]["used"] <= 30 and util["dsp"]["used"] >= 1   # the scale multiplier
     assert (tmp_path / "top.bin").stat().st_size == report["bitstream_bytes"] > 0
