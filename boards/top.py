@@ -49,7 +49,7 @@ class BoardSpec:
 #: :func:`lpu.host.run.device_for` and 64 KiB of weights. The Tang Nano 9K's GW1NR-9 has 8640
 #: LUT4s and 26 block RAMs of 2 KiB: an 8-lane, 2-PE array and 8 KiB of weights. Default clocks:
 #: the issue's targets for the iCE40 UP5K (48 MHz) and ECP5-85F (150 MHz); for the GW1NR-9,
-#: 40.5 MHz (27 MHz x 3 / 2), below the 47.7 MHz nextpnr reaches with the default LPU.
+#: 54 MHz (27 MHz x 2): nextpnr places the default LPU at 59.2 MHz against that target.
 BOARDS = {
     "icebreaker": BoardSpec(
         name="icebreaker", platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
@@ -71,7 +71,7 @@ BOARDS = {
         resources={"lut": 8640, "ff": 6480, "bram": 26, "spram": 0, "dsp": 20},
         lpu=dict(lanes=8, pes=2, mem_words=2048, max_k=256, max_vectors=1, max_burst=8,
                  out_depth=32, scale_depth=64),
-        freq_mhz=40.5),
+        freq_mhz=54),
 }
 
 

@@ -364,7 +364,7 @@ def test_build_icebreaker_tiny_writes_bitstream_and_report(capsys, tmp_path):
     from lpu.boards.uart import baud_divisor
     from lpu.cli import main
 
-    # The tiny LPU reaches about 24 MHz on the UP5K, short of the board's default 48 MHz; the
+    # The tiny LPU reaches about 22 MHz on the UP5K, short of the board's default 48 MHz; the
     # PLL makes 18 MHz (12 MHz x 48 / 32).
     assert main(["build", "--board", "icebreaker", *_TINY, "--freq", "18", "--json",
                  "-o", str(tmp_path)]) == 0
@@ -391,7 +391,7 @@ def test_build_ulx3s_tiny_writes_bitstream_and_report(capsys, tmp_path):
     from lpu.boards.uart import baud_divisor
     from lpu.cli import main
 
-    # The tiny LPU's critical path (about 68 MHz) misses the board's default 150 MHz; 50 MHz is
+    # The tiny LPU's critical path (about 80 MHz) misses the board's default 150 MHz; 50 MHz is
     # the 25 MHz oscillator doubled by the PLL.
     assert main(["build", "--board", "ulx3s-85f", *_TINY, "--freq", "50", "--json",
                  "-o", str(tmp_path)]) == 0
