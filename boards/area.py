@@ -42,6 +42,10 @@ SYNTH_SCRIPTS = {
         "clean",
         "synth_ecp5 -top {top} -run map_cells:",
     ],
+    # Board builds only (lpu build); the stock script.
+    "gowin": [
+        "synth_gowin -top {top}",
+    ],
 }
 
 
@@ -67,6 +71,12 @@ def count_cells(cells, target):
         ffs = sum(n for name, n in cells.items() if name.startswith("SB_DFF"))
         carries = cells.get("SB_CARRY", 0)
         return {"luts": luts, "ffs": ffs, "lut4_cells": luts, "carry_cells": carries}
+    if target == "gowin":
+        # LUT1-LUT4 cells, and the ALU cells of adders, each in a LUT's slot.
+        lut4 = sum(n for name, n in cells.items() if name in ("LUT1", "LUT2", "LUT3", "LUT4"))
+        alu = cells.get("ALU", 0)
+        ffs = sum(n for name, n in cells.items() if name.startswith("DFF"))
+        return {"luts": lut4 + alu, "ffs": ffs, "lut4_cells": lut4, "carry_cells": alu}
     lut4 = cells.get("LUT4", 0)
     ccu2c = cells.get("CCU2C", 0)
     ffs = sum(n for name, n in cells.items() if name in ("TRELLIS_FF", "FD1S3AX", "FD1P3AX"))

