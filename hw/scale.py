@@ -32,16 +32,17 @@ products and the running sums are ``acc_width + 16`` bits (:attr:`ScaleUnit.out_
 legal input overflows, whatever the number of groups.
 
 Throughput: P ``16 x acc_width`` multipliers (plain ``*``, one per PE, so yosys maps them to
-DSPs where the device has them) in a three-stage pipeline take one beat per cycle
+DSPs where the device has them) in a four-stage pipeline take one beat per cycle
 (:attr:`ScaleUnit.cycles_per_beat`): stage 0 accepts the beat and reads its mantissa word,
-stage 1 multiplies and reads the vector's running sums, stage 2 adds and writes the running
-sums back, or, on the row block's last group, loads the output register. Beats of the same
-vector follow each other ``V`` beats apart (``V = 1``: back to back); the running-sum read port
-is transparent to the write port, so a beat in stage 1 sees the sums its predecessor in stage 2
-writes in the same cycle, and older writes are already in the memory. The array delivers a beat
-every ``group / lanes`` cycles at best, so the unit never holds it back unless the output is
-not ready: a finished beat waits in the output register, and only a beat that finishes rows
-waits for it (holding stages 1 and 0 and the input; nothing is lost or repeated). The last
+stage 1 puts the mantissas into a register (a block RAM's output is slow), stage 1b multiplies
+registers and reads the vector's running sums, stage 2 adds and writes the running sums back,
+or, on the row block's last group, loads the output register. Beats of the same vector follow
+each other ``V`` beats apart (``V = 1``: back to back); the running-sum read port is transparent
+to the write port, so a beat in stage 1b sees the sums its predecessor in stage 2 writes in the
+same cycle, and older writes are already in the memory. The array delivers a beat every
+``group / lanes`` cycles at best, so the unit never holds it back unless the output is not
+ready: a finished beat waits in the output register, and only a beat that finishes rows waits
+for it (holding the stages before it and the input; nothing is lost or repeated). The last
 result leaves :attr:`ScaleUnit.latency` cycles after its beat was accepted.
 """
 
@@ -199,7 +200,7 @@ class ScaleUnit(wiring.Component):
     @property
     def latency(self):
         """Cycles from accepting a row block's last beat to its results being offered."""
-        return 3
+        return 4
 
     def elaborate(self, platform):
         m = Module()
@@ -254,6 +255,11 @@ class ScaleUnit(wiring.Component):
         s1_beat = Signal(self.i_stream.payload.shape())
         s1_ok = Signal(P)                 # lanes of the job's rows (not the last block's padding)
         s1_v = Signal(range(self._max_vectors))
+        # Stage 1b: the beat with its mantissas in a register (block RAM output is slow).
+        s1b_valid, s1b_first, s1b_last = Signal(), Signal(), Signal()
+        s1b_beat = Signal(self.i_stream.payload.shape())
+        s1b_mant = Signal(data.ArrayLayout(signed(SCALE_BITS), P))
+        s1b_v = Signal(range(self._max_vectors))
         s2_valid, s2_first, s2_last = Signal(), Signal(), Signal()
         s2_prod = Signal(data.ArrayLayout(signed(W), P))
         s2_v = Signal(range(self._max_vectors))
@@ -261,10 +267,11 @@ class ScaleUnit(wiring.Component):
         o_valid = self.o_stream.valid
         out_free = ~o_valid | self.o_stream.ready
         s2_adv = s2_valid & (~s2_last | out_free)
-        s1_adv = s1_valid & (~s2_valid | s2_adv)
+        s1b_adv = s1b_valid & (~s2_valid | s2_adv)
+        s1_adv = s1_valid & (~s1b_valid | s1b_adv)
         accept = self.i_stream.valid & self.i_stream.ready
 
-        m.d.comb += self.status.busy.eq(s1_valid | s2_valid | o_valid)
+        m.d.comb += self.status.busy.eq(s1_valid | s1b_valid | s2_valid | o_valid)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
@@ -342,14 +349,23 @@ class ScaleUnit(wiring.Component):
         with m.Elif(s1_adv):
             m.d.sync += s1_valid.eq(0)
 
-        # Stage 1: P products (the mantissa is zero for the padding rows of the last block);
-        # the vector's running sums are read as the beat moves to stage 2.
-        m.d.comb += [a_r.addr.eq(s1_v), a_r.en.eq(s1_adv)]
+        # Stage 1: the mantissas into a register (zero for the padding rows of the last block).
         with m.If(s1_adv):
-            m.d.sync += [s2_valid.eq(1), s2_first.eq(s1_first), s2_last.eq(s1_last),
-                         s2_v.eq(s1_v)]
+            m.d.sync += [s1b_valid.eq(1), s1b_first.eq(s1_first), s1b_last.eq(s1_last),
+                         s1b_v.eq(s1_v), s1b_beat.eq(s1_beat)]
             for p in range(P):
-                m.d.sync += s2_prod[p].eq(Mux(s1_ok[p], s_r.data[p], 0) * s1_beat[p])
+                m.d.sync += s1b_mant[p].eq(Mux(s1_ok[p], s_r.data[p], 0))
+        with m.Elif(s1b_adv):
+            m.d.sync += s1b_valid.eq(0)
+
+        # Stage 1b: P products of registers; the vector's running sums are read as the beat
+        # moves to stage 2.
+        m.d.comb += [a_r.addr.eq(s1b_v), a_r.en.eq(s1b_adv)]
+        with m.If(s1b_adv):
+            m.d.sync += [s2_valid.eq(1), s2_first.eq(s1b_first), s2_last.eq(s1b_last),
+                         s2_v.eq(s1b_v)]
+            for p in range(P):
+                m.d.sync += s2_prod[p].eq(s1b_mant[p] * s1b_beat[p])
         with m.Elif(s2_adv):
             m.d.sync += s2_valid.eq(0)
 
@@ -364,5 +380,5 @@ class ScaleUnit(wiring.Component):
             m.d.sync += [self.o_stream.payload.eq(total), o_valid.eq(1)]
 
         with m.If(self.abort):
-            m.d.sync += [o_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0)]
+            m.d.sync += [o_valid.eq(0), s1_valid.eq(0), s1b_valid.eq(0), s2_valid.eq(0)]
         return m
