@@ -323,9 +323,11 @@ def test_flash_image_command(tmp_path, capsys):
     from lpu.cli import main
     from lpu.host.loaders import load_hf_bitnet
     from lpu.host.run import default_model_path
+    from lpu.boards.top import board_spec
     model = load_hf_bitnet(default_model_path())
-    t2, _ = image.model_image(model.linears.values(), lanes=16, pes=2, word_bits=32)
-    img, layout = image.model_image(model.linears.values(), lanes=16, pes=2, word_bits=32,
+    shape = {k: board_spec("icebreaker").lpu[k] for k in ("lanes", "pes")}
+    t2, _ = image.model_image(model.linears.values(), **shape, word_bits=32)
+    img, layout = image.model_image(model.linears.values(), **shape, word_bits=32,
                                     ternary_format="t5")
     out = tmp_path / "w.bin"
     args = ["flash-image", "--board", "icebreaker", "--mem-words", "32768", "-o", str(out)]
