@@ -42,7 +42,8 @@ class BoardSpec:
 #: The supported boards. Default LPU sizes: the iCEBreaker's UP5K has 5280 LUTs and 30 block
 #: RAMs of 512 bytes, so it gets a small array and 4 KiB of weights; the ULX3S-85F's LFE5U-85F
 #: has 83640 LUTs and 208 block RAMs of 2 KiB, so it gets the 64-lane, 4-PE array of
-#: :func:`lpu.host.run.device_for` and 64 KiB of weights.
+#: :func:`lpu.host.run.device_for` and 160 KiB of weights (80 block RAMs): the shipped model's
+#: t2 image is 36864 words.
 BOARDS = {
     "icebreaker": BoardSpec(
         name="icebreaker", platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
@@ -54,7 +55,7 @@ BOARDS = {
         name="ulx3s-85f", platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
         family="ecp5",
         resources={"lut": 83640, "ff": 83640, "bram": 208, "spram": 0, "dsp": 156},
-        lpu=dict(lanes=64, pes=4, mem_words=16384, max_k=1024, max_vectors=16, max_burst=32,
+        lpu=dict(lanes=64, pes=4, mem_words=40960, max_k=1024, max_vectors=16, max_burst=32,
                  out_depth=256, scale_depth=1024)),
 }
 
