@@ -220,6 +220,8 @@ def test_link_cycles_and_tokens_per_second():
      r"^Baud rate 5000000 is too fast for a 12 MHz clock \(at most 3000000\)$"),
     (dict(board="icebreaker", baud=2_500_000), ValueError,
      r"^Baud rate 2500000 is off by 4\.0% at 12 MHz \(divisor 5\); at most 2% is allowed$"),
+    (dict(board="icebreaker", baud=0), ValueError,
+     r"^Baud rate must be a positive integer, not 0$"),
     (dict(board="icebreaker", garble_request=(0, 8)), ValueError,
      r"^Garbled bit must be an integer from 0 to 7, not 8$"),
     (dict(board="icebreaker", garble_reply=(-1, 0)), ValueError,
