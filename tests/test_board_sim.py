@@ -70,7 +70,7 @@ def test_shipped_model_bit_exact_over_the_uart(rng):
 def test_icebreaker_small_model_bit_exact(rng):
     """The iCEBreaker's memory (1024 words) cannot hold the shipped model: a random one-layer
     model that fits, every projection and a forward pass exact."""
-    # 24 row blocks of 2 per token at most, 56 of the 64 scale words, 608 of the 1024 words
+    # 128 of the 1024 weight words, 56 of the 64 scale words, at most 12 row blocks of 32
     model = tiny_model(rng, layers=1, hidden=16, heads=2, kv_heads=1, head_dim=8, inter=24)
     transport = _transport("icebreaker")
     try:
