@@ -83,7 +83,8 @@ def check_board_holds(model, board):
     from .image import image_word_count
     cfg = board_spec(board).lpu
     words = sum(image_word_count(*lin.shape, WeightFormat.T2, lanes=cfg["lanes"],
-                                 pes=cfg["pes"], word_bits=32) for lin in model.linears.values())
+                                 pes=cfg["pes"], word_bits=cfg.get("word_bits", 32))
+                for lin in model.linears.values())
     if words > cfg["mem_words"]:
         raise ValueError(f"The model's weights need {words} words of memory, more than the "
                          f"{board}'s {cfg['mem_words']}")

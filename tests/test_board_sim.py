@@ -288,3 +288,17 @@ def test_run_board_matches_golden(capsys):
         bytes_per_token=link["bytes"] / n, exchanges_per_token=link["exchanges"] / n,
         device_cycles_per_token=(board["cycles"] - link["cycles"]) / n, baud=115200,
         clk_hz=25_000_000), 4)
+
+
+@pytest.mark.parametrize("shape, msg", [
+    ((200, 16), r"^The model's scales need \d+ words of scale memory, more than the "
+                r"icebreaker's 64$"),
+    ((2, 512), r"^The model's rows of 512 inputs are longer than the icebreaker's maximum row "
+               r"length \(256\)$"),
+])
+def test_board_that_cannot_hold_a_model(rng, shape, msg):
+    from lpu.host.run import check_board_holds
+    from lpu.host.tensors import QuantLinear, QuantModel
+    lin = QuantLinear("p", rng.integers(-1, 2, size=shape), 0.5)
+    with pytest.raises(ValueError, match=msg):
+        check_board_holds(QuantModel({}, linears={"p": lin}), "icebreaker")
