@@ -32,13 +32,12 @@ def _transport(board, **kwargs):
 
 def _short_exchange(transport, rng):
     """PING, then a matrix product (WRITE_MEM, WRITE_ACT, WRITE_SCALE, RUN, READ_OUT) checked
-    against the golden model; returns the driver."""
+    against the golden model."""
     drv = LPUDriver(transport)
     w = rng.integers(-1, 2, size=(2 * drv.config["pes"] + 1, 40))
     x = rng.integers(-128, 128, size=40)
     x[0] = -128
     assert np.array_equal(drv.matmul(w, x, fmt="t2"), golden.matvec(w, x))
-    return drv
 
 
 @needs_verilator
@@ -141,9 +140,10 @@ def test_garbled_bits_on_the_line_are_caught_and_resent(rng):
     """A bit inverted on each line: the board's CRC check refuses the request (BAD_CRC), the
     driver's CRC check refuses the reply, and the driver resends both; the results are exact."""
     board = "icebreaker"
+    seed = int(rng.integers(1 << 30))
     clean = _Recording(BoardLinkSystem(board, baud=fastest_baud(board)))
     try:
-        _short_exchange(clean, np.random.default_rng(3))
+        _short_exchange(clean, np.random.default_rng(seed))
     finally:
         clean.close()
     # reply byte 5 is a payload byte of the PING reply; request byte 6 + 4 + 4 the first data
@@ -151,10 +151,9 @@ def test_garbled_bits_on_the_line_are_caught_and_resent(rng):
     faulty = _Recording(BoardLinkSystem(board, baud=fastest_baud(board),
                                         garble_request=(14, 3), garble_reply=(5, 0)))
     try:
-        _short_exchange(faulty, np.random.default_rng(3))
+        _short_exchange(faulty, np.random.default_rng(seed))
     finally:
         faulty.close()
-    assert "garbled" not in _statuses(clean.replies)
     assert set(_statuses(clean.replies)) == {Status.OK}
     got = _statuses(faulty.replies)
     assert got[0] == "garbled" and got[1:3] == [Status.OK, Status.BAD_CRC]
