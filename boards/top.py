@@ -47,10 +47,11 @@ class BoardSpec:
 #: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (5100 cells after placement; a
 #: second PE, or 8 x 2, needs about 5400) and 4 KiB of weights; the ULX3S-85F's LFE5U-85F
 #: has 83640 LUTs and 208 block RAMs of 2 KiB, so it gets the 64-lane, 4-PE array of
-#: :func:`lpu.host.run.device_for` and 64 KiB of weights. The Tang Nano 9K's GW1NR-9 has 8640
-#: LUT4s and 26 block RAMs of 2 KiB: an 8-lane, 2-PE array and 8 KiB of weights. Default clocks:
-#: the issue's targets for the iCE40 UP5K (48 MHz) and ECP5-85F (150 MHz); for the GW1NR-9,
-#: 54 MHz (27 MHz x 2): nextpnr places the default LPU at 59.2 MHz against that target.
+#: :func:`lpu.host.run.device_for` and 160 KiB of weights (80 block RAMs: the shipped model's
+#: t2 image is 36864 words). The Tang Nano 9K's GW1NR-9 has 8640 LUT4s and 26 block RAMs of
+#: 2 KiB: an 8-lane, 2-PE array and 8 KiB of weights. Default clocks are ones each default
+#: build meets (docs/boards.md, Measured): 21 MHz on the UP5K, 50 MHz on the ECP5-85F,
+#: 54 MHz on the GW1NR-9 -- short of the 48 MHz and 150 MHz the iCE40 and ECP5 should reach.
 BOARDS = {
     "icebreaker": BoardSpec(
         name="icebreaker", platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
@@ -58,14 +59,14 @@ BOARDS = {
         resources={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
         lpu=dict(lanes=16, pes=1, mem_words=1024, max_k=256, max_vectors=1, max_burst=8,
                  out_depth=32, scale_depth=64),
-        freq_mhz=48),
+        freq_mhz=21),
     "ulx3s-85f": BoardSpec(
         name="ulx3s-85f", platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
         family="ecp5",
         resources={"lut": 83640, "ff": 83640, "bram": 208, "spram": 0, "dsp": 156},
-        lpu=dict(lanes=64, pes=4, mem_words=16384, max_k=1024, max_vectors=16, max_burst=32,
+        lpu=dict(lanes=64, pes=4, mem_words=40960, max_k=1024, max_vectors=16, max_burst=32,
                  out_depth=256, scale_depth=1024),
-        freq_mhz=150),
+        freq_mhz=50),
     "tang-nano-9k": BoardSpec(
         name="tang-nano-9k", platform="amaranth_boards.tang_nano_9k:TangNano9kPlatform",
         family="gowin",

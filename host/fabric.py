@@ -112,9 +112,15 @@ class FabricBackend:
         self.passes += 1
         self.vectors += x_q.shape[1]
         rows, cols = lin.shape
+        # A job's results (one entry per row block and vector) must fit the output buffer.
+        blocks = -(-rows // cfg["pes"])
+        if blocks > cfg["out_depth"]:
+            raise ValueError(f"{lin.name}: {rows} outputs exceed the device's output buffer "
+                             f"({cfg['out_depth']} entries of {cfg['pes']})")
+        per_job = min(cfg["max_vectors"], cfg["out_depth"] // blocks)
         outs = []
-        for v0 in range(0, x_q.shape[1], cfg["max_vectors"]):
-            x = x_q[:, v0:v0 + cfg["max_vectors"]]
+        for v0 in range(0, x_q.shape[1], per_job):
+            x = x_q[:, v0:v0 + per_job]
             v = x.shape[1]
             self._drv.write_vectors(x)
             count = self._drv.run({"base": base, "rows": rows, "cols": cols, "group": group,

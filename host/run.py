@@ -4,8 +4,10 @@ Backends: ``golden`` (NumPy, :class:`~lpu.host.transformer.GoldenBackend`); thro
 protocol and driver, ``sim`` (the generated LPU compiled by Verilator with a C++ harness,
 :class:`~lpu.sim.fast.VerilatorTransport`), ``cocotb`` (the same Verilog under cocotb and
 Verilator, :class:`~lpu.sim.cocotb_transport.CocotbTransport`, slower, the same cycles) and
-``serial`` (a board on a serial port, :class:`~lpu.host.serial_link.SerialTransport`). Every
-ternary projection of the model runs on the backend; the rest on the host.
+``serial`` (a board on a serial port, :class:`~lpu.host.serial_link.SerialTransport`) and
+``board`` (a board's whole top -- UART, LPU, block-RAM weights -- simulated by Verilator behind
+a simulated serial line, :class:`~lpu.sim.board.BoardTransport`). Every ternary projection of the
+model runs on the backend; the rest on the host.
 """
 
 from pathlib import Path
@@ -19,7 +21,10 @@ from .transformer import GoldenBackend, forward, generate
 __all__ = ["default_model_path", "CharTokenizer", "device_for", "open_transport", "Session",
            "BACKENDS"]
 
-BACKENDS = ("golden", "sim", "cocotb", "serial")
+BACKENDS = ("golden", "sim", "cocotb", "serial", "board")
+
+#: Baud rate of the serial backend unless one is given.
+DEFAULT_BAUD = 115_200
 
 
 def default_model_path():
@@ -69,11 +74,43 @@ def device_for(model, *, lanes=64, pes=4, word_bits=32):
                out_depth=1 << (-(-max_rows // pes) * vectors - 1).bit_length())
 
 
-def open_transport(backend, model, *, port=None, baudrate=115200):
-    """A transport to a device for ``model`` (:func:`device_for`) on a non-golden backend."""
+def check_board_holds(model, board):
+    """Raise ValueError if ``model``'s weights or scales do not fit ``board``'s LPU."""
+    from lpu.boards.top import board_spec
+    from lpu.hw.formats import WeightFormat
+    from lpu.hw.scale import scale_groups, scale_words
+
+    from .image import image_word_count
+    cfg = board_spec(board).lpu
+    words = sum(image_word_count(*lin.shape, WeightFormat.T2, lanes=cfg["lanes"],
+                                 pes=cfg["pes"], word_bits=cfg.get("word_bits", 32))
+                for lin in model.linears.values())
+    if words > cfg["mem_words"]:
+        raise ValueError(f"The model's weights need {words} words of memory, more than the "
+                         f"{board}'s {cfg['mem_words']}")
+    scales = sum(scale_words(lin.shape[0], scale_groups(lin.shape[1], lin.group_size),
+                             cfg["pes"]) for lin in model.linears.values())
+    if scales > cfg["scale_depth"]:
+        raise ValueError(f"The model's scales need {scales} words of scale memory, more than "
+                         f"the {board}'s {cfg['scale_depth']}")
+    max_k = max(lin.shape[1] for lin in model.linears.values())
+    if max_k > cfg["max_k"]:
+        raise ValueError(f"The model's rows of {max_k} inputs are longer than the {board}'s "
+                         f"maximum row length ({cfg['max_k']})")
+
+
+def open_transport(backend, model, *, port=None, baudrate=None, board=None):
+    """A transport to a device for ``model`` on a non-golden backend: :func:`device_for` on
+    the simulators, ``board``'s LPU behind a simulated serial line at ``baudrate`` (default:
+    the fastest its clock makes, :func:`lpu.sim.board.fastest_baud`) on ``board``."""
     if backend == "serial":
         from .serial_link import SerialTransport
-        return SerialTransport(port, baudrate=baudrate)
+        return SerialTransport(port, baudrate=DEFAULT_BAUD if baudrate is None else baudrate)
+    if backend == "board":
+        from lpu.sim.board import BoardLinkSystem, BoardTransport, fastest_baud
+        check_board_holds(model, board)
+        return BoardTransport(BoardLinkSystem(
+            board, baud=fastest_baud(board) if baudrate is None else baudrate))
     from lpu.sim.system import LPUSystem
     system = LPUSystem(device_for(model))
     if backend == "sim":
@@ -103,17 +140,29 @@ class Session:
         One of :data:`BACKENDS`.
     port : str, optional
         Serial port or pyserial URL; required by ``serial`` and only used by it.
-    baudrate : int
-        Baud rate of the serial port.
+    baudrate : int, optional
+        Baud rate of the serial port (default 115200) or of the ``board`` backend's simulated
+        link (default: the fastest the board's clock makes; the figures at the board's own
+        rate are computed, :func:`link_report`).
+    board : str, optional
+        A board of :data:`lpu.boards.top.BOARDS`; required by ``board`` and only used by it.
     """
 
-    def __init__(self, model_path=None, *, backend="golden", port=None, baudrate=115200):
+    def __init__(self, model_path=None, *, backend="golden", port=None, baudrate=None,
+                 board=None):
         if backend not in BACKENDS:
             raise ValueError(f"Backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if backend == "serial" and not port:
             raise ValueError("The serial backend needs a port (--port)")
         if port and backend != "serial":
             raise ValueError(f"A port is used by the serial backend only, not by {backend!r}")
+        if backend == "board" and not board:
+            raise ValueError("The board backend needs a board (--board)")
+        if board and backend != "board":
+            raise ValueError(f"A board is used by the board backend only, not by {backend!r}")
+        if board:
+            from lpu.boards.top import board_spec
+            board_spec(board)
         path = Path(model_path) if model_path else default_model_path()
         self.model = load_hf_bitnet(path)
         vocab = self.model.config.get("lpu_vocab")
@@ -127,7 +176,8 @@ class Session:
             self.backend = GoldenBackend()
             return
         from .driver import LPUDriver
-        self.transport = open_transport(backend, self.model, port=port, baudrate=baudrate)
+        self.transport = open_transport(backend, self.model, port=port, baudrate=baudrate,
+                                        board=board)
         try:
             self.backend = FabricBackend(LPUDriver(self.transport))
             for lin in self.model.linears.values():
@@ -157,21 +207,63 @@ class Session:
 
 
 def run(model_path=None, *, backend="golden", prompt="\n123+456=", max_tokens=8,
-        temperature=0.0, top_k=0, seed=None, port=None, baudrate=115200):
+        temperature=0.0, top_k=0, seed=None, port=None, baudrate=None, board=None):
     """``lpu run``: returns a dict with ``tokens``, ``text``, ``cycles``, ``cycles_per_token``
-    (cycles are None for ``golden`` and ``serial``)."""
-    s = Session(model_path, backend=backend, port=port, baudrate=baudrate)
+    (cycles are None for ``golden`` and ``serial``) and, for ``board``, ``link``
+    (:func:`link_report`)."""
+    s = Session(model_path, backend=backend, port=port, baudrate=baudrate, board=board)
     try:
         start = s.cycles
+        link_start = link_counts(s.transport) if backend == "board" else None
         tokens = s.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, seed=seed)
         cycles = None if start is None else s.cycles - start
-        return {"backend": backend, "prompt": prompt, "tokens": tokens,
-                "text": s.tokenizer.decode(tokens), "cycles": cycles,
-                "cycles_per_token": None if cycles is None or not tokens
-                else round(cycles / len(tokens), 1),
-                "fabric_cycles": getattr(s.backend, "fabric_cycles", None)}
+        out = {"backend": backend, "prompt": prompt, "tokens": tokens,
+               "text": s.tokenizer.decode(tokens), "cycles": cycles,
+               "cycles_per_token": None if cycles is None or not tokens
+               else round(cycles / len(tokens), 1),
+               "fabric_cycles": getattr(s.backend, "fabric_cycles", None)}
+        if backend == "board":
+            out["link"] = link_report(s.transport, link_start, cycles, len(tokens))
+        return out
     finally:
         s.close()
+
+
+def link_counts(transport):
+    """Exchanges, bytes and cycles of a :class:`~lpu.sim.board.BoardTransport` so far."""
+    return {"exchanges": transport.exchanges, "bytes": transport.link_bytes,
+            "cycles": transport.link_cycles}
+
+
+def link_report(transport, start, cycles, tokens):
+    """The serial link's share of ``cycles`` (``tokens`` tokens) since ``start``
+    (:func:`link_counts`), and tokens per second at the board's own baud rate.
+
+    ``tokens_per_s`` is the simulated rate (the board's clock over cycles per token).
+    ``tokens_per_s_at_board_baud`` puts the bytes per token on a link at the board's baud rate
+    (:func:`lpu.sim.board.tokens_per_second`: ten bit periods a byte, less the half bit per
+    direction and exchange of :func:`lpu.sim.board.link_cycles`) and adds the cycles per token
+    outside the link, which do not depend on the baud rate.
+    """
+    from lpu.boards.top import board_spec
+    from lpu.sim.board import tokens_per_second
+    system = transport.system
+    now = link_counts(transport)
+    d = {k: now[k] - start[k] for k in now}
+    n = max(tokens, 1)
+    board_baud = board_spec(system.board).baud
+    device = (cycles - d["cycles"]) / n
+    return {"board": system.board, "clk_mhz": system.clk_hz / 1e6, "baud": system.baud,
+            "divisor": system.divisor, "exchanges": d["exchanges"], "bytes": d["bytes"],
+            "cycles": d["cycles"], "bytes_per_token": round(d["bytes"] / n, 1),
+            "exchanges_per_token": round(d["exchanges"] / n, 1),
+            "cycles_per_token": round(d["cycles"] / n, 1),
+            "device_cycles_per_token": round(device, 1),
+            "tokens_per_s": round(system.clk_hz * n / cycles, 4) if cycles else None,
+            "board_baud": board_baud,
+            "tokens_per_s_at_board_baud": round(tokens_per_second(
+                bytes_per_token=d["bytes"] / n, exchanges_per_token=d["exchanges"] / n,
+                device_cycles_per_token=device, baud=board_baud, clk_hz=system.clk_hz), 4)}
 
 
 def accuracy_problems(n, seed=7):

@@ -131,7 +131,7 @@ def _cmd_run(args):
     try:
         out = run(args.model, backend=args.backend, prompt=prompt, max_tokens=args.max_tokens,
                   temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                  port=args.port, baudrate=args.baud)
+                  port=args.port, baudrate=args.baud, board=args.board)
     except (LinkError, DeviceError) as exc:
         print(f"lpu: error: {exc}", file=sys.stderr)
         return 1
@@ -141,6 +141,14 @@ def _cmd_run(args):
         print(repr(out["prompt"]), "->", repr(out["text"]))
         if out["cycles"] is not None:
             print(f"{out['cycles']} cycles, {out['cycles_per_token']} cycles/token")
+        if "link" in out:
+            ln = out["link"]
+            print(f"UART link ({ln['baud']} baud, divisor {ln['divisor']} at {ln['clk_mhz']:g} "
+                  f"MHz): {ln['cycles']} of the cycles, {ln['cycles_per_token']} per token; "
+                  f"{ln['bytes_per_token']} bytes and {ln['exchanges_per_token']} exchanges "
+                  f"per token")
+            print(f"{ln['tokens_per_s']} tokens/s as simulated; "
+                  f"{ln['tokens_per_s_at_board_baud']} tokens/s at {ln['board_baud']} baud")
     return 0
 
 
@@ -258,12 +266,17 @@ def build_parser():
     p = sub.add_parser("run", help="generate text with a model on a backend")
     p.add_argument("--model", default=None, help="model directory (default: the shipped one)")
     p.add_argument("--backend", default="golden",
-                   choices=["golden", "sim", "cocotb", "serial"],
+                   choices=["golden", "sim", "cocotb", "serial", "board"],
                    help="golden: NumPy; sim: Verilator with a C++ harness; cocotb: the same "
-                        "Verilog under cocotb (slower); serial: a board on --port")
+                        "Verilog under cocotb (slower); serial: a board on --port; board: "
+                        "--board's top (UART, LPU, block RAM) simulated behind a serial line")
     p.add_argument("--port", default=None,
                    help="serial port or pyserial URL (serial backend)")
-    p.add_argument("--baud", type=int, default=115200, help="baud rate (serial backend)")
+    p.add_argument("--board", default=None, help="icebreaker or ulx3s-85f (board backend)")
+    p.add_argument("--baud", type=int, default=None,
+                   help="baud rate (serial backend: default 115200; board backend: the "
+                        "simulated link's, default the fastest the board's clock makes, "
+                        "a quarter of it)")
     p.add_argument("--prompt", default="\\n123+456=",
                    help="prompt text; \\n stands for a newline")
     p.add_argument("--max-tokens", type=int, default=8)

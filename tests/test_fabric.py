@@ -11,10 +11,10 @@ from lpu.sim import cocotb_runner
 from lpu.sim.system import LPUSystem
 
 
-def _driver(weights="ternary", formats=None):
+def _driver(weights="ternary", formats=None, out_depth=1024):
     """The compiled simulator where Verilator is at hand, else the Amaranth simulator."""
     lpu = LPU(lanes=8, pes=4, weights=weights, formats=formats, word_bits=32, addr_width=12,
-              max_k=64, max_vectors=4, timeout=300)
+              max_k=64, max_vectors=4, timeout=300, out_depth=out_depth)
     if cocotb_runner.available("verilator")[0]:
         from lpu.sim.fast import VerilatorTransport
         return LPUDriver(VerilatorTransport(LPUSystem(lpu)))
@@ -61,5 +61,25 @@ def test_whole_model_logits_equal(rng):
         gold = forward(model, ids, GoldenBackend())
         fab = forward(model, ids, FabricBackend(drv))
         assert np.array_equal(gold, fab)
+    finally:
+        drv._t.close()
+
+
+def test_jobs_split_to_fit_the_output_buffer(rng):
+    """4 entries of 4 sums: a 12-row projection (3 row blocks) runs one vector per job, and
+    one of 20 rows (5 row blocks) cannot run at all."""
+    model = tiny_model(rng, hidden=12, heads=3, kv_heads=1, head_dim=4, inter=20)
+    drv = _driver(out_depth=4)
+    fabric, gold = FabricBackend(drv), GoldenBackend()
+    try:
+        lin = model.linears["model.layers.0.self_attn.q_proj"]
+        x = rng.integers(-128, 128, size=(lin.shape[1], 3)).astype(np.int8)
+        assert np.array_equal(fabric.scaled_matmul(lin, x), gold.scaled_matmul(lin, x))
+        lin = model.linears["model.layers.0.mlp.gate_proj"]
+        x = rng.integers(-128, 128, size=(lin.shape[1], 1)).astype(np.int8)
+        with pytest.raises(ValueError, match=r"^model\.layers\.0\.mlp\.gate_proj: 20 outputs "
+                                             r"exceed the device's output buffer \(4 entries of "
+                                             r"4\)$"):
+            fabric.scaled_matmul(lin, x)
     finally:
         drv._t.close()
