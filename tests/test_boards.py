@@ -299,9 +299,9 @@ def test_build_rejects_bad_parameters(capsys, tmp_path):
                                        "65536, not 0\n")
     assert main(["build", "--board", "icebreaker", "--baud", "5000000",
                  "-o", str(tmp_path)]) == 2
-    # the divisor comes from the PLL clock (48 MHz on the iCEBreaker)
-    assert capsys.readouterr().err == ("lpu: error: Baud rate 5000000 is off by 4.0% at 48 MHz "
-                                       "(divisor 10); at most 2% is allowed\n")
+    # the divisor comes from the PLL clock (21 MHz on the iCEBreaker)
+    assert capsys.readouterr().err == ("lpu: error: Baud rate 5000000 is off by 5.0% at 21 MHz "
+                                       "(divisor 4); at most 2% is allowed\n")
     assert main(["build", "--board", "icebreaker", "--freq", "300", "-o", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ("lpu: error: PLL output frequency must be from 16 to 275 "
                                        "MHz for the iCE40 PLL (SB_PLL40), not 300 MHz\n")
@@ -323,8 +323,10 @@ def test_board_table_is_consistent():
         pll = board_pll(spec, _platform_class(spec)())
         assert pll.family == spec.family and pll.out_hz == spec.freq_mhz * 1_000_000
     assert board_spec("ulx3s-85f").lpu["lanes"] == 64 and board_spec("ulx3s-85f").lpu["pes"] == 4
-    # the clock targets
-    assert board_spec("icebreaker").freq_mhz == 48 and board_spec("ulx3s-85f").freq_mhz == 150
+    # clocks the default builds meet (docs/boards.md, Measured), below the iCE40 and ECP5
+    # targets of 48 and 150 MHz
+    assert [board_spec(b).freq_mhz for b in ("icebreaker", "ulx3s-85f", "tang-nano-9k")] == [
+        21, 50, 54]
 
 
 def test_board_top_clock_is_the_pll_output():
@@ -364,8 +366,8 @@ def test_build_icebreaker_tiny_writes_bitstream_and_report(capsys, tmp_path):
     from lpu.boards.uart import baud_divisor
     from lpu.cli import main
 
-    # The tiny LPU reaches about 22 MHz on the UP5K, short of the board's default 48 MHz; the
-    # PLL makes 18 MHz (12 MHz x 48 / 32).
+    # The tiny LPU reaches about 22 MHz on the UP5K; it is built at 18 MHz, with margin for
+    # placement noise (12 MHz x 48 / 32).
     assert main(["build", "--board", "icebreaker", *_TINY, "--freq", "18", "--json",
                  "-o", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
