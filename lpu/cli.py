@@ -82,6 +82,17 @@ def _cmd_build(args):
     return 0
 
 
+def _cmd_program(args):
+    from lpu.boards.program import ProgramError, program_board
+    try:
+        argv = program_board(args.board, bitstream=args.bitstream, mode=args.mode)
+    except ProgramError as exc:
+        print(f"lpu: error: {exc}", file=sys.stderr)
+        return 1
+    print("programmed:", " ".join(argv))
+    return 0
+
+
 def _cmd_demo(args):
     from lpu.sim.demo import run_demo
     return run_demo(problems=args.problems, seed=args.seed, model_path=args.model)
@@ -191,6 +202,18 @@ def build_parser():
                    help="build directory (default: $LPU_BUILD_DIR/BOARD, else build/BOARD)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("program", help="load the bitstream of `lpu build` onto a board "
+                                       "(openFPGALoader or iceprog)")
+    p.add_argument("--board", required=True, help="icebreaker or ulx3s-85f")
+    p.add_argument("--bitstream", default=None,
+                   help="bitstream file (default: the last `lpu build` of the board)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--flash", dest="mode", action="store_const", const="flash",
+                      help="write the configuration flash (default for icebreaker)")
+    mode.add_argument("--sram", dest="mode", action="store_const", const="sram",
+                      help="load the FPGA's SRAM, lost at power-off (default for ulx3s-85f)")
+    p.set_defaults(func=_cmd_program)
 
     p = sub.add_parser("demo", help="the shipped model on the simulated LPU, checked against "
                                     "the golden model")
