@@ -56,12 +56,15 @@ def _cmd_area(args):
     return 0
 
 
+#: `lpu build` options (besides --lanes and --pes) that `lpu sweep` passes to every build.
+_BOARD_LPU_OPTIONS = ("mem_words", "max_k", "max_vectors", "max_burst", "out_depth",
+                      "scale_depth", "baud")
+
+
 def _cmd_build(args):
     from lpu.boards.build import BuildError, build_board
     from lpu.boards.top import BOARDS
-    overrides = {k: getattr(args, k) for k in ("lanes", "pes", "mem_words", "max_k",
-                                                "max_vectors", "max_burst", "out_depth",
-                                                "scale_depth", "baud")}
+    overrides = {k: getattr(args, k) for k in ("lanes", "pes", *_BOARD_LPU_OPTIONS)}
     if args.board not in BOARDS:
         raise ValueError(f"Board must be one of {', '.join(BOARDS)}, not {args.board!r}")
     out_dir = args.output or Path(os.environ.get("LPU_BUILD_DIR", "build")) / args.board
@@ -91,6 +94,40 @@ def _cmd_program(args):
         return 1
     print("programmed:", " ".join(argv))
     return 0
+
+
+def _cmd_sweep(args):
+    from lpu.boards import sweep
+    from lpu.boards.top import board_spec
+    spec = board_spec(args.board)
+    lanes = sweep.parse_int_list(args.lanes, "Lane counts") if args.lanes else (
+        sweep.QUICK_LANES if args.quick else sweep.DEFAULT_LANES)
+    pes = sweep.parse_int_list(args.pes, "PE counts") if args.pes else (
+        sweep.QUICK_PES if args.quick else sweep.DEFAULT_PES)
+    overrides = dict(sweep.QUICK_OVERRIDES) if args.quick else {}
+    overrides.update({k: getattr(args, k) for k in _BOARD_LPU_OPTIONS
+                      if getattr(args, k) is not None})
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    results = sweep.run_sweep(spec.name, lanes=list(lanes), pes=list(pes), jobs=jobs,
+                              **overrides)
+    models = {"shipped": sweep.shipped_matrices(),
+              "2b": sweep.model_matrices(sweep.BITNET_2B_CONFIG)}
+    rows = sweep.sweep_rows(spec.name, results, models)
+    command = " ".join(
+        ["lpu sweep", "--board", spec.name, "--lanes", ",".join(map(str, lanes)), "--pes",
+         ",".join(map(str, pes)), "--jobs", str(jobs)]
+        + [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in _BOARD_LPU_OPTIONS
+           if getattr(args, k) is not None]
+        + (["--quick"] if args.quick else []) + (["--record"] if args.record else []))
+    root = Path("docs") if args.record else sweep.sweep_root(spec.name)
+    paths = sweep.write_results(spec.name, rows, command=command, root=root, jobs=jobs,
+                                models_meta=sweep.models_meta(models))
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(sweep.format_table(spec.name, rows))
+        print("wrote", ", ".join(str(p) for p in paths))
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
 def _cmd_demo(args):
@@ -214,6 +251,25 @@ def build_parser():
     mode.add_argument("--sram", dest="mode", action="store_const", const="sram",
                       help="load the FPGA's SRAM, lost at power-off (default for ulx3s-85f)")
     p.set_defaults(func=_cmd_program)
+
+    p = sub.add_parser("sweep", help="build a board's lanes x PEs grid in parallel: table "
+                                     "and plot of LUTs, fmax, MAC/s, projected tokens/s")
+    p.add_argument("--board", required=True, help="icebreaker or ulx3s-85f")
+    p.add_argument("--lanes", default=None,
+                   help="comma-separated lane counts (default: 4,8,16,32,64)")
+    p.add_argument("--pes", default=None, help="comma-separated PE counts (default: 1,2,4)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="parallel builds (default: the number of local cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="one tiny LPU (4 x 1, 256 words, max_k 64): a check of the flow")
+    p.add_argument("--record", action="store_true",
+                   help="write docs/sweep-BOARD.md, docs/sweep-BOARD.png and "
+                        "docs/results/sweep-BOARD.json (default: under the sweep's build dir)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    for opt in _BOARD_LPU_OPTIONS:
+        p.add_argument(f"--{opt.replace('_', '-')}", type=int, default=None,
+                       help="as lpu build (default: the board's)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("demo", help="the shipped model on the simulated LPU, checked against "
                                     "the golden model")
