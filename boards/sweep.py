@@ -260,6 +260,7 @@ def sweep_rows(board, results, models):
             fmax, target = _fmax(report)
             cells = util["lc" if spec.family == "ice40" else "lut"]["used"]
             macs = cfg["lanes"] * cfg["pes"]
+            word_bits = cfg.get("word_bits", 32)       # lpu_for's default
             row.update(
                 lut=util["lut"]["used"], ff=util["ff"]["used"], bram=util["bram"]["used"],
                 dsp=util["dsp"]["used"], cells=cells, fmax_mhz=fmax, target_mhz=target,
@@ -267,7 +268,7 @@ def sweep_rows(board, results, models):
                 mac_per_s_per_cell=macs * fmax * 1e6 / cells,
                 build_seconds=report["build_seconds"],
                 tokens={name: {mk: token_projection(
-                    mats, lanes=cfg["lanes"], pes=cfg["pes"], word_bits=32,
+                    mats, lanes=cfg["lanes"], pes=cfg["pes"], word_bits=word_bits,
                     max_burst=cfg["max_burst"], fmax_mhz=fmax, memory=mem)
                     for mk, mem in memories.items()} for name, mats in models.items()})
             if spec.family == "ice40":
@@ -281,6 +282,10 @@ def _si(x, unit=""):
         if abs(x) >= scale:
             return f"{x / scale:.3g} {prefix}{unit}".rstrip()
     return f"{x:.3g} {unit}".rstrip()
+
+
+def _num(x):
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
 def format_table(board, rows):
@@ -306,7 +311,7 @@ def format_table(board, rows):
             for name in ("shipped", "2b"):
                 for mk in ("bram", "ext"):
                     p = t[name][mk]
-                    cols.append(f"{p['tokens_per_s']:.3g} ({p['bound'][0]})")
+                    cols.append(f"{_num(p['tokens_per_s'])} ({p['bound'][0]})")
         else:
             cols += [""] * (len(head) - 2)
         lines.append("| " + " | ".join(cols) + " |")
@@ -424,8 +429,9 @@ MAC/s = lanes x PEs ternary MACs a cycle (one tile a cycle) at fmax; the density
 Tokens/s: decode, one token a pass through every ternary projection, the smaller of the
 compute bound (ceil(rows/P) x ceil(cols/N) cycles a matrix) and the weight-memory bound (the
 t2 image, 2 bits a weight, read once a token), both at fmax; (c) or (m) says which bound
-is the smaller. The host's share (attention, norms, embeddings, lm_head) and each job's set-up
-are not counted.
+limits. The host's share (attention, norms, embeddings, lm_head) and each job's set-up are not
+counted. A 32-bit word holds 16 t2 weights, so from block RAM an array of more than 16 MACs a
+cycle waits on memory: its tokens/s stay near fmax x 16 / weights whatever its size.
 
 - Shipped model ({shipped['name']}): {shipped['weights']:,} ternary weights a token,
   {shipped['weight_bytes']:,} bytes of t2 images.

@@ -108,10 +108,11 @@ def _cmd_sweep(args):
     overrides.update({k: getattr(args, k) for k in _BOARD_LPU_OPTIONS
                       if getattr(args, k) is not None})
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
-    results = sweep.run_sweep(spec.name, lanes=list(lanes), pes=list(pes), jobs=jobs,
-                              **overrides)
+    # the models first: a missing checkpoint stops the sweep before its builds
     models = {"shipped": sweep.shipped_matrices(),
               "2b": sweep.model_matrices(sweep.BITNET_2B_CONFIG)}
+    results = sweep.run_sweep(spec.name, lanes=list(lanes), pes=list(pes), jobs=jobs,
+                              **overrides)
     rows = sweep.sweep_rows(spec.name, results, models)
     command = " ".join(
         ["lpu sweep", "--board", spec.name, "--lanes", ",".join(map(str, lanes)), "--pes",
