@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: all install iverilog test demo bench bitstream lint clean
+.PHONY: all install iverilog test demo bench bitstream sweep lint clean
 
 all: test
 
@@ -48,6 +48,13 @@ bench: install
 BOARD ?= icebreaker
 bitstream: $(STAMP)
 	$(VENV)/bin/lpu build --board $(BOARD) --json
+
+# A board's design-space sweep, built in parallel on the local cores and recorded as
+# docs/sweep-BOARD.md, .png and docs/results/sweep-BOARD.json. Long: one place and route per
+# configuration. make sweep BOARD=ulx3s-85f SWEEP_ARGS="--lanes 16,32,64 --pes 1,2,4 --jobs 1"
+SWEEP_ARGS ?=
+sweep: $(STAMP)
+	$(VENV)/bin/lpu sweep --board $(BOARD) --record $(SWEEP_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

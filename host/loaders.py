@@ -69,6 +69,7 @@ __all__ = [
     "ModelFormatError",
     "load_hf_bitnet", "save_hf_bitnet", "pack_hf_ternary", "unpack_hf_ternary",
     "load_gguf", "save_gguf", "encode_gguf_blocks", "decode_gguf_blocks", "GGUF_WEIGHT_TYPES",
+    "projection_shapes",
 ]
 
 
@@ -123,6 +124,19 @@ def _projection_shapes(config):
             "self_attn.v_proj": (kv_dim, hidden), "self_attn.o_proj": (hidden, q_dim),
             "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden),
             "mlp.down_proj": (hidden, inter)}
+
+
+def projection_shapes(config):
+    """(out_features, in_features) of each ternary projection of one layer of a model with the
+    Hugging Face BitNet ``config`` (a dict; ``num_key_value_heads`` and ``head_dim`` default as
+    the loaders fill them in).
+
+    Raises
+    ------
+    ModelFormatError
+        A structural field is missing or invalid.
+    """
+    return _projection_shapes(_normalize_config(config, "Model config"))
 
 
 def _float_shape(name, config):

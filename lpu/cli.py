@@ -56,12 +56,16 @@ def _cmd_area(args):
     return 0
 
 
+#: `lpu build` options (besides --lanes and --pes) that `lpu sweep` passes to every build.
+_BOARD_LPU_OPTIONS = ("mem_words", "max_k", "max_vectors", "max_burst", "out_depth",
+                      "scale_depth", "baud")
+
+
 def _cmd_build(args):
     from lpu.boards.build import BuildError, build_board
     from lpu.boards.top import BOARDS
-    overrides = {k: getattr(args, k) for k in ("lanes", "pes", "mem_words", "max_k",
-                                                "max_vectors", "max_burst", "out_depth",
-                                                "scale_depth", "baud", "memory", "freq")}
+    overrides = {k: getattr(args, k) for k in ("lanes", "pes", *_BOARD_LPU_OPTIONS,
+                                                "memory", "freq")}
     if args.board not in BOARDS:
         raise ValueError(f"Board must be one of {', '.join(BOARDS)}, not {args.board!r}")
     out_dir = args.output or Path(os.environ.get("LPU_BUILD_DIR", "build")) / args.board
@@ -117,6 +121,52 @@ def _cmd_bench_memory(args):
         from lpu.boards.bench_area import record
         record(rows, "lpu bench memory --record", name="memory")
     return 0 if all(r["exact"] for r in rows) else 1
+
+
+def _cmd_program(args):
+    from lpu.boards.program import ProgramError, program_board
+    try:
+        argv = program_board(args.board, bitstream=args.bitstream, mode=args.mode)
+    except ProgramError as exc:
+        print(f"lpu: error: {exc}", file=sys.stderr)
+        return 1
+    print("programmed:", " ".join(argv))
+    return 0
+
+
+def _cmd_sweep(args):
+    from lpu.boards import sweep
+    from lpu.boards.top import board_spec
+    spec = board_spec(args.board)
+    lanes = sweep.parse_int_list(args.lanes, "Lane counts") if args.lanes else (
+        sweep.QUICK_LANES if args.quick else sweep.DEFAULT_LANES)
+    pes = sweep.parse_int_list(args.pes, "PE counts") if args.pes else (
+        sweep.QUICK_PES if args.quick else sweep.DEFAULT_PES)
+    overrides = dict(sweep.QUICK_OVERRIDES) if args.quick else {}
+    overrides.update({k: getattr(args, k) for k in (*_BOARD_LPU_OPTIONS, "freq")
+                      if getattr(args, k) is not None})
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    # the models first: a missing checkpoint stops the sweep before its builds
+    models = {"shipped": sweep.shipped_matrices(),
+              "2b": sweep.model_matrices(sweep.BITNET_2B_CONFIG)}
+    results = sweep.run_sweep(spec.name, lanes=list(lanes), pes=list(pes), jobs=jobs,
+                              **overrides)
+    rows = sweep.sweep_rows(spec.name, results, models)
+    command = " ".join(
+        ["lpu sweep", "--board", spec.name, "--lanes", ",".join(map(str, lanes)), "--pes",
+         ",".join(map(str, pes)), "--jobs", str(jobs)]
+        + [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in (*_BOARD_LPU_OPTIONS, "freq")
+           if getattr(args, k) is not None]
+        + (["--quick"] if args.quick else []) + (["--record"] if args.record else []))
+    root = Path("docs") if args.record else sweep.sweep_root(spec.name)
+    paths = sweep.write_results(spec.name, rows, command=command, root=root, jobs=jobs,
+                                models_meta=sweep.models_meta(models))
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(sweep.format_table(spec.name, rows))
+        print("wrote", ", ".join(str(p) for p in paths))
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
 def _cmd_demo(args):
@@ -244,7 +294,7 @@ def build_parser():
 
     p = sub.add_parser("flash-image", help="a model's weight image (.bin) to program into a "
                                            "board's flash, and its layout (.json)")
-    p.add_argument("--board", required=True, help="icebreaker or ulx3s-85f")
+    p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or tang-nano-9k")
     p.add_argument("--model", default=None, help="model directory (default: the shipped one)")
     p.add_argument("--format", default="t2", choices=["t2", "t5"],
                    help="device format of ternary weights")
@@ -255,6 +305,40 @@ def build_parser():
                    help="byte address in the flash (default: 0x100000)")
     p.add_argument("-o", "--output", required=True, help="the .bin to write")
     p.set_defaults(func=_cmd_flash_image)
+
+    p = sub.add_parser("program", help="load the bitstream of `lpu build` onto a board "
+                                       "(openFPGALoader or iceprog)")
+    p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or tang-nano-9k")
+    p.add_argument("--bitstream", default=None,
+                   help="bitstream file (default: the last `lpu build` of the board)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--flash", dest="mode", action="store_const", const="flash",
+                      help="write the configuration flash (default for icebreaker)")
+    mode.add_argument("--sram", dest="mode", action="store_const", const="sram",
+                      help="load the FPGA's SRAM, lost at power-off (default for ulx3s-85f)")
+    p.set_defaults(func=_cmd_program)
+
+    p = sub.add_parser("sweep", help="build a board's lanes x PEs grid in parallel: table "
+                                     "and plot of LUTs, fmax, MAC/s, projected tokens/s")
+    p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or tang-nano-9k")
+    p.add_argument("--lanes", default=None,
+                   help="comma-separated lane counts (default: 4,8,16,32,64)")
+    p.add_argument("--pes", default=None, help="comma-separated PE counts (default: 1,2,4)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="parallel builds (default: the number of local cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="one tiny LPU (4 x 1, 256 words, max_k 64): a check of the flow")
+    p.add_argument("--record", action="store_true",
+                   help="write docs/sweep-BOARD.md, docs/sweep-BOARD.png and "
+                        "docs/results/sweep-BOARD.json (default: under the sweep's build dir)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    for opt in _BOARD_LPU_OPTIONS:
+        p.add_argument(f"--{opt.replace('_', '-')}", type=int, default=None,
+                       help="as lpu build (default: the board's)")
+    p.add_argument("--freq", type=float, default=None, metavar="MHZ",
+                   help="clock every build is placed and routed for, as lpu build "
+                        "(default: the board's)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("demo", help="the shipped model on the simulated LPU, checked against "
                                     "the golden model")
@@ -272,7 +356,7 @@ def build_parser():
                         "--board's top (UART, LPU, block RAM) simulated behind a serial line")
     p.add_argument("--port", default=None,
                    help="serial port or pyserial URL (serial backend)")
-    p.add_argument("--board", default=None, help="icebreaker or ulx3s-85f (board backend)")
+    p.add_argument("--board", default=None, help="icebreaker, ulx3s-85f or tang-nano-9k (board backend)")
     p.add_argument("--baud", type=int, default=None,
                    help="baud rate (serial backend: default 115200; board backend: the "
                         "simulated link's, default the fastest the board's clock makes, "

@@ -1,0 +1,162 @@
+"""``lpu program``: load a board's bitstream with openFPGALoader or iceprog.
+
+Which programmer takes which board, and how (sources: openFPGALoader's board list,
+``doc/boards.yml``, and its Lattice notes; the ``iceprog`` manual page of Debian's
+``fpga-icestorm``):
+
+- ULX3S: ``openFPGALoader -b ulx3s``. It loads the ECP5's configuration SRAM by default (``-m``)
+  and writes the SPI flash with ``-f``. iceprog programs iCE40 boards only.
+- Tang Nano 9K: ``openFPGALoader -b tangnano9k``, the GW1NR-9's SRAM with ``-m`` (its default)
+  or the internal flash with ``-f``.
+- iCEBreaker: openFPGALoader knows it as ``ice40_generic`` and writes only its SPI flash (the
+  board list says memory "NA", flash "AS"). ``iceprog`` writes the flash by default; ``iceprog
+  -S`` loads the SRAM, which the iCEBreaker allows only with its flash jumpers changed.
+
+A programmer is looked up as Amaranth looks up tools: the environment variable named after it
+(``OPENFPGALOADER``, ``ICEPROG``), else the PATH.
+"""
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .top import board_spec
+
+__all__ = ["ProgramError", "Programmer", "PROGRAMMERS", "DEFAULT_MODE", "default_build_dir",
+           "bitstream_path", "find_programmer", "program_command", "program_board"]
+
+
+class ProgramError(RuntimeError):
+    """No programmer, no bitstream, or the programmer failed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Programmer:
+    """A programming tool and the arguments it takes for one board, per mode."""
+
+    #: Executable name (also, upper-cased, the environment variable that overrides it).
+    tool: str
+    #: Debian package that installs it.
+    package: str
+    #: ``{"sram"|"flash": [arguments before the bitstream]}``; a mode missing is not supported.
+    modes: dict
+
+
+#: Programmers per board, in order of preference.
+PROGRAMMERS = {
+    "icebreaker": (
+        Programmer("openFPGALoader", "openfpgaloader", {"flash": ["-b", "ice40_generic"]}),
+        Programmer("iceprog", "fpga-icestorm", {"flash": [], "sram": ["-S"]}),
+    ),
+    "ulx3s-85f": (
+        Programmer("openFPGALoader", "openfpgaloader",
+                   {"sram": ["-b", "ulx3s", "-m"], "flash": ["-b", "ulx3s", "-f"]}),
+    ),
+    "tang-nano-9k": (
+        Programmer("openFPGALoader", "openfpgaloader",
+                   {"sram": ["-b", "tangnano9k", "-m"], "flash": ["-b", "tangnano9k", "-f"]}),
+    ),
+}
+
+#: What ``lpu program`` does without ``--flash``/``--sram``: each tool's own default (the
+#: iCEBreaker boots from its flash; the ULX3S and Tang Nano 9K are loaded into SRAM, as
+#: openFPGALoader does).
+DEFAULT_MODE = {"icebreaker": "flash", "ulx3s-85f": "sram", "tang-nano-9k": "sram"}
+
+_MODES = ("sram", "flash")
+_BITSTREAM = {"ice40": "top.bin", "ecp5": "top.bit", "gowin": "top.fs"}
+
+
+def default_build_dir(board):
+    """Where ``lpu build --board BOARD`` writes: ``$LPU_BUILD_DIR/BOARD``, else ``build/BOARD``."""
+    return Path(os.environ.get("LPU_BUILD_DIR", "build")) / board
+
+
+def bitstream_path(board, bitstream=None):
+    """The bitstream to load: ``bitstream`` if given, else the last ``lpu build``'s.
+
+    Raises
+    ------
+    ProgramError
+        The file does not exist; the message names the ``lpu build`` command that makes it.
+    """
+    spec = board_spec(board)
+    if bitstream is not None:
+        path = Path(bitstream)
+        if not path.is_file():
+            raise ProgramError(f"Bitstream {path} does not exist")
+        return path
+    out = default_build_dir(board)
+    path = out / _BITSTREAM[spec.family]
+    if not path.is_file():
+        raise ProgramError(f"No bitstream at {path}: build it with "
+                           f"`lpu build --board {board} -o {out}`, or give --bitstream PATH")
+    return path
+
+
+def _locate(tool):
+    env = os.environ.get(tool.upper())
+    if env:
+        return env
+    return shutil.which(tool)
+
+
+def find_programmer(board, mode=None):
+    """The first programmer of ``board`` on this machine that supports ``mode``.
+
+    Returns
+    -------
+    (Programmer, str)
+        The programmer and the command that runs it.
+
+    Raises
+    ------
+    ValueError
+        Unknown board or mode.
+    ProgramError
+        None is installed; the message names the Debian packages to install.
+    """
+    board_spec(board)
+    mode = DEFAULT_MODE[board] if mode is None else mode
+    if mode not in _MODES:
+        raise ValueError(f"Programming mode must be 'sram' or 'flash', not {mode!r}")
+    able = [p for p in PROGRAMMERS[board] if mode in p.modes]
+    for p in able:
+        cmd = _locate(p.tool)
+        if cmd:
+            return p, cmd
+    others = [p for p in PROGRAMMERS[board] if p not in able and _locate(p.tool)]
+    hint = "".join(f"; {p.tool} is installed but cannot load the {mode} of {board}"
+                   for p in others)
+    wants = " or ".join(f"{p.tool} (Debian package {p.package}: sudo apt-get install "
+                        f"{p.package})" for p in able)
+    raise ProgramError(f"No programmer for {board} ({mode}) found on the PATH: install "
+                       f"{wants}{hint}")
+
+
+def program_command(board, bitstream, mode=None):
+    """The command line that loads ``bitstream`` onto ``board`` (a list)."""
+    mode = DEFAULT_MODE[board_spec(board).name] if mode is None else mode
+    p, cmd = find_programmer(board, mode)
+    return [cmd, *p.modes[mode], str(bitstream)]
+
+
+def program_board(board, *, bitstream=None, mode=None):
+    """Load a bitstream onto ``board``; returns the command line that was run.
+
+    Raises
+    ------
+    ValueError
+        Unknown board or mode.
+    ProgramError
+        No bitstream, no programmer, or the programmer failed.
+    """
+    board_spec(board)
+    path = bitstream_path(board, bitstream)
+    argv = program_command(board, path, mode)
+    proc = subprocess.run(argv)
+    if proc.returncode != 0:
+        raise ProgramError(f"{Path(argv[0]).name} exited with status {proc.returncode}")
+    return argv
