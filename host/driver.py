@@ -35,6 +35,14 @@ from . import image
 __all__ = ["LPUDriver", "LinkError", "DeviceError", "Transport", "PysimTransport"]
 
 
+
+def _stream_error_name(code):
+    """The :class:`StreamError` name of ``code``, or the number if it names none."""
+    try:
+        return StreamError(code).name
+    except ValueError:
+        return f"unknown error code {code}"
+
 class LinkError(RuntimeError):
     """The link to the device failed: no valid reply after all retries."""
 
@@ -279,9 +287,13 @@ class LPUDriver:
         value = JOB_LAYOUT.const({"scale_base": 0, **desc}).as_value().value
         nbytes = (JOB_LAYOUT.size + 7) // 8
         status, data = self.request(Command.RUN, value.to_bytes(nbytes, "little"))
-        error = StreamError(data[0])
         if status is not Status.OK:
-            raise DeviceError(f"Job failed on the device: {error.name}")
+            if not data:
+                raise DeviceError(f"Device refused RUN: {status.name}")
+            raise DeviceError(f"Job failed on the device: {_stream_error_name(data[0])}")
+        if len(data) != 3:
+            raise DeviceError(f"RUN reply has {len(data)} payload bytes, not 3 (error code and "
+                              f"result count)")
         (count,) = struct.unpack("<H", data[1:3])
         return count
 

@@ -356,7 +356,8 @@ def build_parser():
                         "--board's top (UART, LPU, block RAM) simulated behind a serial line")
     p.add_argument("--port", default=None,
                    help="serial port or pyserial URL (serial backend)")
-    p.add_argument("--board", default=None, help="icebreaker, ulx3s-85f or tang-nano-9k (board backend)")
+    p.add_argument("--board", default=None,
+                   help="icebreaker, ulx3s-85f or tang-nano-9k (board backend)")
     p.add_argument("--baud", type=int, default=None,
                    help="baud rate (serial backend: default 115200; board backend: the "
                         "simulated link's, default the fastest the board's clock makes, "

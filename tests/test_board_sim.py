@@ -214,7 +214,8 @@ def test_link_cycles_and_tokens_per_second():
 
 
 @pytest.mark.parametrize("kwargs, exc, msg", [
-    (dict(board="nexys"), ValueError, r"^Board must be one of icebreaker, ulx3s-85f, tang-nano-9k, not 'nexys'$"),
+    (dict(board="nexys"), ValueError,
+     r"^Board must be one of icebreaker, ulx3s-85f, tang-nano-9k, not 'nexys'$"),
     (dict(board="icebreaker", baud=8_000_000), ValueError,
      r"^Baud rate 8000000 is too fast for a 21 MHz clock \(at most 5250000\)$"),
     (dict(board="icebreaker", baud=2_500_000), ValueError,

@@ -145,6 +145,38 @@ def test_job_error_is_reported(device):
     assert drv.status()["error"] is StreamError.ADDRESS
 
 
+class _ScriptedTransport:
+    """Answers PING with the small LPU's real reply, then RUN with the replies given."""
+
+    def __init__(self, run_replies):
+        lpu_transport = PysimTransport(LPUSystem(small_lpu()))
+        try:
+            self._ping = lpu_transport.exchange(encode_request(Command.PING))
+        finally:
+            lpu_transport.close()
+        self._run = list(run_replies)
+
+    def exchange(self, frame):
+        return self._ping if frame == encode_request(Command.PING) else self._run.pop(0)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("reply, msg", [
+    (encode_reply(Status.OK, b""), r"^RUN reply has 0 payload bytes, not 3 \(error code and "
+                                   r"result count\)$"),
+    (encode_reply(Status.OK, b"\x00\x01"), r"^RUN reply has 2 payload bytes, not 3 "),
+    (encode_reply(Status.RUN_ERROR, b""), r"^Device refused RUN: RUN_ERROR$"),
+    (encode_reply(Status.RUN_ERROR, b"\x09"), r"^Job failed on the device: unknown error code 9$"),
+])
+def test_malformed_run_reply_is_a_device_error(reply, msg):
+    drv = LPUDriver(_ScriptedTransport([reply]))
+    desc = {"base": 0, "rows": 4, "cols": 8, "group": 0, "vectors": 1, "fmt": 0}
+    with pytest.raises(DeviceError, match=msg):
+        drv.run(desc)
+
+
 def _job_bytes(desc):
     return JOB_LAYOUT.const(desc).as_value().value.to_bytes((JOB_LAYOUT.size + 7) // 8, "little")
 

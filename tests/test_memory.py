@@ -320,10 +320,10 @@ def test_preloaded_layout_refuses_unknown_projection(rng):
 def test_flash_image_command(tmp_path, capsys):
     """The shipped model: its t5 image fits the UP5K's SPRAM-sized 32768 words, its t2 image
     does not (exit 2, nothing written)."""
+    from lpu.boards.top import board_spec
     from lpu.cli import main
     from lpu.host.loaders import load_hf_bitnet
     from lpu.host.run import default_model_path
-    from lpu.boards.top import board_spec
     model = load_hf_bitnet(default_model_path())
     shape = {k: board_spec("icebreaker").lpu[k] for k in ("lanes", "pes")}
     t2, _ = image.model_image(model.linears.values(), **shape, word_bits=32)
