@@ -74,33 +74,52 @@ CELL_NAME = {"ice40": "logic cell", "ecp5": "LUT4"}
 
 @dataclass(frozen=True)
 class WeightMemory:
-    """Where the weights stream from: a timing preset of :mod:`lpu.sim.memory_models`."""
+    """Where the weights stream from: a timing preset of :mod:`lpu.sim.memory_models`, or
+    the board's SPI flash as :class:`~lpu.boards.memory.SPIFlashReader` reads it."""
 
     #: Name in the tables.
     name: str
-    #: ``bram``, ``qspi`` or ``sdram``.
+    #: ``bram``, ``qspi``, ``sdram`` (presets) or ``flash`` (the reader built here).
     kind: str
-    #: Data bits per memory clock (None: one word a cycle).
+    #: Data bits per memory clock (None: one word a cycle); for ``flash``, its data lines.
     data_bits: int | None = None
     #: Data bits a memory row holds (SDRAM), 0 without rows.
     row_bits: int = 0
 
     def timing(self, word_bits):
         """The :class:`~lpu.sim.memory_models.MemoryTiming` for ``word_bits``-bit words."""
-        from lpu.sim.memory_models import memory_timing
+        from lpu.sim.memory_models import MemoryTiming, memory_timing
+        if self.kind == "flash":
+            # SCK at half the clock; a new command costs its command, address, mode and dummy
+            # clocks, twice over (lpu bench memory measures 16.3 cycles a word in sequence
+            # and about 41 more per command on four lines).
+            from .memory import FLASH_COMMANDS, flash_cycles_per_word
+            _, addr, mode, dummy = FLASH_COMMANDS[self.data_bits]
+            return MemoryTiming(burst_overhead=2 * (8 + addr + mode + dummy),
+                                cycles_per_word=flash_cycles_per_word(word_bits,
+                                                                      self.data_bits))
         t = memory_timing(self.kind, word_bits)
         if self.kind == "sdram":
             t = replace(t, cycles_per_word=-(-word_bits // self.data_bits),
                         row_words=self.row_bits // word_bits)
         return t
 
+    @property
+    def continues(self):
+        """Whether a burst at the next address continues the last one without a new command
+        (the flash reader): a projection's image, read in order, costs one command."""
+        return self.kind == "flash"
+
 
 ON_CHIP = WeightMemory("block RAM", "bram")
-#: The external memory of each board: the iCEBreaker's 16 MiB QSPI flash, the ULX3S's 32 MiB
-#: 16-bit SDR SDRAM (512 columns of 16 bits a row).
+#: The external memory of each board: the iCEBreaker's 16 MiB flash as the quad-I/O reader of
+#: boards/memory.py reads it (``lpu build --memory qspi``), the ULX3S's 32 MiB 16-bit SDR
+#: SDRAM (512 columns of 16 bits a row; no controller is built for it yet), the Tang Nano
+#: 9K's 4 MiB SPI flash on one data line (the reader is not wired to its pins yet).
 EXTERNAL_MEMORY = {
-    "icebreaker": WeightMemory("QSPI flash", "qspi", data_bits=4),
+    "icebreaker": WeightMemory("QSPI flash", "flash", data_bits=4),
     "ulx3s-85f": WeightMemory("SDRAM 16-bit", "sdram", data_bits=16, row_bits=512 * 16),
+    "tang-nano-9k": WeightMemory("SPI flash", "flash", data_bits=1),
 }
 
 
@@ -140,7 +159,7 @@ def token_projection(matrices, *, lanes, pes, word_bits, max_burst, fmax_mhz, me
         w = image_word_count(rows, cols, WeightFormat.T2, lanes=lanes, pes=pes,
                              word_bits=word_bits)
         words += w
-        mem += memory_cycles(w, timing=timing, max_burst=max_burst)
+        mem += memory_cycles(w, timing=timing, max_burst=w if memory.continues else max_burst)
     hz = fmax_mhz * 1e6
     return {"memory": memory.name, "weights": weights, "weight_bytes": words * word_bits // 8,
             "compute_cycles": compute, "memory_cycles": mem,
@@ -447,12 +466,19 @@ cycle waits on memory: its tokens/s stay near fmax x 16 / weights whatever its s
 
 
 EXTERNAL_DESCRIPTION = {
-    "icebreaker": "the 16 MiB flash in quad I/O fast read, clocked with the LPU: 4 bits a clock "
-                  "after 18 clocks of command, address and dummy cycles a burst (the `qspi` "
-                  "preset of sim/memory_models.py).",
+    "icebreaker": "the 16 MiB flash in quad I/O fast read (0xEB) as boards/memory.py's reader "
+                  "does it (`lpu build --memory qspi`): the flash clocked at half the LPU "
+                  "clock, 16 clocks a 32-bit word, 40 clocks of command, address, mode and "
+                  "dummy cycles once per projection (a burst at the next address continues "
+                  "the last); `lpu bench memory` measures 16.3 clocks a word.",
     "ulx3s-85f": "the 32 MiB 16-bit SDR SDRAM clocked with the LPU: 16 bits a clock inside a row "
                  "of 512 columns, CAS latency 3 a burst, 6 clocks to open a row, 8 of every 780 "
-                 "clocks refreshing (the `sdram` preset of sim/memory_models.py at 16 bits).",
+                 "clocks refreshing (the `sdram` preset of sim/memory_models.py at 16 bits). No "
+                 "SDRAM controller is built yet: this is what the board's memory allows.",
+    "tang-nano-9k": "the 4 MiB SPI flash in fast read (0x0B) on one data line as "
+                    "boards/memory.py's reader does it: 64 clocks a 32-bit word, 80 clocks of "
+                    "command once per projection. The reader is not wired to this board's "
+                    "pins yet: this is what it would allow.",
 }
 
 

@@ -71,17 +71,28 @@ def test_projection_compute_bound_with_padding():
 
 
 def test_projection_on_qspi_flash():
-    # 4 bits a clock: 8 clocks a 32-bit word, 8 + 6 + 4 clocks of command, address and
-    # dummy cycles per burst of at most 8 words.
+    # The quad-I/O reader: the flash at half the clock, 4 bits a flash clock, so 16 clocks a
+    # 32-bit word; one command per projection (its image is read in order and a burst at the
+    # next address continues the last), 8 + 6 + 2 + 4 flash clocks of command, address, mode
+    # and dummy cycles, 40 clocks.
     p = sweep.token_projection(_2B, lanes=16, pes=2, word_bits=32, max_burst=8, fmax_mhz=30,
                                memory=sweep.EXTERNAL_MEMORY["icebreaker"])
     cycles = 0
     for r, c in _2B:
         words = r * c // 16
-        cycles += math.ceil(words / 8) * 18 + words * 8
+        cycles += 40 + words * 16
     assert p["memory_cycles"] == cycles
     assert p["tokens_per_s"] == pytest.approx(30e6 / cycles, rel=1e-12)
     assert p["memory"] == "QSPI flash"
+
+
+def test_projection_on_one_line_spi_flash():
+    # Fast read on one line: 64 clocks a 32-bit word, (8 + 24 + 8) flash clocks of command,
+    # address and dummy cycles once per projection, 80 clocks.
+    p = sweep.token_projection(_2B, lanes=8, pes=2, word_bits=32, max_burst=8, fmax_mhz=50,
+                               memory=sweep.EXTERNAL_MEMORY["tang-nano-9k"])
+    assert p["memory_cycles"] == sum(80 + r * c // 16 * 64 for r, c in _2B)
+    assert p["memory"] == "SPI flash" and p["bound"] == "memory"
 
 
 def test_projection_on_16_bit_sdram():
