@@ -103,6 +103,10 @@ def board_pll(spec, platform, freq_mhz=None):
                       Fraction(repr(float(freq))) * 1_000_000)
 
 
+#: Families whose configuration flash can hold the weights (``--memory flash``/``qspi``).
+_FLASH_FAMILIES = ("ice40", "ecp5")
+
+
 # Cell types in yosys's statistics for the memory and DSP resources of the fit check (LUTs
 # and flip-flops are counted as `lpu area` counts them).
 _CELLS = {
@@ -182,6 +186,11 @@ def build_board(board, *, out_dir, name="top", **overrides):
     device = getattr(platform, "device", None) or platform.part
     pll = board_pll(spec, platform, overrides.get("freq"))
     memory = overrides.get("memory") or spec.memory
+    if memory in ("flash", "qspi") and spec.family not in _FLASH_FAMILIES:
+        # The reader's pins and the offset past the bitstream are known for these families
+        # only (the Gowin bitstream is the packer's text file, not the flash image).
+        raise ValueError(f"Flash weight memory is built for iCE40 and ECP5 boards, not "
+                         f"{spec.name} ({spec.family})")
     top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
     clk_hz = top.clk_hz
     out = Path(out_dir).resolve()

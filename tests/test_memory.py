@@ -309,6 +309,17 @@ def test_memory_errors(make, exc, msg):
         make()
 
 
+@pytest.mark.parametrize("memory", ["flash", "qspi"])
+def test_flash_build_refused_on_gowin(tmp_path, capsys, memory):
+    """Refused before any tool runs: nothing is written."""
+    from lpu.cli import main
+    out = tmp_path / "b"
+    assert main(["build", "--board", "tang-nano-9k", "--memory", memory, "-o", str(out)]) == 2
+    assert capsys.readouterr().err == ("lpu: error: Flash weight memory is built for iCE40 and "
+                                       "ECP5 boards, not tang-nano-9k (gowin)\n")
+    assert not out.exists()
+
+
 def test_preloaded_layout_refuses_unknown_projection(rng):
     model = tiny_model(rng, layers=1)
     lin = next(iter(model.linears.values()))
