@@ -14,7 +14,7 @@ from lpu.hw.streamer import act_address
 
 __all__ = ["weight_image", "image_words", "read_image", "activation_entries",
            "check_descriptor", "descriptor", "image_word_count", "result_matrix",
-           "device_format", "model_image", "flash_image"]
+           "device_format", "model_image", "flash_image", "read_flash_layout"]
 
 
 def _tile_order(weights, fmt, lanes, pes):
@@ -181,3 +181,51 @@ def flash_image(linears, path, *, offset, lanes, pes, word_bits, mem_words=None,
             "ternary_format": ternary_format, "layout": layout}
     path.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     return info
+_LAYOUT_KEYS = {"lanes": int, "pes": int, "word_bits": int, "ternary_format": str,
+                "layout": dict}
+
+
+def read_flash_layout(path, config=None):
+    """The description :func:`flash_image` wrote (``FILE.json``), checked.
+
+    With ``config`` (the device's, :func:`lpu.hw.lpu.parse_config`), the image's shape must be
+    the device's -- lanes, PEs, word width, a weight format it was built for -- or the weights
+    in its memory would be read as another layout.
+
+    Raises
+    ------
+    ValueError
+        Unreadable or malformed file, or an image for another device shape; the message names
+        the file and the field.
+    """
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable weight layout ({exc})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: not a weight layout (a JSON object from lpu flash-image)")
+    for key, kind in _LAYOUT_KEYS.items():
+        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
+            raise ValueError(f"{path}: {key!r} missing or not {kind.__name__} (a weight layout "
+                             f"from lpu flash-image)")
+    bad = [k for k, v in info["layout"].items()
+           if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    if bad:
+        raise ValueError(f"{path}: layout address of {bad[0]} is not a word address")
+    if config is not None:
+        for key in ("lanes", "pes", "word_bits"):
+            if info[key] != config[key]:
+                raise ValueError(f"{path}: image for {key} {info[key]}, the device has "
+                                 f"{config[key]}")
+        words = info.get("words")
+        if isinstance(words, int) and words > config["mem_words"]:
+            raise ValueError(f"{path}: image of {words} words, the device addresses "
+                             f"{config['mem_words']}")
+        names = [f.value for f in config["formats"]]
+        if info["ternary_format"] not in names:
+            raise ValueError(f"{path}: image in {info['ternary_format']}, the device reads "
+                             f"{', '.join(names)}")
+    return info
+
+

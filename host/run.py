@@ -146,10 +146,15 @@ class Session:
         rate are computed, :func:`link_report`).
     board : str, optional
         A board of :data:`lpu.boards.top.BOARDS`; required by ``board`` and only used by it.
+    preloaded : path-like, optional
+        ``serial`` only: the weights are already in the device's memory (a flash programmed
+        with the ``.bin`` of ``lpu flash-image``); this is the ``.json`` it wrote beside it
+        (:func:`lpu.host.image.read_flash_layout`). No ``WRITE_MEM`` is sent; the scale
+        mantissas still are.
     """
 
     def __init__(self, model_path=None, *, backend="golden", port=None, baudrate=None,
-                 board=None):
+                 board=None, preloaded=None):
         if backend not in BACKENDS:
             raise ValueError(f"Backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if backend == "serial" and not port:
@@ -163,6 +168,12 @@ class Session:
         if board:
             from lpu.boards.top import board_spec
             board_spec(board)
+        if preloaded is not None and backend != "serial":
+            raise ValueError(f"Preloaded weights are used by the serial backend only, not by "
+                             f"{backend!r}")
+        if preloaded is not None:
+            from .image import read_flash_layout
+            read_flash_layout(preloaded)
         path = Path(model_path) if model_path else default_model_path()
         self.model = load_hf_bitnet(path)
         vocab = self.model.config.get("lpu_vocab")
@@ -179,7 +190,14 @@ class Session:
         self.transport = open_transport(backend, self.model, port=port, baudrate=baudrate,
                                         board=board)
         try:
-            self.backend = FabricBackend(LPUDriver(self.transport))
+            driver = LPUDriver(self.transport)
+            if preloaded is None:
+                self.backend = FabricBackend(driver)
+            else:
+                from .image import read_flash_layout
+                info = read_flash_layout(preloaded, driver.config)
+                self.backend = FabricBackend(driver, ternary_format=info["ternary_format"],
+                                             preloaded=info["layout"])
             for lin in self.model.linears.values():
                 self.backend.preload(lin)
         except BaseException:
@@ -207,11 +225,13 @@ class Session:
 
 
 def run(model_path=None, *, backend="golden", prompt="\n123+456=", max_tokens=8,
-        temperature=0.0, top_k=0, seed=None, port=None, baudrate=None, board=None):
+        temperature=0.0, top_k=0, seed=None, port=None, baudrate=None, board=None,
+        preloaded=None):
     """``lpu run``: returns a dict with ``tokens``, ``text``, ``cycles``, ``cycles_per_token``
     (cycles are None for ``golden`` and ``serial``) and, for ``board``, ``link``
     (:func:`link_report`)."""
-    s = Session(model_path, backend=backend, port=port, baudrate=baudrate, board=board)
+    s = Session(model_path, backend=backend, port=port, baudrate=baudrate, board=board,
+                preloaded=preloaded)
     try:
         start = s.cycles
         link_start = link_counts(s.transport) if backend == "board" else None

@@ -181,7 +181,8 @@ def _cmd_run(args):
     try:
         out = run(args.model, backend=args.backend, prompt=prompt, max_tokens=args.max_tokens,
                   temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                  port=args.port, baudrate=args.baud, board=args.board)
+                  port=args.port, baudrate=args.baud, board=args.board,
+                  preloaded=args.preloaded)
     except (LinkError, DeviceError) as exc:
         print(f"lpu: error: {exc}", file=sys.stderr)
         return 1
@@ -369,6 +370,9 @@ def build_parser():
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--preloaded", default=None, metavar="FILE.json",
+                   help="serial backend: the weights are already in the device's memory "
+                        "(flash programmed with lpu flash-image); its layout .json")
     p.set_defaults(func=_cmd_run)
     bench = sub.add_parser("bench", help="measure and record figures")
     bsub = bench.add_subparsers(dest="bench", required=True)

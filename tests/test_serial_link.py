@@ -1,6 +1,7 @@
 """The serial transport end to end: the driver on one side of a pseudo-terminal, a device on the
 other (a thread that passes request frames to a simulated LPU and writes its replies back)."""
 
+import json
 import os
 import select
 import threading
@@ -225,3 +226,102 @@ def test_lpu_run_over_a_serial_link(capsys):
     assert serial["text"] == gold["text"] == "403\n"
     assert serial["tokens"] == gold["tokens"]
     assert serial["cycles"] is None and serial["cycles_per_token"] is None
+
+
+# ------------------------------------------------------------ weights preloaded in flash
+
+
+def _flash_board(rng, tmp_path):
+    """A tiny model saved as a checkpoint, its weights programmed into a simulated QSPI flash
+    behind an LPU (served on a pty), and the layout .json of ``flash_image``."""
+    from test_transformer import tiny_model
+
+    from lpu.host import image
+    from lpu.host.loaders import load_hf_bitnet, save_hf_bitnet
+    from lpu.hw.lpu import LPU
+    from lpu.hw.streamer import mem_request_layout
+    from lpu.sim.memory_models import SimulatedFlash
+
+    model = tiny_model(rng, layers=1, hidden=16, heads=2, kv_heads=1, inter=24, vocab=13)
+    model.config["lpu_vocab"] = "\n0123456789+="
+    save_hf_bitnet(model, tmp_path / "model")
+    model = load_hf_bitnet(tmp_path / "model")      # the names lpu run will look up
+    lpu = LPU(lanes=8, pes=2, word_bits=32, addr_width=10, max_k=32, max_vectors=4,
+              formats=["t2", "t5"], timeout=300)
+    st = lpu.streamer
+    info = image.flash_image(model.linears.values(), tmp_path / "w.bin", offset=1 << 20,
+                             lanes=st.lanes, pes=st.pes, word_bits=st.word_bits,
+                             mem_words=st.mem_words, ternary_format="t5")
+    flash = SimulatedFlash(words=st.mem_words, word_bits=32,
+                           request_layout=mem_request_layout(st.addr_width, st.max_burst),
+                           image=(tmp_path / "w.bin").read_bytes(), width=4)
+    return tmp_path / "model", tmp_path / "w.json", info, LPUSystem(lpu, memory=flash)
+
+
+def test_run_on_weights_preloaded_in_flash(rng, tmp_path, capsys):
+    """`lpu run --backend serial --preloaded`: the tokens of the golden backend, from weights
+    the host never sent (no WRITE_MEM on the line)."""
+    from lpu.cli import main
+    from lpu.hw.protocol import Command
+
+    model_dir, layout, _, system = _flash_board(rng, tmp_path)
+    commands = []
+
+    def record(frame):
+        commands.append(Command(frame[1]))
+        return frame
+
+    sim = PysimTransport(system)
+    device = PtyDevice(sim, request_fault=record)
+    try:
+        args = ["run", "--model", str(model_dir), "--prompt", "1+", "--max-tokens", "2",
+                "--json"]
+        assert main([*args, "--backend", "serial", "--port", device.port,
+                     "--preloaded", str(layout)]) == 0
+        fabric = json.loads(capsys.readouterr().out)
+    finally:
+        device.close()
+        sim.close()
+    assert main([*args, "--backend", "golden"]) == 0
+    gold = json.loads(capsys.readouterr().out)
+    assert fabric["tokens"] == gold["tokens"] and len(gold["tokens"]) >= 1
+    assert Command.WRITE_MEM not in commands and Command.RUN in commands
+
+
+def test_preloaded_layout_must_match_the_device(rng, tmp_path, capsys):
+    from lpu.cli import main
+    from lpu.host.image import read_flash_layout
+
+    _, layout, info, system = _flash_board(rng, tmp_path)
+    sim = PysimTransport(system)
+    try:
+        config = LPUDriver(sim).config
+    finally:
+        sim.close()
+    assert read_flash_layout(layout, config) == info
+    for key, value, msg in [
+        ("pes", 4, "image for pes 4, the device has 2"),
+        ("word_bits", 16, "image for word_bits 16, the device has 32"),
+        ("ternary_format", "t3", "image in t3, the device reads t2, t5"),
+        ("words", 5000, "image of 5000 words, the device addresses 1024"),
+    ]:
+        other = tmp_path / f"{key}.json"
+        other.write_text(json.dumps({**info, key: value}))
+        with pytest.raises(ValueError, match=f"^{other}: {msg}$"):
+            read_flash_layout(other, config)
+    bad = tmp_path / "bad.json"
+    for text, msg in [("[1]", "not a weight layout"), ("{", "not a readable weight layout"),
+                      (json.dumps({**info, "layout": []}), "'layout' missing or not dict"),
+                      (json.dumps({**info, "layout": {"a": -1}}),
+                       "layout address of a is not a word address")]:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=f"^{bad}: {msg}"):
+            read_flash_layout(bad)
+    # only the serial backend takes preloaded weights; a bad file stops before any link opens
+    assert main(["run", "--backend", "sim", "--preloaded", str(layout)]) == 2
+    assert capsys.readouterr().err == ("lpu: error: Preloaded weights are used by the serial "
+                                       "backend only, not by 'sim'\n")
+    bad.write_text("[1]")
+    assert main(["run", "--backend", "serial", "--port", "loop://", "--preloaded",
+                 str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(f"lpu: error: {bad}: not a weight layout")
