@@ -164,6 +164,8 @@ class BoardTop(wiring.Component):
         wiring.connect(m, lpu.mem_req, ram.req)
         wiring.connect(m, ram.resp, lpu.mem_resp)
         wiring.connect(m, lpu.mem_wr, ram.wr)
+        if "wr_dropped" in ram.signature.members:
+            m.d.comb += lpu.mem_wr_dropped.eq(ram.wr_dropped)
         wiring.connect(m, urx.o_stream, lpu.rx)
         wiring.connect(m, lpu.tx, utx.i_stream)
         if platform is None:

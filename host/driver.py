@@ -317,7 +317,8 @@ class LPUDriver:
     def status(self):
         _, data = self.request(Command.STATUS)
         perf = PERF_LAYOUT.from_bits(int.from_bytes(data[2:], "little"))
-        return {"busy": bool(data[0] & 1), "error": StreamError(data[1] & 7),
+        return {"busy": bool(data[0] & 1), "writes_dropped": bool(data[0] & 2),
+                "error": StreamError(data[1] & 7),
                 **{k: int(getattr(perf, k)) for k in
                    ("busy_cycles", "mem_stall", "out_stall", "words_read", "tiles")}}
 

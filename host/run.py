@@ -204,6 +204,18 @@ class Session:
             self.transport.close()
             raise
         self.load_cycles = self.transport.cycles
+        if backend == "serial" and preloaded is None:
+            self._check_writes_kept()
+
+    def _check_writes_kept(self):
+        """A board whose weight memory is its flash drops WRITE_MEM's words (and says so in
+        STATUS): running on would compute with whatever the flash holds."""
+        from .driver import DeviceError
+        if self.backend.driver.status()["writes_dropped"]:
+            self.transport.close()
+            raise DeviceError("The device's weight memory dropped the weights written to it "
+                              "(a read-only flash): program them with lpu flash-image and run "
+                              "with --preloaded FILE.json")
 
     @property
     def cycles(self):

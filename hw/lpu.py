@@ -78,6 +78,9 @@ class LPU(wiring.Component):
         The streamer's memory read port.
     mem_wr : Out(stream.Signature(StructLayout({"addr", "data"})))
         Memory word writes.
+    mem_wr_dropped : In(1)
+        The memory has dropped a write (a read-only flash); ``STATUS`` reports it (bit 1 of
+        its first byte). Unconnected, 0.
     """
 
     def __init__(self, *, out_depth=1024, scale_depth=1024, timeout=100_000, **streamer_args):
@@ -99,6 +102,7 @@ class LPU(wiring.Component):
             "mem_resp": s["mem_resp"],
             "mem_wr": Out(stream.Signature(data.StructLayout({
                 "addr": self._streamer.addr_width, "data": self._streamer.word_bits}))),
+            "mem_wr_dropped": In(1),
         })
 
     streamer = property(lambda self: self._streamer)
@@ -455,7 +459,8 @@ class LPU(wiring.Component):
                                 reply_with(Status.OK, idx + 1)
 
             with m.State("STATUS"):
-                words = Cat(st.status.busy | sc.status.busy, Const(0, 7), Value.cast(job_error),
+                words = Cat(st.status.busy | sc.status.busy, self.mem_wr_dropped, Const(0, 6),
+                            Value.cast(job_error),
                             Const(0, 5), Value.cast(st.perf))
                 nbytes = 2 + PERF_LAYOUT.size // 8
                 m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(words.word_select(idx, 8)),

@@ -80,6 +80,8 @@ class LPUSystem(wiring.Component):
         wiring.connect(m, lpu.mem_req, mem.req)
         wiring.connect(m, mem.resp, lpu.mem_resp)
         wiring.connect(m, lpu.mem_wr, mem.wr)
+        if "wr_dropped" in mem.signature.members:
+            m.d.comb += lpu.mem_wr_dropped.eq(mem.wr_dropped)
         wiring.connect(m, wiring.flipped(self.rx), lpu.rx)
         wiring.connect(m, lpu.tx, wiring.flipped(self.tx))
         return m

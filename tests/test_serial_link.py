@@ -325,3 +325,41 @@ def test_preloaded_layout_must_match_the_device(rng, tmp_path, capsys):
     assert main(["run", "--backend", "serial", "--port", "loop://", "--preloaded",
                  str(bad)]) == 2
     assert capsys.readouterr().err.startswith(f"lpu: error: {bad}: not a weight layout")
+
+
+def test_run_refuses_a_board_that_drops_weight_writes(rng, tmp_path, capsys):
+    """Without --preloaded, the weights written to a flash-memory device are dropped: STATUS
+    says so and lpu run stops (exit 1) rather than compute with the flash's contents."""
+    from lpu.cli import main
+
+    model_dir, _, _, system = _flash_board(rng, tmp_path)
+    sim = PysimTransport(system)
+    device = PtyDevice(sim)
+    try:
+        assert main(["run", "--model", str(model_dir), "--backend", "serial", "--port",
+                     device.port, "--max-tokens", "1"]) == 1
+    finally:
+        device.close()
+        sim.close()
+    assert capsys.readouterr().err == (
+        "lpu: error: The device's weight memory dropped the weights written to it (a read-only "
+        "flash): program them with lpu flash-image and run with --preloaded FILE.json\n")
+
+
+def test_status_reports_dropped_writes(rng, tmp_path):
+    _, _, _, system = _flash_board(rng, tmp_path)
+    sim = PysimTransport(system)
+    try:
+        drv = LPUDriver(sim)
+        assert drv.status()["writes_dropped"] is False
+        drv.write_mem([1, 2, 3])
+        assert drv.status()["writes_dropped"] is True
+    finally:
+        sim.close()
+    sim = PysimTransport(LPUSystem(small_lpu()))     # block RAM keeps what is written
+    try:
+        drv = LPUDriver(sim)
+        drv.write_mem([1, 2, 3])
+        assert drv.status()["writes_dropped"] is False
+    finally:
+        sim.close()
