@@ -157,6 +157,7 @@ class LPU(wiring.Component):
         out_count = Signal(16)
         out_start = Signal(16)
         out_start_next = Signal(16)  # likewise the output buffer's read address
+        entry = Signal(data.ArrayLayout(signed(out_w), P))   # READ_OUT: the entry being sent
         out_n = Signal(16)
         sub = Signal(range(max(rb, word_bytes, N, 13, 2 * P) + 1))
         scale_rem = Signal(16)       # WRITE_SCALE bytes not yet counted into whole words
@@ -437,11 +438,16 @@ class LPU(wiring.Component):
                 with m.If(refuse):
                     reply_with(Status.BAD_LENGTH, 0)
                 with m.Else():
+                    # the first entry into a register, the next one's read started: the byte
+                    # multiplexers below start from flip-flops, not from the block RAM
+                    m.d.sync += entry.eq(orp.data)
+                    m.d.comb += out_start_next.eq(out_start + 1)
                     m.next = "READ_COPY"
             with m.State("READ_COPY"):
-                # entry out_start, PE pe_sel, byte sub of its sign-extended value
+                # the entry in `entry`, PE pe_sel, byte sub of its sign-extended value; the
+                # output buffer's read port already holds the next entry
                 value = Signal(signed(8 * rb))
-                m.d.comb += value.eq(Array(Value.cast(orp.data[p]).as_signed()
+                m.d.comb += value.eq(Array(Value.cast(entry[p]).as_signed()
                                            for p in range(P))[pe_sel])
                 m.d.comb += [buf_w.en.eq(1),
                              buf_w.data.eq(Array(value.word_select(b, 8) for b in range(rb))[sub])]
@@ -453,7 +459,7 @@ class LPU(wiring.Component):
                     with m.If(sub == rb - 1):
                         m.d.sync += [sub.eq(0), pe_sel.eq(pe_sel + 1)]
                         with m.If(pe_sel == P - 1):
-                            m.d.sync += [pe_sel.eq(0), out_n.eq(out_n - 1)]
+                            m.d.sync += [pe_sel.eq(0), out_n.eq(out_n - 1), entry.eq(orp.data)]
                             m.d.comb += out_start_next.eq(out_start + 1)
                             with m.If(out_n == 1):
                                 reply_with(Status.OK, idx + 1)
