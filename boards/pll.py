@@ -84,10 +84,49 @@ def _mhz(x):
     return Fraction(x) * _MHZ
 
 
+def _nearest(name, ranges, in_hz, out_hz, settings, *, tie=lambda vco: 0):
+    """``(f_in, req, (out, pfd, vco, params))``: of ``settings(f_in)`` -- every setting within
+    the ``ranges`` as ``(out, pfd, vco, params)`` -- the one nearest ``out_hz``, ties to the
+    smallest ``tie(vco)`` and then to the first found."""
+    f_in = _hz("PLL input frequency", in_hz)
+    req = _hz("PLL output frequency", out_hz)
+    _check_range("PLL input frequency", name, f_in, *ranges["f_in"])
+    _check_range("PLL output frequency", name, req, *ranges["f_out"])
+    best = best_key = None
+    for setting in settings(f_in):
+        key = (abs(setting[0] - req), tie(setting[2]))
+        if best is None or key < best_key:
+            best, best_key = setting, key
+    if best is None:
+        raise ValueError(f"No {name} setting reaches {float(req / _MHZ):g} MHz from "
+                         f"{float(f_in / _MHZ):g} MHz")
+    return f_in, req, best
+
+
+def _within(ranges, what, value):
+    lo, hi = ranges[what]
+    return lo <= value <= hi
+
+
 # iCE40: TN1251 and icepll. FILTER_RANGE by phase-detector frequency (upper bounds, MHz).
 _ICE40 = dict(f_in=(_mhz(10), _mhz(133)), f_out=(_mhz(16), _mhz(275)),
               pfd=(_mhz(10), _mhz(133)), vco=(_mhz(533), _mhz(1066)))
 _ICE40_FILTER = ((_mhz(17), 1), (_mhz(26), 2), (_mhz(44), 3), (_mhz(66), 4), (_mhz(101), 5))
+
+
+def _ice40_settings(f_in):
+    for divr in range(16):
+        pfd = f_in / (divr + 1)
+        if not _within(_ICE40, "pfd", pfd):
+            continue
+        for divf in range(128):
+            vco = pfd * (divf + 1)
+            if not _within(_ICE40, "vco", vco):
+                continue
+            for divq in range(1, 7):
+                out = vco / 2 ** divq
+                if _within(_ICE40, "f_out", out):
+                    yield out, pfd, vco, {"DIVR": divr, "DIVF": divf, "DIVQ": divq}
 
 
 def ice40_pll(in_hz, out_hz):
@@ -98,35 +137,12 @@ def ice40_pll(in_hz, out_hz):
     ValueError
         If ``in_hz`` or ``out_hz`` is outside the PLL's input or output range.
     """
-    name = "iCE40 PLL (SB_PLL40)"
-    f_in = _hz("PLL input frequency", in_hz)
-    req = _hz("PLL output frequency", out_hz)
-    _check_range("PLL input frequency", name, f_in, *_ICE40["f_in"])
-    _check_range("PLL output frequency", name, req, *_ICE40["f_out"])
-    best = None
-    for divr in range(16):
-        pfd = f_in / (divr + 1)
-        if not _ICE40["pfd"][0] <= pfd <= _ICE40["pfd"][1]:
-            continue
-        for divf in range(128):
-            vco = pfd * (divf + 1)
-            if not _ICE40["vco"][0] <= vco <= _ICE40["vco"][1]:
-                continue
-            for divq in range(1, 7):
-                out = vco / 2 ** divq
-                if not _ICE40["f_out"][0] <= out <= _ICE40["f_out"][1]:
-                    continue
-                if best is None or abs(out - req) < abs(best[0] - req):
-                    best = (out, pfd, vco, divr, divf, divq)
-    if best is None:
-        raise ValueError(f"No {name} setting reaches {float(req / _MHZ):g} MHz from "
-                         f"{float(f_in / _MHZ):g} MHz")
-    out, pfd, vco, divr, divf, divq = best
+    f_in, req, (out, pfd, vco, params) = _nearest("iCE40 PLL (SB_PLL40)", _ICE40, in_hz, out_hz,
+                                                  _ice40_settings)
     filter_range = next((r for hi, r in _ICE40_FILTER if pfd < hi), 6)
     return PLLConfig(family="ice40", primitive="SB_PLL40", in_hz=f_in, requested_hz=req,
                      out_hz=out, pfd_hz=pfd, vco_hz=vco,
-                     params={"DIVR": divr, "DIVF": divf, "DIVQ": divq,
-                             "FILTER_RANGE": filter_range})
+                     params={**params, "FILTER_RANGE": filter_range})
 
 
 # ECP5: DS1044 (sysCLOCK PLL timing) and ecppll.
@@ -135,49 +151,58 @@ _ECP5 = dict(f_in=(_mhz(8), _mhz(400)), f_out=(_mhz("3.125"), _mhz(400)),
 _ECP5_VCO_CENTRE = _mhz(600)
 
 
+def _ecp5_settings(f_in):
+    for clki_div in range(1, 129):
+        pfd = f_in / clki_div
+        if not _within(_ECP5, "pfd", pfd):
+            continue
+        for clkfb_div in range(1, 81):
+            out = pfd * clkfb_div
+            if not _within(_ECP5, "f_out", out):
+                continue
+            for clkop_div in range(1, 129):
+                vco = out * clkop_div
+                if _within(_ECP5, "vco", vco):
+                    yield out, pfd, vco, {"CLKI_DIV": clki_div, "CLKFB_DIV": clkfb_div,
+                                          "CLKOP_DIV": clkop_div,
+                                          "CLKOP_CPHASE": clkop_div - 1}
+
+
 def ecp5_pll(in_hz, out_hz):
-    """The ECP5 ``EHXPLLL`` setting nearest ``out_hz`` from a clock of ``in_hz``.
+    """The ECP5 ``EHXPLLL`` setting nearest ``out_hz`` from a clock of ``in_hz`` (ties to the
+    VCO nearest 600 MHz).
 
     Raises
     ------
     ValueError
         If ``in_hz`` or ``out_hz`` is outside the PLL's input or output range.
     """
-    name = "ECP5 PLL (EHXPLLL)"
-    f_in = _hz("PLL input frequency", in_hz)
-    req = _hz("PLL output frequency", out_hz)
-    _check_range("PLL input frequency", name, f_in, *_ECP5["f_in"])
-    _check_range("PLL output frequency", name, req, *_ECP5["f_out"])
-    best = None
-    for clki_div in range(1, 129):
-        pfd = f_in / clki_div
-        if not _ECP5["pfd"][0] <= pfd <= _ECP5["pfd"][1]:
-            continue
-        for clkfb_div in range(1, 81):
-            out = pfd * clkfb_div
-            if not _ECP5["f_out"][0] <= out <= _ECP5["f_out"][1]:
-                continue
-            for clkop_div in range(1, 129):
-                vco = out * clkop_div
-                if not _ECP5["vco"][0] <= vco <= _ECP5["vco"][1]:
-                    continue
-                key = (abs(out - req), abs(vco - _ECP5_VCO_CENTRE))
-                if best is None or key < best[0]:
-                    best = (key, out, pfd, vco, clki_div, clkfb_div, clkop_div)
-    if best is None:
-        raise ValueError(f"No {name} setting reaches {float(req / _MHZ):g} MHz from "
-                         f"{float(f_in / _MHZ):g} MHz")
-    _, out, pfd, vco, clki_div, clkfb_div, clkop_div = best
+    f_in, req, (out, pfd, vco, params) = _nearest(
+        "ECP5 PLL (EHXPLLL)", _ECP5, in_hz, out_hz, _ecp5_settings,
+        tie=lambda vco: abs(vco - _ECP5_VCO_CENTRE))
     return PLLConfig(family="ecp5", primitive="EHXPLLL", in_hz=f_in, requested_hz=req,
-                     out_hz=out, pfd_hz=pfd, vco_hz=vco,
-                     params={"CLKI_DIV": clki_div, "CLKFB_DIV": clkfb_div,
-                             "CLKOP_DIV": clkop_div, "CLKOP_CPHASE": clkop_div - 1})
+                     out_hz=out, pfd_hz=pfd, vco_hz=vco, params=params)
 
 
 # Gowin GW1N(R)-9 C6/I5: data sheet DS117 and apicula's gowin_pll limits for that device.
 _GOWIN = dict(f_in=(_mhz(3), _mhz(400)), f_out=(_mhz("3.125"), _mhz(600)),
               pfd=(_mhz(3), _mhz(400)), vco=(_mhz(400), _mhz(1200)))
 _GOWIN_ODIV = (2, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128)
+
+
+def _gowin_settings(f_in):
+    for idiv in range(64):
+        pfd = f_in / (idiv + 1)
+        if not _within(_GOWIN, "pfd", pfd):
+            continue
+        for fbdiv in range(64):
+            out = pfd * (fbdiv + 1)
+            if not _within(_GOWIN, "f_out", out):
+                continue
+            for odiv in _GOWIN_ODIV:
+                if _within(_GOWIN, "vco", out * odiv):
+                    yield out, pfd, out * odiv, {"IDIV_SEL": idiv, "FBDIV_SEL": fbdiv,
+                                                 "ODIV_SEL": odiv}
 
 
 def gowin_pll(in_hz, out_hz):
@@ -188,33 +213,10 @@ def gowin_pll(in_hz, out_hz):
     ValueError
         If ``in_hz`` or ``out_hz`` is outside the PLL's input or output range.
     """
-    name = "Gowin PLL (rPLL)"
-    f_in = _hz("PLL input frequency", in_hz)
-    req = _hz("PLL output frequency", out_hz)
-    _check_range("PLL input frequency", name, f_in, *_GOWIN["f_in"])
-    _check_range("PLL output frequency", name, req, *_GOWIN["f_out"])
-    best = None
-    for idiv in range(64):
-        pfd = f_in / (idiv + 1)
-        if not _GOWIN["pfd"][0] <= pfd <= _GOWIN["pfd"][1]:
-            continue
-        for fbdiv in range(64):
-            out = pfd * (fbdiv + 1)
-            if not _GOWIN["f_out"][0] <= out <= _GOWIN["f_out"][1]:
-                continue
-            for odiv in _GOWIN_ODIV:
-                vco = out * odiv
-                if not _GOWIN["vco"][0] <= vco <= _GOWIN["vco"][1]:
-                    continue
-                if best is None or abs(out - req) < abs(best[0] - req):
-                    best = (out, pfd, vco, idiv, fbdiv, odiv)
-    if best is None:
-        raise ValueError(f"No {name} setting reaches {float(req / _MHZ):g} MHz from "
-                         f"{float(f_in / _MHZ):g} MHz")
-    out, pfd, vco, idiv, fbdiv, odiv = best
+    f_in, req, (out, pfd, vco, params) = _nearest("Gowin PLL (rPLL)", _GOWIN, in_hz, out_hz,
+                                                  _gowin_settings)
     return PLLConfig(family="gowin", primitive="rPLL", in_hz=f_in, requested_hz=req,
-                     out_hz=out, pfd_hz=pfd, vco_hz=vco,
-                     params={"IDIV_SEL": idiv, "FBDIV_SEL": fbdiv, "ODIV_SEL": odiv})
+                     out_hz=out, pfd_hz=pfd, vco_hz=vco, params=params)
 
 
 #: The PLL search of each FPGA family.
