@@ -111,16 +111,24 @@ def _cmd_flash_image(args):
     return 0
 
 
+def _run_suite(suite, bench, *, record, command, name):
+    """Run every configuration of ``suite`` through ``bench``, printing each row as JSON;
+    with ``record``, record the rows under docs/results/NAME.json. Exit status 1 if a row's
+    results were not exact."""
+    rows = []
+    for cfg in suite:
+        rows.append(bench(**cfg))
+        print(json.dumps(rows[-1]), flush=True)
+    if record:
+        from lpu.boards.bench_area import record as record_rows
+        record_rows(rows, command, name=name)
+    return 0 if all(r["exact"] for r in rows) else 1
+
+
 def _cmd_bench_memory(args):
     from lpu.sim.bench_memory import MEMORY_SUITE, run_memory_bench
-    rows = []
-    for cfg in MEMORY_SUITE:
-        rows.append(run_memory_bench(**cfg))
-        print(json.dumps(rows[-1]), flush=True)
-    if args.record:
-        from lpu.boards.bench_area import record
-        record(rows, "lpu bench memory --record", name="memory")
-    return 0 if all(r["exact"] for r in rows) else 1
+    return _run_suite(MEMORY_SUITE, run_memory_bench, record=args.record,
+                      command="lpu bench memory --record", name="memory")
 
 
 def _cmd_program(args):
@@ -221,14 +229,8 @@ def _cmd_bench_area(args):
 def _cmd_bench_stream(args):
     from lpu.sim.bench_stream import STREAM_SUITE, run_stream_bench
     if args.suite:
-        rows = []
-        for cfg in STREAM_SUITE:
-            rows.append(run_stream_bench(**cfg))
-            print(json.dumps(rows[-1]), flush=True)
-        if args.record:
-            from lpu.boards.bench_area import record
-            record(rows, "lpu bench stream --suite --record", name="stream")
-        return 0 if all(r["exact"] for r in rows) else 1
+        return _run_suite(STREAM_SUITE, run_stream_bench, record=args.record,
+                          command="lpu bench stream --suite --record", name="stream")
     if args.format is None:
         raise ValueError("Weight format (--format) is required unless --suite is given")
     out = run_stream_bench(fmt=args.format, rows=args.rows, cols=args.cols, mem=args.mem,

@@ -111,3 +111,18 @@ def test_run_cocotb_matches_golden(capsys):
     assert cocotb["tokens"] == gold["tokens"] == [2]
     assert cocotb["cycles"] > 0
     assert cocotb["cycles_per_token"] == cocotb["cycles"]
+
+
+def test_bench_suite_prints_rows_and_fails_on_an_inexact_row(capsys, monkeypatch):
+    """`lpu bench memory` / `lpu bench stream --suite`: one JSON row per configuration; exit
+    status 1 when any row's results were not exact."""
+    from lpu.sim import bench_memory
+    rows = iter([{"n": 1, "exact": True}, {"n": 2, "exact": False}])
+    monkeypatch.setattr(bench_memory, "MEMORY_SUITE", [{"n": 1}, {"n": 2}])
+    monkeypatch.setattr(bench_memory, "run_memory_bench", lambda **cfg: next(rows))
+    assert main(["bench", "memory"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in out] == [{"n": 1, "exact": True},
+                                                   {"n": 2, "exact": False}]
+    monkeypatch.setattr(bench_memory, "run_memory_bench", lambda **cfg: {**cfg, "exact": True})
+    assert main(["bench", "memory"]) == 0
