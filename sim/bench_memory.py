@@ -41,16 +41,21 @@ def _memory(memory, width, *, words, word_bits, request_layout, init=b""):
     return cls(words=words, word_bits=word_bits, request_layout=request_layout)
 
 
+async def _write_words(ctx, wr, words):
+    """Words 0, 1, ... of a memory through its write port ``wr``."""
+    for a, w in enumerate(words):
+        ctx.set(wr.payload, {"addr": a, "data": w})
+        ctx.set(wr.valid, 1)
+        await ctx.tick().until(wr.ready)
+    ctx.set(wr.valid, 0)
+
+
 def _bursts_cycles(dut, bursts, init_words):
     """Cycles from the first request to the last word taken, and the words read."""
     out = {"words": []}
 
     async def writer(ctx):
-        for a, w in enumerate(init_words):
-            ctx.set(dut.wr.payload, {"addr": a, "data": w})
-            ctx.set(dut.wr.valid, 1)
-            await ctx.tick().until(dut.wr.ready)
-        ctx.set(dut.wr.valid, 0)
+        await _write_words(ctx, dut.wr, init_words)
         out["start"] = True
         for addr, n in bursts:
             ctx.set(dut.req.payload, {"addr": addr, "len": n})
@@ -110,18 +115,7 @@ def run_memory_bench(*, memory, width=1, words=256, max_burst=8, rows=64, cols=6
     w = rng.integers(-1, 2, size=(rows, cols)).astype(np.int8)
     x = rng.integers(-128, 128, size=(cols, 1))
     img = image.weight_image(w, "t2", lanes=st.lanes, pes=st.pes, word_bits=word_bits)
-    job_words = image.image_words(img, word_bits)
-    req = mem_request_layout(st.addr_width, st.max_burst)
-    if memory == "flash":
-        system = StreamerSystem(st, memory=_memory(memory, width, words=st.mem_words,
-                                                   word_bits=word_bits, request_layout=req,
-                                                   init=img.tobytes()))
-        res = pysim.run_streamer(system, image.descriptor(st, base=0, rows=rows, cols=cols,
-                                                          fmt="t2"),
-                                 image.activation_entries(x, lanes=st.lanes,
-                                                          act_tiles=st.act_tiles))
-    else:
-        res = _job_on_ram(memory, st, job_words, rows, cols, x)
+    res = _job(memory, width, st, img, rows, cols, x)
     exact &= res["error"] == StreamError.NONE and np.array_equal(
         res["outputs"].reshape(-1)[:rows], golden.matvec(w, x[:, 0]))
     row["job"] = {"rows": rows, "cols": cols, "format": "t2", "lanes": st.lanes, "pes": st.pes,
@@ -132,19 +126,18 @@ def run_memory_bench(*, memory, width=1, words=256, max_burst=8, rows=64, cols=6
     return row
 
 
-def _job_on_ram(memory, st, words, rows, cols, x):
-    """The job on a RAM loaded through its write port before the descriptor is sent."""
-    req = mem_request_layout(st.addr_width, st.max_burst)
-    ram = _memory(memory, 1, words=st.mem_words, word_bits=st.word_bits, request_layout=req)
-    system = StreamerSystem(st, memory=ram)
-    entries = image.activation_entries(x, lanes=st.lanes, act_tiles=st.act_tiles)
-    desc = image.descriptor(st, base=0, rows=rows, cols=cols, fmt="t2")
+def _job(memory, width, st, img, rows, cols, x):
+    """The job with its weight image ``img`` in ``memory``: programmed into the flash model,
+    or written into a RAM through its write port before the descriptor is sent."""
+    flash = memory == "flash"
+    mem = _memory(memory, width, words=st.mem_words, word_bits=st.word_bits,
+                  request_layout=mem_request_layout(st.addr_width, st.max_burst),
+                  init=img.tobytes() if flash else b"")
 
     async def load(ctx):
-        for a, w in enumerate(words):
-            ctx.set(ram.wr.payload, {"addr": a, "data": w})
-            ctx.set(ram.wr.valid, 1)
-            await ctx.tick().until(ram.wr.ready)
-        ctx.set(ram.wr.valid, 0)
+        await _write_words(ctx, mem.wr, image.image_words(img, st.word_bits))
 
-    return pysim.run_streamer(system, desc, entries, setup=load)
+    return pysim.run_streamer(StreamerSystem(st, memory=mem),
+                              image.descriptor(st, base=0, rows=rows, cols=cols, fmt="t2"),
+                              image.activation_entries(x, lanes=st.lanes, act_tiles=st.act_tiles),
+                              setup=None if flash else load)
