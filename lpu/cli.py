@@ -8,6 +8,10 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+#: The boards of :data:`lpu.boards.top.BOARDS`, for help texts (the parser is built without
+#: importing Amaranth; tests/test_cli.py checks the two agree).
+_BOARD_NAMES = "icebreaker, ulx3s-85f or tang-nano-9k"
+
 
 def _add_array_options(p):
     p.add_argument("--lanes", type=int, required=True, help="lanes per PE (N)")
@@ -277,7 +281,7 @@ def build_parser():
 
     p = sub.add_parser("build", help="a board's bitstream (UART + LPU + on-chip weights) "
                                      "and a JSON report of timing and utilization")
-    p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or tang-nano-9k")
+    p.add_argument("--board", required=True, help=_BOARD_NAMES)
     for opt, what in (("lanes", "lanes per PE (N)"), ("pes", "number of PEs (P)"),
                       ("mem-words", "on-chip weight memory in 32-bit words"),
                       ("max-k", "longest row"), ("max-vectors", "most vectors per pass"),
@@ -297,7 +301,7 @@ def build_parser():
 
     p = sub.add_parser("flash-image", help="a model's weight image (.bin) to program into a "
                                            "board's flash, and its layout (.json)")
-    p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or tang-nano-9k")
+    p.add_argument("--board", required=True, help=_BOARD_NAMES)
     p.add_argument("--model", default=None, help="model directory (default: the shipped one)")
     p.add_argument("--format", default="t2", choices=["t2", "t5"],
                    help="device format of ternary weights")
@@ -311,19 +315,20 @@ def build_parser():
 
     p = sub.add_parser("program", help="load the bitstream of `lpu build` onto a board "
                                        "(openFPGALoader or iceprog)")
-    p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or tang-nano-9k")
+    p.add_argument("--board", required=True, help=_BOARD_NAMES)
     p.add_argument("--bitstream", default=None,
                    help="bitstream file (default: the last `lpu build` of the board)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--flash", dest="mode", action="store_const", const="flash",
                       help="write the configuration flash (default for icebreaker)")
     mode.add_argument("--sram", dest="mode", action="store_const", const="sram",
-                      help="load the FPGA's SRAM, lost at power-off (default for ulx3s-85f)")
+                      help="load the FPGA's SRAM, lost at power-off (default for ulx3s-85f "
+                           "and tang-nano-9k)")
     p.set_defaults(func=_cmd_program)
 
     p = sub.add_parser("sweep", help="build a board's lanes x PEs grid in parallel: table "
                                      "and plot of LUTs, fmax, MAC/s, projected tokens/s")
-    p.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or tang-nano-9k")
+    p.add_argument("--board", required=True, help=_BOARD_NAMES)
     p.add_argument("--lanes", default=None,
                    help="comma-separated lane counts (default: 4,8,16,32,64)")
     p.add_argument("--pes", default=None, help="comma-separated PE counts (default: 1,2,4)")
@@ -360,7 +365,7 @@ def build_parser():
     p.add_argument("--port", default=None,
                    help="serial port or pyserial URL (serial backend)")
     p.add_argument("--board", default=None,
-                   help="icebreaker, ulx3s-85f or tang-nano-9k (board backend)")
+                   help=f"{_BOARD_NAMES} (board backend)")
     p.add_argument("--baud", type=int, default=None,
                    help="baud rate (serial backend: default 115200; board backend: the "
                         "simulated link's, default the fastest the board's clock makes, "

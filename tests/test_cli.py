@@ -126,3 +126,10 @@ def test_bench_suite_prints_rows_and_fails_on_an_inexact_row(capsys, monkeypatch
                                                    {"n": 2, "exact": False}]
     monkeypatch.setattr(bench_memory, "run_memory_bench", lambda **cfg: {**cfg, "exact": True})
     assert main(["bench", "memory"]) == 0
+
+
+def test_board_names_in_help_are_the_board_table():
+    from lpu.boards.top import BOARDS
+    from lpu.cli import _BOARD_NAMES
+    *first, last = BOARDS
+    assert _BOARD_NAMES == f"{', '.join(first)} or {last}"
