@@ -32,11 +32,25 @@ from .memory import FLASH_OFFSET
 from .pll import pll_config
 from .top import BoardTop, board_spec, lpu_for
 
-__all__ = ["BuildError", "build_board", "tool_path", "board_config", "board_pll"]
+__all__ = ["BuildError", "FitError", "TimingError", "build_board", "tool_path", "board_config",
+           "board_platform", "board_pll", "bitstream_name", "default_build_dir"]
 
 
 class BuildError(RuntimeError):
     """The design does not fit, misses timing, or a tool failed; the message is one line."""
+
+
+class FitError(BuildError):
+    """The design does not fit the device (after synthesis or at placement)."""
+
+
+class TimingError(BuildError):
+    """A clock misses its target; the build's report is written."""
+
+
+def default_build_dir(name):
+    """``$LPU_BUILD_DIR/NAME``, else ``build/NAME``: where ``lpu build --board NAME`` writes."""
+    return Path(os.environ.get("LPU_BUILD_DIR", "build")) / name
 
 
 _YOWASP = {
@@ -93,8 +107,16 @@ def board_config(board, **overrides):
     return spec, cfg, baud
 
 
-def board_pll(spec, platform, freq_mhz=None):
-    """The PLL setting nearest ``freq_mhz`` (default: the board's) from the board's clock."""
+def board_platform(spec):
+    """An instance of ``spec``'s amaranth-boards platform (building needs no programmer)."""
+    return _platform_class(spec)()
+
+
+def board_pll(spec, platform=None, freq_mhz=None):
+    """The PLL setting nearest ``freq_mhz`` (default: the board's) from the clock of
+    ``platform`` (default: the board's platform)."""
+    if platform is None:
+        platform = board_platform(spec)
     freq = spec.freq_mhz if freq_mhz is None else freq_mhz
     if isinstance(freq, bool) or not isinstance(freq, (int, float)):
         raise TypeError(f"Clock frequency must be a number of MHz, not {freq!r}")
@@ -128,6 +150,11 @@ _BELS = {
 _PLL_BEL = {"ice40": "ICESTORM_PLL", "ecp5": "EHXPLLL", "gowin": "rPLL"}
 # Bitstream file of each family.
 _BITSTREAM = {"ice40": "{name}.bin", "ecp5": "{name}.bit", "gowin": "{name}.fs"}
+
+
+def bitstream_name(family, name="top"):
+    """File name of the bitstream the build of design ``name`` writes for ``family``."""
+    return _BITSTREAM[family].format(name=name)
 
 
 def _himbaechel_argv(argv, freq_mhz):
@@ -181,7 +208,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
         The design does not fit, misses timing, or a tool failed.
     """
     spec, cfg, baud = board_config(board, **overrides)
-    platform = _platform_class(spec)()
+    platform = board_platform(spec)
     # Gowin platforms name the part (device and package together) rather than the device.
     device = getattr(platform, "device", None) or platform.part
     pll = board_pll(spec, platform, overrides.get("freq"))
@@ -211,7 +238,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
         nextpnr_opts="--report report.json --timing-allow-fail",
     )
     plan.extract(out)
-    bitstream = out / _BITSTREAM[spec.family].format(name=name)
+    bitstream = out / bitstream_name(spec.family, name)
     for stale in ("stat.json", "report.json", bitstream.name):
         (out / stale).unlink(missing_ok=True)
     commands = json.loads((out / f"build_{name}.json").read_text())["commands"]
@@ -228,7 +255,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
             for res, used in counts.items():
                 avail = spec.resources[res]
                 if used > avail:
-                    raise BuildError(
+                    raise FitError(
                         f"Design does not fit on {spec.name} ({device}): {res.upper()} "
                         f"{used} used, {avail} available (after synthesis)")
         elif tool.startswith("nextpnr"):
@@ -241,7 +268,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
                 need = re.search(r"Failed to expand region .* of (\d+) (\w+)s", str(exc))
                 if not need:
                     raise
-                raise BuildError(
+                raise FitError(
                     f"Design does not fit on {spec.name} ({device}): logic cells ({need[2]}) "
                     f"{need[1]} needed, {spec.resources['lut']} available (placement)") from None
         else:
@@ -293,7 +320,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
                          f"image at flash byte {FLASH_OFFSET}")
     if not timing_met:
         worst = min(clocks.items(), key=lambda kv: kv[1]["fmax_mhz"] / kv[1]["target_mhz"])
-        raise BuildError(f"Timing not met on {spec.name}: clock {worst[0]} reaches "
+        raise TimingError(f"Timing not met on {spec.name}: clock {worst[0]} reaches "
                          f"{worst[1]['fmax_mhz']} MHz, target {worst[1]['target_mhz']} MHz "
                          f"(report: {out / 'build_report.json'})")
     return result

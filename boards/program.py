@@ -22,9 +22,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .build import bitstream_name, default_build_dir
 from .top import board_spec
 
-__all__ = ["ProgramError", "Programmer", "PROGRAMMERS", "DEFAULT_MODE", "default_build_dir",
+__all__ = ["ProgramError", "Programmer", "PROGRAMMERS", "DEFAULT_MODE",
            "bitstream_path", "find_programmer", "program_command", "program_board"]
 
 
@@ -66,12 +67,6 @@ PROGRAMMERS = {
 DEFAULT_MODE = {"icebreaker": "flash", "ulx3s-85f": "sram", "tang-nano-9k": "sram"}
 
 _MODES = ("sram", "flash")
-_BITSTREAM = {"ice40": "top.bin", "ecp5": "top.bit", "gowin": "top.fs"}
-
-
-def default_build_dir(board):
-    """Where ``lpu build --board BOARD`` writes: ``$LPU_BUILD_DIR/BOARD``, else ``build/BOARD``."""
-    return Path(os.environ.get("LPU_BUILD_DIR", "build")) / board
 
 
 def bitstream_path(board, bitstream=None):
@@ -89,7 +84,7 @@ def bitstream_path(board, bitstream=None):
             raise ProgramError(f"Bitstream {path} does not exist")
         return path
     out = default_build_dir(board)
-    path = out / _BITSTREAM[spec.family]
+    path = out / bitstream_name(spec.family)
     if not path.is_file():
         raise ProgramError(f"No bitstream at {path}: build it with "
                            f"`lpu build --board {board} -o {out}`, or give --bitstream PATH")

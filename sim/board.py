@@ -27,13 +27,11 @@ has no flow control and no receive FIFO (:meth:`BoardTransport.exchange_many`).
 retries.
 """
 
-import importlib
-
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from lpu.boards.build import board_config
+from lpu.boards.build import board_config, board_pll
 from lpu.boards.top import BoardTop, board_spec, lpu_for
 from lpu.boards.uart import MIN_DIVISOR, UARTRx, UARTTx, baud_divisor
 from lpu.host.driver import Transport
@@ -51,10 +49,7 @@ BITS_PER_BYTE = 10
 def board_clock_hz(spec):
     """Frequency of ``spec``'s LPU clock: its PLL's output at the board's default frequency
     (:func:`lpu.boards.build.board_pll`), rounded to the hertz as :class:`BoardTop` does."""
-    from lpu.boards.build import board_pll
-    module, cls = spec.platform.split(":")
-    platform = getattr(importlib.import_module(module), cls)()
-    return round(board_pll(spec, platform).out_hz)
+    return round(board_pll(spec).out_hz)
 
 
 def fastest_baud(board):

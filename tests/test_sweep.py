@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lpu.boards import sweep
-from lpu.boards.build import BuildError
+from lpu.boards.build import FitError, TimingError
 from lpu.cli import main
 
 # ---------------------------------------------------------------- projection arithmetic
@@ -140,12 +140,12 @@ def _fake_build(board, *, out_dir, rendezvous, **overrides):
     (out / "call.json").write_text(json.dumps({"board": board, "pid": os.getpid(),
                                                **overrides}))
     if (lanes, pes) == (64, 4):
-        raise BuildError("Design does not fit on ulx3s-85f (LFE5U-85F): LUT 90000 used, "
-                         "83640 available (after synthesis)")
+        raise FitError("Design does not fit on ulx3s-85f (LFE5U-85F): LUT 90000 used, "
+                       "83640 available (after synthesis)")
     report = _fake_report(board, lanes, pes)
     if (lanes, pes) == (64, 2):
         (out / "build_report.json").write_text(json.dumps(report))
-        raise BuildError("Timing not met on ulx3s-85f: clock clk 20 MHz, target 25 MHz")
+        raise TimingError("Timing not met on ulx3s-85f: clock clk 20 MHz, target 25 MHz")
     if (lanes, pes) == (16, 4):
         raise ValueError("Lane count must be an integer from 1 to 65536, not 0")
     if (lanes, pes) == (16, 2):
