@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from lpu.hw.lpu import parse_config
+from lpu.hw.lpu import STATUS_REPLY_LAYOUT, parse_config
 from lpu.hw.protocol import (
     HEADER_BYTES,
     MAX_PAYLOAD,
@@ -28,7 +28,7 @@ from lpu.hw.protocol import (
     frame_length,
 )
 from lpu.hw.scale import JOB_LAYOUT, scale_groups, scale_image, scale_words
-from lpu.hw.streamer import PERF_LAYOUT, StreamError, act_tiles_for
+from lpu.hw.streamer import StreamError, act_tiles_for
 
 from . import image
 
@@ -316,10 +316,13 @@ class LPUDriver:
 
     def status(self):
         _, data = self.request(Command.STATUS)
-        perf = PERF_LAYOUT.from_bits(int.from_bytes(data[2:], "little"))
-        return {"busy": bool(data[0] & 1), "writes_dropped": bool(data[0] & 2),
-                "error": StreamError(data[1] & 7),
-                **{k: int(getattr(perf, k)) for k in
+        if len(data) != STATUS_REPLY_LAYOUT.size // 8:
+            raise DeviceError(f"STATUS reply has {len(data)} payload bytes, not "
+                              f"{STATUS_REPLY_LAYOUT.size // 8}")
+        reply = STATUS_REPLY_LAYOUT.from_bits(int.from_bytes(data, "little"))
+        return {"busy": bool(reply.busy), "writes_dropped": bool(reply.writes_dropped),
+                "error": reply.error,
+                **{k: int(getattr(reply.perf, k)) for k in
                    ("busy_cycles", "mem_stall", "out_stall", "words_read", "tiles")}}
 
     def matmul(self, weights, acts, *, fmt, base=0, group=0, mantissas=None, scale_base=0):

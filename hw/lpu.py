@@ -21,7 +21,7 @@ from .protocol import CRC, MAX_PAYLOAD, REPLY_SYNC, REQUEST_SYNC, Command, Statu
 from .scale import JOB_LAYOUT, SCALE_BITS, ScaleUnit
 from .streamer import DESCRIPTOR_LAYOUT, PERF_LAYOUT, StreamError, WeightStreamer
 
-__all__ = ["LPU", "config_bytes", "PROTOCOL_VERSION"]
+__all__ = ["LPU", "config_bytes", "PROTOCOL_VERSION", "STATUS_REPLY_LAYOUT"]
 
 PROTOCOL_VERSION = 3
 _CONFIG_FORMAT = "<BHHBBBBHBIHBHIB"
@@ -38,6 +38,16 @@ def config_bytes(lpu):
                        int(st.mode.value == "binary"), fmt_mask, st.word_bits, st.max_k,
                        st.max_vectors, st.mem_words, lpu.out_depth, st.array.acc_width,
                        st.max_burst, lpu.scale.scale_depth, lpu.result_bytes)
+
+
+#: The STATUS reply's payload, little endian: ``busy`` (streamer or scale unit),
+#: ``writes_dropped`` (the memory dropped a WRITE_MEM word: ``mem_wr_dropped``), the job
+#: ``error`` and the streamer's performance counters.
+STATUS_REPLY_LAYOUT = data.StructLayout({
+    "busy": 1, "writes_dropped": 1, "_reserved0": 6,
+    "error": StreamError, "_reserved1": 8 - StreamError.as_shape().width,
+    "perf": PERF_LAYOUT,
+})
 
 
 def parse_config(payload):
@@ -465,10 +475,12 @@ class LPU(wiring.Component):
                                 reply_with(Status.OK, idx + 1)
 
             with m.State("STATUS"):
-                words = Cat(st.status.busy | sc.status.busy, self.mem_wr_dropped, Const(0, 6),
-                            Value.cast(job_error),
-                            Const(0, 5), Value.cast(st.perf))
-                nbytes = 2 + PERF_LAYOUT.size // 8
+                reply = Signal(STATUS_REPLY_LAYOUT)
+                m.d.comb += [reply.busy.eq(st.status.busy | sc.status.busy),
+                             reply.writes_dropped.eq(self.mem_wr_dropped),
+                             reply.error.eq(job_error), reply.perf.eq(st.perf)]
+                words = Value.cast(reply)
+                nbytes = STATUS_REPLY_LAYOUT.size // 8
                 m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(words.word_select(idx, 8)),
                              idx_next.eq(idx + 1)]
                 with m.If(idx == nbytes - 1):

@@ -53,7 +53,8 @@ class Command(enum.Enum, shape=8):
     #: ``start:u16, count:u16`` -> ``count`` results of P signed little-endian integers of
     #: ``result_bytes`` each (see the ``PING`` reply).
     READ_OUT = 0x04
-    #: ``()`` -> ``busy:u8, error:u8, 5 x u32 counters`` (see PERF_LAYOUT).
+    #: ``()`` -> the LPU's ``STATUS_REPLY_LAYOUT`` (busy, dropped writes, job error, the
+    #: PERF_LAYOUT counters).
     STATUS = 0x05
     #: ``addr:u16, words`` -> ``()``: write scale-memory words from word address ``addr``, each
     #: P little-endian int16 mantissas, lane 0 first (layout: :func:`lpu.hw.scale.scale_image`);
