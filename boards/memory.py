@@ -30,7 +30,8 @@ from lpu.hw.params import check_positive
 from lpu.hw.streamer import mem_request_layout
 
 __all__ = ["MEMORY_KINDS", "BurstRAM", "SPRAMBurstRAM", "SPIFlashReader", "SPI_SIGNATURE",
-           "FLASH_COMMANDS", "FLASH_OFFSET", "flash_cycles_per_word", "weight_memory"]
+           "FLASH_COMMANDS", "FLASH_OFFSET", "flash_command_clocks", "flash_cycles_per_word",
+           "weight_memory"]
 
 #: Memory kinds of :func:`weight_memory` (and of ``BoardSpec.memory``).
 MEMORY_KINDS = ("bram", "spram", "flash", "qspi")
@@ -270,6 +271,14 @@ class SPRAMBurstRAM(wiring.Component):
                     o_DATAOUT=out[16 * s:16 * s + 16])
         m.d.comb += rd_data.eq(Array(outs)[rbank])
         return m
+
+
+def flash_command_clocks(width):
+    """Flash clocks from selecting the flash to its first data bit with ``width`` data lines:
+    the command byte on one line, then address, mode and dummy clocks
+    (:data:`FLASH_COMMANDS`)."""
+    _, addr, mode, dummy = FLASH_COMMANDS[width]
+    return 8 + addr + mode + dummy
 
 
 def flash_cycles_per_word(word_bits, width):

@@ -103,9 +103,8 @@ class WeightMemory:
             # SCK at half the clock; a new command costs its command, address, mode and dummy
             # clocks, twice over (lpu bench memory measures 16.3 cycles a word in sequence
             # and about 41 more per command on four lines).
-            from .memory import FLASH_COMMANDS, flash_cycles_per_word
-            _, addr, mode, dummy = FLASH_COMMANDS[self.data_bits]
-            return MemoryTiming(burst_overhead=2 * (8 + addr + mode + dummy),
+            from .memory import flash_command_clocks, flash_cycles_per_word
+            return MemoryTiming(burst_overhead=2 * flash_command_clocks(self.data_bits),
                                 cycles_per_word=flash_cycles_per_word(word_bits,
                                                                       self.data_bits))
         t = memory_timing(self.kind, word_bits)

@@ -14,7 +14,8 @@ from lpu.hw.streamer import act_address
 
 __all__ = ["weight_image", "image_words", "read_image", "activation_entries",
            "check_descriptor", "descriptor", "image_word_count", "result_matrix",
-           "device_format", "model_image", "flash_image", "read_flash_layout"]
+           "device_format", "model_image", "flash_image", "read_flash_layout",
+           "check_flash_layout"]
 
 
 def _tile_order(weights, fmt, lanes, pes):
@@ -214,18 +215,24 @@ def read_flash_layout(path, config=None):
     if bad:
         raise ValueError(f"{path}: layout address of {bad[0]} is not a word address")
     if config is not None:
-        for key in ("lanes", "pes", "word_bits"):
-            if info[key] != config[key]:
-                raise ValueError(f"{path}: image for {key} {info[key]}, the device has "
-                                 f"{config[key]}")
-        words = info.get("words")
-        if isinstance(words, int) and words > config["mem_words"]:
-            raise ValueError(f"{path}: image of {words} words, the device addresses "
-                             f"{config['mem_words']}")
-        names = [f.value for f in config["formats"]]
-        if info["ternary_format"] not in names:
-            raise ValueError(f"{path}: image in {info['ternary_format']}, the device reads "
-                             f"{', '.join(names)}")
+        check_flash_layout(info, config, path)
     return info
+
+
+def check_flash_layout(info, config, path):
+    """Refuse the layout ``info`` (read from ``path``) unless the image's shape is that of the
+    device of ``config``; see :func:`read_flash_layout`."""
+    for key in ("lanes", "pes", "word_bits"):
+        if info[key] != config[key]:
+            raise ValueError(f"{path}: image for {key} {info[key]}, the device has "
+                             f"{config[key]}")
+    words = info.get("words")
+    if isinstance(words, int) and words > config["mem_words"]:
+        raise ValueError(f"{path}: image of {words} words, the device addresses "
+                         f"{config['mem_words']}")
+    names = [f.value for f in config["formats"]]
+    if info["ternary_format"] not in names:
+        raise ValueError(f"{path}: image in {info['ternary_format']}, the device reads "
+                         f"{', '.join(names)}")
 
 

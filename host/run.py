@@ -172,8 +172,8 @@ class Session:
             raise ValueError(f"Preloaded weights are used by the serial backend only, not by "
                              f"{backend!r}")
         if preloaded is not None:
-            from .image import read_flash_layout
-            read_flash_layout(preloaded)
+            from .image import check_flash_layout, read_flash_layout
+            layout = read_flash_layout(preloaded)
         path = Path(model_path) if model_path else default_model_path()
         self.model = load_hf_bitnet(path)
         vocab = self.model.config.get("lpu_vocab")
@@ -194,10 +194,9 @@ class Session:
             if preloaded is None:
                 self.backend = FabricBackend(driver)
             else:
-                from .image import read_flash_layout
-                info = read_flash_layout(preloaded, driver.config)
-                self.backend = FabricBackend(driver, ternary_format=info["ternary_format"],
-                                             preloaded=info["layout"])
+                check_flash_layout(layout, driver.config, preloaded)
+                self.backend = FabricBackend(driver, ternary_format=layout["ternary_format"],
+                                             preloaded=layout["layout"])
             for lin in self.model.linears.values():
                 self.backend.preload(lin)
         except BaseException:

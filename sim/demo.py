@@ -17,14 +17,16 @@ __all__ = ["run_demo"]
 # (boards/memory.py) clock the flash at half the LPU clock, 4 (iCEBreaker, quad I/O) or 1
 # (ULX3S) data bits per flash clock, which bounds the rate by bandwidth instead.
 def _operating_points():
+    from lpu.boards.memory import flash_cycles_per_word
     from lpu.boards.top import board_spec
     ulx, ice = board_spec("ulx3s-85f"), board_spec("icebreaker")
     clocks = [(f"ULX3S-85F at its default {ulx.freq_mhz:g} MHz", ulx.freq_mhz * 1e6),
               ("ECP5-85F at the 150 MHz target (not reached yet)", 150e6)]
+    # bytes a second: 4-byte words, each flash_cycles_per_word LPU clocks
     memories = [(f"iCEBreaker QSPI flash at {ice.freq_mhz / 2:g} MHz x 4 bits",
-                 ice.freq_mhz / 2 * 1e6 * 4 / 8),
+                 ice.freq_mhz * 1e6 * 4 / flash_cycles_per_word(32, 4)),
                 (f"ULX3S-85F SPI flash at {ulx.freq_mhz / 2:g} MHz x 1 bit",
-                 ulx.freq_mhz / 2 * 1e6 / 8)]
+                 ulx.freq_mhz * 1e6 * 4 / flash_cycles_per_word(32, 1))]
     return clocks, memories
 
 

@@ -29,7 +29,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from lpu.boards.memory import FLASH_COMMANDS, FLASH_OFFSET, SPI_SIGNATURE, SPIFlashReader
+from lpu.boards.memory import (
+    FLASH_COMMANDS,
+    FLASH_OFFSET,
+    SPI_SIGNATURE,
+    SPIFlashReader,
+    flash_command_clocks,
+)
 
 __all__ = ["MemoryTiming", "MEMORIES", "MemoryModel", "memory_timing", "SPIFlashModel",
            "SimulatedFlash"]
@@ -205,8 +211,7 @@ class SPIFlashModel(wiring.Component):
         m.d.comb += spi.i.eq(out)
 
         fast, quad = FLASH_COMMANDS[1], FLASH_COMMANDS[4]
-        fast_data = 8 + fast[1] + fast[2] + fast[3]
-        quad_data = 8 + quad[1] + quad[2] + quad[3]
+        fast_data, quad_data = flash_command_clocks(1), flash_command_clocks(4)
         is_fast = cmd == fast[0]
         is_quad = cmd == quad[0]
         start = Signal(24)
