@@ -113,19 +113,25 @@ def test_run_cocotb_matches_golden(capsys):
     assert cocotb["cycles_per_token"] == cocotb["cycles"]
 
 
-def test_bench_suite_prints_rows_and_fails_on_an_inexact_row(capsys, monkeypatch):
+@pytest.mark.parametrize("module, suite, bench, argv", [
+    ("bench_memory", "MEMORY_SUITE", "run_memory_bench", ["bench", "memory"]),
+    ("bench_stream", "STREAM_SUITE", "run_stream_bench", ["bench", "stream", "--suite"]),
+])
+def test_bench_suite_prints_rows_and_fails_on_an_inexact_row(capsys, monkeypatch, module, suite,
+                                                             bench, argv):
     """`lpu bench memory` / `lpu bench stream --suite`: one JSON row per configuration; exit
     status 1 when any row's results were not exact."""
-    from lpu.sim import bench_memory
+    import importlib
+    mod = importlib.import_module(f"lpu.sim.{module}")
     rows = iter([{"n": 1, "exact": True}, {"n": 2, "exact": False}])
-    monkeypatch.setattr(bench_memory, "MEMORY_SUITE", [{"n": 1}, {"n": 2}])
-    monkeypatch.setattr(bench_memory, "run_memory_bench", lambda **cfg: next(rows))
-    assert main(["bench", "memory"]) == 1
+    monkeypatch.setattr(mod, suite, [{"n": 1}, {"n": 2}])
+    monkeypatch.setattr(mod, bench, lambda **cfg: next(rows))
+    assert main(argv) == 1
     out = capsys.readouterr().out.splitlines()
     assert [json.loads(line) for line in out] == [{"n": 1, "exact": True},
                                                    {"n": 2, "exact": False}]
-    monkeypatch.setattr(bench_memory, "run_memory_bench", lambda **cfg: {**cfg, "exact": True})
-    assert main(["bench", "memory"]) == 0
+    monkeypatch.setattr(mod, bench, lambda **cfg: {**cfg, "exact": True})
+    assert main(argv) == 0
 
 
 def test_board_names_in_help_are_the_board_table():
