@@ -26,7 +26,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from lpu.hw.params import check_positive
+from lpu.hw.params import check_positive, check_range
 from lpu.hw.streamer import mem_request_layout
 
 __all__ = ["MEMORY_KINDS", "BurstRAM", "SPRAMBurstRAM", "SPIFlashReader", "SPI_SIGNATURE",
@@ -349,8 +349,7 @@ class SPIFlashReader(wiring.Component):
             raise ValueError(f"Flash word width must be a multiple of 8, not {word_bits}")
         if width not in FLASH_COMMANDS:
             raise ValueError(f"Flash data lines must be 1 or 4, not {width!r}")
-        if not isinstance(offset, int) or offset < 0:
-            raise ValueError(f"Flash offset must be a non-negative integer, not {offset!r}")
+        check_range("Flash offset", offset, 0)
         end = offset + words * word_bits // 8
         if end > 1 << 24:
             raise ValueError(f"Flash image at byte {offset} of {words} words of {word_bits} bits "

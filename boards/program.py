@@ -22,6 +22,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from lpu.hw.params import check_choice
+
 from .build import bitstream_name, default_build_dir
 from .top import board_spec
 
@@ -114,9 +116,8 @@ def find_programmer(board, mode=None):
         None is installed; the message names the Debian packages to install.
     """
     board_spec(board)
-    mode = DEFAULT_MODE[board] if mode is None else mode
-    if mode not in _MODES:
-        raise ValueError(f"Programming mode must be 'sram' or 'flash', not {mode!r}")
+    mode = check_choice("Programming mode", DEFAULT_MODE[board] if mode is None else mode,
+                        _MODES)
     able = [p for p in PROGRAMMERS[board] if mode in p.modes]
     for p in able:
         cmd = _locate(p.tool)

@@ -44,6 +44,8 @@ from pathlib import Path
 from rich import progress as rp
 from rich.console import Console
 
+from lpu.hw.params import check_positive
+
 from .build import (
     _YOWASP,
     BuildError,
@@ -233,9 +235,7 @@ def run_sweep(board, *, lanes=DEFAULT_LANES, pes=DEFAULT_PES, jobs=None, root=No
         Unknown board, bad grid or job count.
     """
     spec = board_spec(board)
-    jobs = (os.cpu_count() or 1) if jobs is None else jobs
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ValueError(f"Job count must be a positive integer, not {jobs!r}")
+    jobs = check_positive("Job count", (os.cpu_count() or 1) if jobs is None else jobs)
     for what, values in (("Lane counts", lanes), ("PE counts", pes)):
         if not values or any(not isinstance(v, int) or v < 1 for v in values):
             raise ValueError(f"{what} must be positive integers, not {list(values)!r}")
