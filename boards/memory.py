@@ -31,7 +31,7 @@ from lpu.hw.streamer import mem_request_layout
 
 __all__ = ["MEMORY_KINDS", "BurstRAM", "SPRAMBurstRAM", "SPIFlashReader", "SPI_SIGNATURE",
            "FLASH_COMMANDS", "FLASH_OFFSET", "flash_command_clocks", "flash_cycles_per_word",
-           "weight_memory"]
+           "memory_ports", "connect_memory", "weight_memory"]
 
 #: Memory kinds of :func:`weight_memory` (and of ``BoardSpec.memory``).
 MEMORY_KINDS = ("bram", "spram", "flash", "qspi")
@@ -67,13 +67,26 @@ def _check_layout(request_layout):
                         f"{request_layout!r}")
 
 
-def _ports(request_layout, word_bits):
+def memory_ports(request_layout, word_bits):
+    """The members of a weight memory's signature: ``req`` bursts, ``resp`` words and ``wr``
+    word writes (the LPU's memory port, flipped)."""
     return {
         "req": In(stream.Signature(request_layout)),
         "resp": Out(stream.Signature(word_bits)),
         "wr": In(stream.Signature(data.StructLayout({
             "addr": request_layout["addr"].shape, "data": word_bits}))),
     }
+
+
+def connect_memory(m, lpu, memory):
+    """Connect an :class:`~lpu.hw.lpu.LPU`'s memory port to ``memory`` in module ``m``: burst
+    requests, words, ``WRITE_MEM`` writes, and the memory's ``wr_dropped`` flag (a flash
+    reader's) to the LPU's ``mem_wr_dropped`` when it has one."""
+    wiring.connect(m, lpu.mem_req, memory.req)
+    wiring.connect(m, memory.resp, lpu.mem_resp)
+    wiring.connect(m, lpu.mem_wr, memory.wr)
+    if "wr_dropped" in memory.signature.members:
+        m.d.comb += lpu.mem_wr_dropped.eq(memory.wr_dropped)
 
 
 def _burst_reads(m, req, resp, *, rd_en, rd_addr, rd_data, port_free=1):
@@ -147,7 +160,7 @@ class BurstRAM(wiring.Component):
         _check_layout(request_layout)
         self._words = words
         self._mem = Memory(shape=word_bits, depth=words, init=[])
-        super().__init__(_ports(request_layout, word_bits))
+        super().__init__(memory_ports(request_layout, word_bits))
 
     words = property(lambda self: self._words)
 
@@ -213,7 +226,7 @@ class SPRAMBurstRAM(wiring.Component):
         self._words = words
         self._word_bits = word_bits
         self._banks = banks
-        super().__init__(_ports(request_layout, word_bits))
+        super().__init__(memory_ports(request_layout, word_bits))
 
     words = property(lambda self: self._words)
     word_bits = property(lambda self: self._word_bits)
@@ -358,7 +371,7 @@ class SPIFlashReader(wiring.Component):
         self._word_bits = word_bits
         self._offset = offset
         self._width = width
-        super().__init__({**_ports(request_layout, word_bits),
+        super().__init__({**memory_ports(request_layout, word_bits),
                           "wr_dropped": Out(1), "spi": Out(SPI_SIGNATURE)})
 
     words = property(lambda self: self._words)

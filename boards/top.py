@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 from lpu.hw.lpu import LPU
 from lpu.hw.params import check_positive
 
-from .memory import BurstRAM, weight_memory
+from .memory import BurstRAM, connect_memory, weight_memory
 from .pll import PLLClockDomain, PLLConfig
 from .uart import UARTRx, UARTTx, baud_divisor
 
@@ -161,11 +161,7 @@ class BoardTop(wiring.Component):
         m.submodules.ram = ram = self._ram
         m.submodules.uart_rx = urx = UARTRx(divisor=self._divisor)
         m.submodules.uart_tx = utx = UARTTx(divisor=self._divisor)
-        wiring.connect(m, lpu.mem_req, ram.req)
-        wiring.connect(m, ram.resp, lpu.mem_resp)
-        wiring.connect(m, lpu.mem_wr, ram.wr)
-        if "wr_dropped" in ram.signature.members:
-            m.d.comb += lpu.mem_wr_dropped.eq(ram.wr_dropped)
+        connect_memory(m, lpu, ram)
         wiring.connect(m, urx.o_stream, lpu.rx)
         wiring.connect(m, lpu.tx, utx.i_stream)
         if platform is None:

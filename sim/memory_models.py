@@ -25,9 +25,9 @@ stream rules require.
 from dataclasses import dataclass, replace
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from lpu.boards.memory import (
     FLASH_COMMANDS,
@@ -35,6 +35,7 @@ from lpu.boards.memory import (
     SPI_SIGNATURE,
     SPIFlashReader,
     flash_command_clocks,
+    memory_ports,
 )
 
 __all__ = ["MemoryTiming", "MEMORIES", "MemoryModel", "memory_timing", "SPIFlashModel",
@@ -95,12 +96,7 @@ class MemoryModel(wiring.Component):
     def __init__(self, *, words, word_bits, request_layout, timing=None, init=()):
         self._timing = MemoryTiming() if timing is None else timing
         self._mem = Memory(shape=word_bits, depth=words, init=list(init))
-        super().__init__({
-            "req": In(stream.Signature(request_layout)),
-            "resp": Out(stream.Signature(word_bits)),
-            "wr": In(stream.Signature(data.StructLayout({
-                "addr": request_layout["addr"].shape, "data": word_bits}))),
-        })
+        super().__init__(memory_ports(request_layout, word_bits))
 
     memory = property(lambda self: self._mem)
 

@@ -4,6 +4,7 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
+from lpu.boards.memory import connect_memory
 from lpu.hw.streamer import PERF_LAYOUT, STATUS_LAYOUT, mem_request_layout
 
 from .memory_models import MemoryModel, MemoryTiming
@@ -77,11 +78,7 @@ class LPUSystem(wiring.Component):
         m = Module()
         m.submodules.lpu = lpu = self._lpu
         m.submodules.memory = mem = self._memory
-        wiring.connect(m, lpu.mem_req, mem.req)
-        wiring.connect(m, mem.resp, lpu.mem_resp)
-        wiring.connect(m, lpu.mem_wr, mem.wr)
-        if "wr_dropped" in mem.signature.members:
-            m.d.comb += lpu.mem_wr_dropped.eq(mem.wr_dropped)
+        connect_memory(m, lpu, mem)
         wiring.connect(m, wiring.flipped(self.rx), lpu.rx)
         wiring.connect(m, lpu.tx, wiring.flipped(self.tx))
         return m
