@@ -36,13 +36,14 @@ test: install
 demo: $(STAMP)
 	$(VENV)/bin/lpu demo
 
-# Figures recorded under docs/results (see docs/area.md, docs/stream.md). Takes a while: the
+# Figures recorded under docs/results (see docs/area.md, docs/stream.md, docs/boards.md). Takes a while: the
 # stream suite compiles several full-size designs; bench sim runs the shipped model under cocotb.
 bench: install
 	$(VENV)/bin/lpu bench area --record
 	$(VENV)/bin/lpu bench area --decoder --record
 	$(VENV)/bin/lpu bench stream --suite --record
 	$(VENV)/bin/lpu bench sim --record
+	$(VENV)/bin/lpu bench memory --record
 
 # A board's bitstream and build report (docs/boards.md): make bitstream BOARD=ulx3s-85f
 BOARD ?= icebreaker
