@@ -192,37 +192,23 @@ def _run(argv, cwd, log_name, step):
     return time.monotonic() - start
 
 
-def build_board(board, *, out_dir, name="top", **overrides):
-    """Build ``board``'s bitstream into ``out_dir`` and return the report (a dict).
+def device_name(platform):
+    """The device a platform builds for (Gowin platforms name the part instead)."""
+    return getattr(platform, "device", None) or platform.part
 
-    ``overrides`` change the board's default LPU parameters (``lanes``, ``pes``,
-    ``mem_words``, ``max_k``, ...), the ``baud`` rate, the weight ``memory``
-    (:data:`lpu.boards.memory.MEMORY_KINDS`) or the clock frequency ``freq`` (MHz; the PLL
-    setting nearest it is used).
 
-    Raises
-    ------
-    ValueError, TypeError
-        Bad parameters.
-    BuildError
-        The design does not fit, misses timing, or a tool failed.
+def implement(spec, platform, top, *, out_dir, name, pll):
+    """Synthesize, check the fit of, place and route and pack ``top`` on ``spec``'s device.
+
+    ``top`` is any design for ``platform`` whose ``sync`` clock comes from ``pll`` (which sets
+    the target of Gowin builds; iCE40 and ECP5 builds take the constraint the design adds).
+    Returns the report's common part: ``clocks`` (``fmax_mhz`` and ``target_mhz`` per clock),
+    ``timing_met``, ``utilization`` (used and available per resource), ``bitstream``,
+    ``bitstream_bytes`` and ``seconds`` per step. Timing is not checked (see
+    :func:`check_timing`); a design that does not fit raises :class:`FitError`.
     """
-    spec, cfg, baud = board_config(board, **overrides)
-    platform = board_platform(spec)
-    # Gowin platforms name the part (device and package together) rather than the device.
-    device = getattr(platform, "device", None) or platform.part
-    pll = board_pll(spec, platform, overrides.get("freq"))
-    memory = overrides.get("memory") or spec.memory
-    if memory in ("flash", "qspi") and spec.family not in _FLASH_FAMILIES:
-        # The reader's pins and the offset past the bitstream are known for these families
-        # only (the Gowin bitstream is the packer's text file, not the flash image).
-        raise ValueError(f"Flash weight memory is built for iCE40 and ECP5 boards, not "
-                         f"{spec.name} ({spec.family})")
-    top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
-    clk_hz = top.clk_hz
+    device = device_name(platform)
     out = Path(out_dir).resolve()
-    start = time.monotonic()
-
     # The platform writes the first synthesis command itself; it gets that line's options.
     first, *rest = SYNTH_SCRIPTS[spec.family]
     synth_opts = " ".join(w for w in first.split()[1:] if w not in ("-top", "{top}"))
@@ -295,32 +281,70 @@ def build_board(board, *, out_dir, name="top", **overrides):
     clocks = {}
     for clk, f in report.get("fmax", {}).items():
         clocks[clk] = {"fmax_mhz": round(f["achieved"], 2), "target_mhz": round(f["constraint"], 2)}
-    timing_met = all(c["fmax_mhz"] >= c["target_mhz"] for c in clocks.values())
-    result = {
-        "board": spec.name,
-        "device": device,
-        "package": platform.package,
-        "lpu": cfg,
-        "memory": memory,
-        "clk_mhz": clk_hz / 1e6,
-        "pll": pll.report(),
-        "baud": baud,
-        "baud_divisor": top.divisor,
+    return {
         "clocks": clocks,
-        "timing_met": timing_met,
+        "timing_met": all(c["fmax_mhz"] >= c["target_mhz"] for c in clocks.values()),
         "utilization": utilization,
         "bitstream": str(bitstream),
         "bitstream_bytes": bitstream.stat().st_size if bitstream.exists() else 0,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+
+
+def build_board(board, *, out_dir, name="top", **overrides):
+    """Build ``board``'s bitstream into ``out_dir`` and return the report (a dict).
+
+    ``overrides`` change the board's default LPU parameters (``lanes``, ``pes``,
+    ``mem_words``, ``max_k``, ...), the ``baud`` rate, the weight ``memory``
+    (:data:`lpu.boards.memory.MEMORY_KINDS`) or the clock frequency ``freq`` (MHz; the PLL
+    setting nearest it is used).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad parameters.
+    BuildError
+        The design does not fit, misses timing, or a tool failed.
+    """
+    spec, cfg, baud = board_config(board, **overrides)
+    platform = board_platform(spec)
+    pll = board_pll(spec, platform, overrides.get("freq"))
+    memory = overrides.get("memory") or spec.memory
+    if memory in ("flash", "qspi") and spec.family not in _FLASH_FAMILIES:
+        # The reader's pins and the offset past the bitstream are known for these families
+        # only (the Gowin bitstream is the packer's text file, not the flash image).
+        raise ValueError(f"Flash weight memory is built for iCE40 and ECP5 boards, not "
+                         f"{spec.name} ({spec.family})")
+    top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
+    start = time.monotonic()
+    impl = implement(spec, platform, top, out_dir=out_dir, name=name, pll=pll)
+    result = {
+        "board": spec.name,
+        "device": device_name(platform),
+        "package": platform.package,
+        "lpu": cfg,
+        "memory": memory,
+        "clk_mhz": top.clk_hz / 1e6,
+        "pll": pll.report(),
+        "baud": baud,
+        "baud_divisor": top.divisor,
+        **impl,
         "build_seconds": round(time.monotonic() - start, 1),
     }
+    out = Path(out_dir).resolve()
     (out / "build_report.json").write_text(json.dumps(result, indent=1) + "\n")
     if memory in ("flash", "qspi") and result["bitstream_bytes"] > FLASH_OFFSET:
         raise BuildError(f"Bitstream of {result['bitstream_bytes']} bytes overlaps the weight "
                          f"image at flash byte {FLASH_OFFSET}")
-    if not timing_met:
+    check_timing(spec, result, out / "build_report.json")
+    return result
+
+
+def check_timing(spec, result, report_path):
+    """Raise :class:`TimingError` naming the clock furthest below its target, if any is."""
+    if not result["timing_met"]:
+        clocks = result["clocks"]
         worst = min(clocks.items(), key=lambda kv: kv[1]["fmax_mhz"] / kv[1]["target_mhz"])
         raise TimingError(f"Timing not met on {spec.name}: clock {worst[0]} reaches "
                          f"{worst[1]['fmax_mhz']} MHz, target {worst[1]['target_mhz']} MHz "
-                         f"(report: {out / 'build_report.json'})")
-    return result
+                         f"(report: {report_path})")

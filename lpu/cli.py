@@ -229,6 +229,28 @@ def _cmd_bench_area(args):
     return 0
 
 
+def _cmd_bench_density(args):
+    from lpu.boards import density
+    given = [a for a in ("board", "lanes", "pes", "freq") if getattr(args, a) is not None]
+    if given and len(given) < 4:
+        missing = sorted({"board", "lanes", "pes", "freq"} - set(given))
+        raise ValueError(f"--board, --lanes, --pes and --freq go together; missing "
+                         f"{', '.join('--' + m for m in missing)}")
+    configs = ([dict(board=args.board, lanes=args.lanes, pes=args.pes, freq=args.freq)]
+               if given else None)
+    from lpu.boards.build import BuildError
+    try:
+        rows = density.run_density_bench(configs, root=args.output, jobs=args.jobs)
+    except BuildError as exc:
+        print(f"lpu: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(rows) if args.json else density.format_table(rows))
+    if args.record:
+        path = density.record(rows, "lpu bench density --record")
+        print(f"recorded {path}")
+    return 0
+
+
 def _cmd_bench_stream(args):
     from lpu.sim.bench_stream import STREAM_SUITE, run_stream_bench
     if args.suite:
@@ -390,6 +412,18 @@ def build_parser():
     p.add_argument("--decoder", action="store_true",
                    help="the weight decoders (LUTs per byte decoded per cycle) instead")
     p.set_defaults(func=_cmd_bench_area)
+    p = bsub.add_parser("density", help="ternary MAC/s per logic cell (iCE40) or LUT4 (ECP5) "
+                                        "of the PE array, placed and routed at its Fmax")
+    p.add_argument("--board", help="one configuration instead of the recorded set (with "
+                                    "--lanes, --pes, --freq): icebreaker or ulx3s-85f")
+    p.add_argument("--lanes", type=int)
+    p.add_argument("--pes", type=int)
+    p.add_argument("--freq", type=float, help="clock constraint in MHz (the PLL setting)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel place-and-route jobs")
+    p.add_argument("-o", "--output", default="build/density", help="build directory")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--record", action="store_true", help="write docs/results/density.json")
+    p.set_defaults(func=_cmd_bench_density)
     p = bsub.add_parser("stream", help="one matrix through the weight streamer and a memory "
                                        "model (compiled simulation) against the cycle model")
     p.add_argument("--format", choices=["t2", "t5", "b1"])
