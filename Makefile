@@ -44,6 +44,7 @@ bench: install
 	$(VENV)/bin/lpu bench stream --suite --record
 	$(VENV)/bin/lpu bench sim --record
 	$(VENV)/bin/lpu bench memory --record
+	$(VENV)/bin/lpu bench density --record
 
 # A board's bitstream and build report (docs/boards.md): make bitstream BOARD=ulx3s-85f
 BOARD ?= icebreaker

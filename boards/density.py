@@ -32,6 +32,7 @@ from amaranth.lib.wiring import In, Out
 
 from lpu.hw.array import PEArray
 from lpu.hw.params import check_choice, check_positive
+from lpu.hw.pe import check_pe_params
 
 from .build import board_platform, board_pll, device_name, implement
 from .pll import PLLClockDomain, PLLConfig
@@ -227,7 +228,8 @@ def run_density_bench(configs=None, *, root="build/density", jobs=1):
     for cfg in configs or DENSITY_SUITE:
         # Parameter errors before any tool runs.
         _density_spec(cfg["board"])
-        _array(cfg["lanes"], cfg["pes"])
+        check_pe_params(cfg["lanes"], 8, "ternary", 1, "carry")
+        check_positive("PE count", cfg["pes"])
     jobs_list = [(cfg, root) for cfg in (configs or DENSITY_SUITE)]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(_one, jobs_list))
