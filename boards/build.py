@@ -197,7 +197,7 @@ def device_name(platform):
     return getattr(platform, "device", None) or platform.part
 
 
-def implement(spec, platform, top, *, out_dir, name, pll):
+def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
     """Synthesize, check the fit of, place and route and pack ``top`` on ``spec``'s device.
 
     ``top`` is any design for ``platform`` whose ``sync`` clock comes from ``pll`` (which sets
@@ -205,7 +205,8 @@ def implement(spec, platform, top, *, out_dir, name, pll):
     Returns the report's common part: ``clocks`` (``fmax_mhz`` and ``target_mhz`` per clock),
     ``timing_met``, ``utilization`` (used and available per resource), ``bitstream``,
     ``bitstream_bytes`` and ``seconds`` per step. Timing is not checked (see
-    :func:`check_timing`); a design that does not fit raises :class:`FitError`.
+    :func:`check_timing`); a design that does not fit raises :class:`FitError`. ``seed`` is
+    nextpnr's placement seed (None: nextpnr's default).
     """
     device = device_name(platform)
     out = Path(out_dir).resolve()
@@ -221,7 +222,8 @@ def implement(spec, platform, top, *, out_dir, name, pll):
         # is not needed: the sync domain starts in reset.)
         script_after_read='setattr -set fsm_encoding "one-hot" w:fsm_state',
         script_after_synth="\n".join(script + ["tee -q -o stat.json stat -json"]),
-        nextpnr_opts="--report report.json --timing-allow-fail",
+        nextpnr_opts="--report report.json --timing-allow-fail" +
+                     ("" if seed is None else f" --seed {int(seed)}"),
     )
     plan.extract(out)
     bitstream = out / bitstream_name(spec.family, name)

@@ -10,7 +10,7 @@ of the array live, so that nothing is optimized away, and adds as little logic a
   when the array takes a tile.
 * The array's output ``ready`` comes from a button through two flip-flops, so its stall logic is
   the real one and not folded away.
-* Every bit of the P sums is folded by XOR into one registered LED.
+* Every bit of the P sums is folded by a tree of registered 4-input XORs into one LED.
 * The clock is the board's PLL at the frequency asked for (the constraint nextpnr works to).
 
 Every logic cell (LUT4) the placed design uses is counted, harness included: the figure is the
@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from amaranth.hdl import ClockDomain, Module, Signal
+from amaranth.hdl import Cat, ClockDomain, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.memory import Memory
@@ -54,7 +54,7 @@ DENSITY_SUITE = [
 
 # Tile sources: block RAM on the iCE40 (one block per 16 bits of a tile, 256 deep), a ring of
 # flip-flops on the ECP5 (2 tiles).
-_SOURCE = {"ice40": ("bram", 256), "ecp5": ("ring", 2)}
+_SOURCE = {"ice40": ("bram", 256), "ecp5": ("ring", 1)}
 # Bits the ring rotates by per tile: prime, so every bit visits every lane.
 _RING_STEP = 37
 
@@ -86,7 +86,8 @@ class DensityHarness(wiring.Component):
     stall : In(1)
         Held high, the array's output is not taken (on a platform: the board's button 0).
     fold : Out(1)
-        XOR of every output bit, registered (on a platform: LED 0).
+        XOR of every output bit (valid and sums), through a tree of registers (on a platform:
+        LED 0).
     """
 
     stall: In(1)
@@ -155,7 +156,16 @@ class DensityHarness(wiring.Component):
             m.d.comb += array.i_stream.payload.eq(ring[:layout.size])
 
         stall = Signal()
-        m.d.sync += self.fold.eq(array.o_stream.valid ^ array.o_stream.payload.as_value().xor())
+        # A tree of registered 4-input XORs: each LUT shares its logic cell with its register.
+        bits = Cat(array.o_stream.valid, array.o_stream.payload.as_value())
+        level = 0
+        while len(bits) > 1:
+            level += 1
+            groups = [bits[i:i + 4] for i in range(0, len(bits), 4)]
+            folded = Signal(len(groups), name=f"fold{level}")
+            m.d.sync += [folded[j].eq(g.xor()) for j, g in enumerate(groups)]
+            bits = folded
+        m.d.comb += self.fold.eq(bits)
         if platform is None:
             m.d.comb += stall.eq(self.stall)
         else:
@@ -185,7 +195,8 @@ def _array(lanes, pes, act_bits=8, max_k=4096):
     return PEArray(lanes=lanes, pes=pes, act_bits=act_bits, max_k=max_k, pipeline=1)
 
 
-def build_density(board, *, lanes, pes, freq, out_dir, act_bits=8, max_k=4096, tiles=8):
+def build_density(board, *, lanes, pes, freq, out_dir, act_bits=8, max_k=4096, tiles=8,
+                  seed=None):
     """Place and route a :class:`DensityHarness` on ``board`` and return its row (a dict)."""
     spec = _density_spec(board)
     platform = board_platform(spec)
@@ -195,7 +206,7 @@ def build_density(board, *, lanes, pes, freq, out_dir, act_bits=8, max_k=4096, t
     top = DensityHarness(array=array, pll=pll, depth=depth, tiles=min(tiles, depth),
                          source=source)
     start = time.monotonic()
-    impl = implement(spec, platform, top, out_dir=out_dir, name="density", pll=pll)
+    impl = implement(spec, platform, top, out_dir=out_dir, name="density", pll=pll, seed=seed)
     util = impl["utilization"]
     cells = util["lc" if spec.family == "ice40" else "lut"]["used"]
     (clock,) = impl["clocks"].values()
@@ -209,7 +220,7 @@ def build_density(board, *, lanes, pes, freq, out_dir, act_bits=8, max_k=4096, t
         "cells": cells, "cell": "logic cell" if spec.family == "ice40" else "LUT4",
         "ffs": util["ff"]["used"], "bram": util["bram"]["used"],
         "mac_per_s": mac_s, "density": mac_s / cells, "target_density": target,
-        "naive_density": naive, "met": mac_s / cells >= target,
+        "naive_density": naive, "met": mac_s / cells >= target, "seed": seed,
         "seconds": round(time.monotonic() - start, 1),
     }
     (Path(out_dir) / "density_report.json").write_text(json.dumps(row, indent=1) + "\n")

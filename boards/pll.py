@@ -377,8 +377,10 @@ class LockReset(wiring.Component):
     """``ready`` rises ``cycles`` clock cycles after ``lock`` is seen high, and falls in the cycle
     after ``lock`` is seen low; ``lock`` is asynchronous (two synchronizer stages).
 
-    The registers count up from zero, the state every FPGA family configures them to (iCE40
-    flip-flops start at 0 whatever their initial value says), so ``domain`` needs no reset.
+    The synchronizer's flip-flops start at 0, the state every FPGA family configures them to
+    (iCE40 flip-flops start at 0 whatever their initial value says), so ``lock`` is seen low
+    for the first two cycles at least and the timer is loaded then, with ``ready`` low:
+    ``domain`` needs no reset.
 
     Parameters
     ----------
@@ -404,11 +406,15 @@ class LockReset(wiring.Component):
         m = Module()
         lock = Signal()
         m.submodules.lock_sync = FFSynchronizer(self.lock, lock, o_domain=self._domain)
-        timer = Signal(range(self._cycles + 1))
+        # The timer counts up from `start` and `ready` is its top bit, set after `cycles` + 1
+        # ticks: no comparator between the count and `ready` (whose fan-out is the reset of a
+        # whole design).
+        width = (self._cycles + 1).bit_length()
+        start = (1 << width) - (self._cycles + 1)
+        timer = Signal(width + 1, init=start)
         with m.If(~lock):
-            m.d[self._domain] += [timer.eq(0), self.ready.eq(0)]
-        with m.Elif(timer == self._cycles):
-            m.d[self._domain] += self.ready.eq(1)
-        with m.Else():
+            m.d[self._domain] += timer.eq(start)
+        with m.Elif(~timer[-1]):
             m.d[self._domain] += timer.eq(timer + 1)
+        m.d.comb += self.ready.eq(timer[-1])
         return m

@@ -6,7 +6,14 @@ from amaranth.lib.wiring import In, Out
 
 from .formats import weight_vector_layout
 from .params import check_positive, signed_width
-from .pe import build_dot, check_pe_params, negate_activations, pipeline_latency
+from .pe import (
+    build_dot,
+    ccu2c_accumulate,
+    check_pe_params,
+    fused_leaves,
+    negate_activations,
+    pipeline_latency,
+)
 
 __all__ = ["PEArray", "accumulator_range"]
 
@@ -133,54 +140,65 @@ class PEArray(wiring.Component):
         if self._negation == "shared":
             negs = negate_activations(m, acts, self._act_bits)
 
-        # Framing travels beside the data through the tree's register stages. A data register
-        # stage takes a new value only when a tile enters it: with no tile in flight the tree
-        # keeps still (less switching, and a simulator skips its logic).
+        # Framing travels beside the data through the tree's register stages. Every register
+        # of the tree advances on `enable` alone, which fans out to all of them: gating each
+        # stage with its valid bit as well (so that an idle tree keeps still) put a second LUT
+        # level on the array's slowest path.
         vec_in = pay.vector if self._vectors > 1 else Const(0, 1)
         ctrl = Cat(self.i_stream.valid, pay.first, pay.last, vec_in)
-        stage_enables = []
+        ctrl_prev = None
         for stage in range(pipeline_latency(self._lanes, self._pipeline)):
-            stage_enables.append(enable & ctrl[0])
             nxt = Signal(len(ctrl), name=f"ctrl_p{stage}")
             with m.If(enable):
                 m.d.sync += nxt.eq(ctrl)
-            ctrl = nxt
+            ctrl_prev, ctrl = ctrl, nxt
 
         sums = []
+        fuse = fused_leaves(platform, self._mode, self._negation)
         for p in range(self._pes):
             codes = [Value.cast(pay.weight[p][i]) for i in range(self._lanes)]
             sums.append(build_dot(
                 m, acts, codes, act_bits=self._act_bits, mode=self._mode,
-                negation=self._negation, pipeline=self._pipeline, enable=stage_enables,
-                negs=negs, name=f"pe{p}")[:2])
+                negation=self._negation, pipeline=self._pipeline, enable=enable,
+                negs=negs, name=f"pe{p}", fuse=fuse)[:2])
 
         valid, first, last, vec = ctrl[0], ctrl[1], ctrl[2], ctrl[3:]
         step = enable & valid
 
+        # A sum restarts from 0 on a first tile or on the tile after a last one (`fresh`). With
+        # a register stage in the tree, whether the tile in the last stage restarts is known a
+        # cycle ahead from the stage before it, and `restart` is a register: the accumulators'
+        # carry chains start one LUT after a flip-flop.
+        vec_next = Mux(enable, ctrl_prev[3:], vec) if ctrl_prev is not None else None
         if self._vectors == 1:
             # The accumulators double as the output register: they hold a finished row block
-            # while o_stream.valid is high, and restart on a first tile or on the tile after a
-            # last one.
+            # while o_stream.valid is high.
             fresh = Signal(init=1)
-            with m.If(step):
-                m.d.sync += fresh.eq(last)
+            fresh_next = Mux(step, last, fresh)
+            m.d.sync += fresh.eq(fresh_next)
+            restart = _restart(m, first | fresh, ctrl_prev, enable, first, fresh_next)
             for p, (value, carry) in enumerate(sums):
                 acc = self.o_stream.payload[p]
+                total = _total(m, restart, acc, value, carry, fuse, f"total{p}")
                 with m.If(step):
-                    m.d.sync += acc.eq(_total(first | fresh, acc, value, carry))
+                    m.d.sync += acc.eq(total)
         else:
             # One accumulator per vector and PE; a finished sum is copied to the output
             # register, so vector v+1 can finish on the very next cycle.
             fresh = Signal(self._vectors, init=(1 << self._vectors) - 1)
+            fresh_next = Signal(self._vectors)
+            m.d.comb += fresh_next.eq(fresh)
             with m.If(step):
-                m.d.sync += fresh.bit_select(vec, 1).eq(last)
-            restart = first | fresh.bit_select(vec, 1)
+                m.d.comb += fresh_next.bit_select(vec, 1).eq(last)
+            m.d.sync += fresh.eq(fresh_next)
+            restart = _restart(m, first | fresh.bit_select(vec, 1), ctrl_prev, enable, first,
+                               fresh_next.bit_select(vec_next, 1) if vec_next is not None
+                               else None)
             for p, (value, carry) in enumerate(sums):
                 accs = [Signal(signed(self._acc_width), name=f"acc{p}_v{v}")
                         for v in range(self._vectors)]
                 acc = Array(accs)[vec]
-                total = Signal(signed(self._acc_width), name=f"total{p}")
-                m.d.comb += total.eq(_total(restart, acc, value, carry))
+                total = _total(m, restart, acc, value, carry, fuse, f"total{p}")
                 with m.If(step):
                     m.d.sync += acc.eq(total)
                 with m.If(step & last):
@@ -190,6 +208,22 @@ class PEArray(wiring.Component):
         return m
 
 
-def _total(restart, acc, value, carry):
-    total = Mux(restart, 0, acc) + value
-    return total + carry if carry is not None else total
+def _restart(m, now, ctrl_prev, enable, first, fresh_next):
+    """``now`` (``first | fresh`` of the tile in the last stage) as a register computed a cycle
+    ahead, when there is a stage before the last one; otherwise ``now`` itself."""
+    if ctrl_prev is None:
+        return now
+    restart = Signal(init=1)
+    m.d.sync += restart.eq(Mux(enable, ctrl_prev[1], first) | fresh_next)
+    return restart
+
+
+def _total(m, restart, acc, value, carry, fuse, name):
+    """``(restart ? 0 : acc) + value + carry``, as wide as ``acc``; on an ECP5 (``fuse``) in
+    CCU2C cells that fold the multiplexer into the adder."""
+    if fuse:
+        return ccu2c_accumulate(m, acc, value, carry, restart, len(acc), name)
+    total = Signal(signed(len(acc)), name=name)
+    expr = Mux(restart, 0, acc) + value
+    m.d.comb += total.eq(expr + carry if carry is not None else expr)
+    return total

@@ -17,14 +17,15 @@ How a negative weight is applied decides most of a PE's area, so it is a paramet
 All three produce the same integer; the area table in docs/area.md compares them.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Cat, Const, Instance, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .formats import WeightMode, weight_vector_layout
 from .params import check_choice, check_mode, check_positive, check_range, signed_width
 
-__all__ = ["TernaryPE", "NEGATIONS", "dot_output_range", "tree_depth"]
+__all__ = ["TernaryPE", "NEGATIONS", "dot_output_range", "tree_depth", "fused_leaves",
+           "ccu2c_leaf_init", "ccu2c_accumulate"]
 
 NEGATIONS = ("carry", "shared", "local")
 
@@ -66,8 +67,132 @@ def negate_activations(m, acts, act_bits):
     return negs
 
 
+def fused_leaves(platform, mode, negation):
+    """Whether the first tree level is built from ECP5 ``CCU2C`` cells that fold one lane's
+    weight into the adder (:func:`ccu2c_leaf_init`): on an ECP5 platform, for t2 weights and
+    the ``"carry"`` negation."""
+    return (getattr(platform, "family", None) == "ecp5" and mode is WeightMode.TERNARY
+            and negation == "carry")
+
+
+def ccu2c_leaf_init():
+    """The ``INIT`` of a ``CCU2C`` half that adds a t2-weighted activation bit to a bit ``y``.
+
+    A ``CCU2C`` half (yosys ``ccu2c_sim.vh``) propagates with a LUT4 of inputs A-D and
+    generates with a LUT2 of A and B that uses the same table's first four entries (C = D = 0).
+    With A = y, B = x, C = the +1 flag and D = the -1 flag, the LUT4 is
+    ``y ^ (nonzero & (x ^ negative))``; where C = D = 0 the operand is 0 and the LUT2 is y.
+    When the propagate is 0 the two summands are equal, so y is the right generate: one LUT4
+    per bit for ``y + w * x`` (the ``+1`` of a negative weight is the chain's carry-in) instead
+    of one for the operand and one for the adder.
+    """
+    init = 0
+    for i in range(16):
+        a, b, c, d = (i >> 0) & 1, (i >> 1) & 1, (i >> 2) & 1, (i >> 3) & 1
+        op = (c | d) & (b ^ d)
+        init |= (a ^ op) << i
+    assert init & 0xF == 0xA      # the LUT2 (C = D = 0) is A
+    return init
+
+
+# A CCU2C half that passes A to its carry-out whatever its carry-in: propagate 0 where D = 1,
+# generate (the LUT2 of the first four table entries) A. It starts each adder of a chain, from a
+# fabric signal, without the cell nextpnr adds to feed a chain's carry-in; and as it ignores the
+# carry coming in, several adders share one chain.
+_CCU2C_CARRY_IN = 0x000A
+# Adders per CCU2C chain: nextpnr places a chain from the first slice of a tile of four, so a
+# chain of 5 cells (a first-level adder) leaves 3 slices unused; two 9-bit (or 10-, 11-bit)
+# adders fill whole tiles or nearly. Longer chains did not pay: static timing follows the
+# carry through every cell, not knowing that each adder's first half ignores it.
+_CHAIN_ADDERS = 2
+
+
+def _ccu2c_leaf_halves(y, x, pos, neg, cin, width):
+    """The CCU2C halves of ``y + w * x + cin`` (``width`` bits, ``y`` and ``x`` sign-extended):
+    the carry-in half, then one half per sum bit."""
+    init = ccu2c_leaf_init()
+    halves = [(_CCU2C_CARRY_IN, (cin, Const(0), Const(0), Const(1)))]
+    for j in range(width):
+        halves.append((init, (y[min(j, len(y) - 1)], x[min(j, len(x) - 1)], pos, neg)))
+    return halves
+
+
+# A CCU2C half of a plain adder, A + B: propagate A ^ B where D = 1, generate A (as yosys maps
+# an adder).
+_CCU2C_ADD = 0x96AA
+assert _CCU2C_ADD & 0xFF00 == 0x9600 and _CCU2C_ADD & 0xF == 0xA
+
+
+def _ccu2c_add_halves(a, b, cin, width):
+    """The CCU2C halves of ``a + b + cin`` (``width`` bits, ``a`` and ``b`` sign-extended)."""
+    halves = [(_CCU2C_CARRY_IN, (cin, Const(0), Const(0), Const(1)))]
+    for j in range(width):
+        halves.append((_CCU2C_ADD, (a[min(j, len(a) - 1)], b[min(j, len(b) - 1)], Const(0),
+                                    Const(1))))
+    return halves
+
+
+def _ccu2c_init(function, generate):
+    """A CCU2C half's ``INIT`` for inputs A, B, C and D = 1: ``function(a, b, c)`` where D = 1
+    (the propagate), and the LUT2 ``generate`` (A, B) in the entries where C = D = 0, which the
+    propagate does not use."""
+    init = 0
+    for i in range(8):
+        a, b, c = i & 1, (i >> 1) & 1, (i >> 2) & 1
+        init |= function(a, b, c) << (8 + i)
+    for i in range(4):
+        init |= generate(i & 1, (i >> 1) & 1) << i
+    return init
+
+
+# An accumulator half, ``(restart ? 0 : acc) + value``: A = acc, B = value, C = restart. Where
+# the propagate is 0 the two summands are equal, so the generate is B.
+_CCU2C_ACCUMULATE = _ccu2c_init(lambda a, b, c: (a & (1 - c)) ^ b, lambda a, b: b)
+
+
+def ccu2c_accumulate(m, acc, value, carry, restart, width, name):
+    """``(restart ? 0 : acc) + value + carry`` (``carry`` may be None) in one CCU2C chain,
+    ``width`` bits: the restart multiplexer is folded into the adder's LUTs."""
+    out = Signal(signed(width), name=name)
+    halves = [(_CCU2C_CARRY_IN, (carry if carry is not None else Const(0), Const(0), Const(0),
+                                 Const(1)))]
+    for j in range(width):
+        halves.append((_CCU2C_ACCUMULATE, (acc[min(j, len(acc) - 1)],
+                                           value[min(j, len(value) - 1)], restart, Const(1))))
+    _ccu2c_chain(m, [(out, halves)], f"{name}_ch")
+    return out
+
+
+def _ccu2c_chain(m, adders, name):
+    """One CCU2C chain of ``adders``, each ``(out, halves)``: drives every ``out`` with the sums
+    of its halves after the first (its carry-in half)."""
+    halves, taps = [], []
+    for out, hs in adders:
+        taps.append((out, len(halves) + 1))
+        halves += hs
+    if len(halves) % 2:
+        halves.append((0, (Const(0), Const(0), Const(0), Const(0))))
+    sums = []
+    carry = Const(0)
+    for i in range(0, len(halves), 2):
+        (init0, (a0, b0, c0, d0)), (init1, (a1, b1, c1, d1)) = halves[i], halves[i + 1]
+        cout = Signal(name=f"{name}_co{i // 2}")
+        s0, s1 = Signal(name=f"{name}_s{i}"), Signal(name=f"{name}_s{i + 1}")
+        m.submodules[f"{name}_ccu{i // 2}"] = Instance(
+            "CCU2C",
+            p_INIT0=Const(init0, 16), p_INIT1=Const(init1, 16),
+            p_INJECT1_0="NO", p_INJECT1_1="NO",
+            i_CIN=carry, i_A0=a0, i_B0=b0, i_C0=c0, i_D0=d0,
+            i_A1=a1, i_B1=b1, i_C1=c1, i_D1=d1,
+            o_S0=s0, o_S1=s1, o_COUT=cout)
+        sums += [s0, s1]
+        carry = cout
+    for out, start in taps:
+        m.d.comb += out.eq(Cat(*sums[start:start + len(out)]))
+
+
 def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, negs=None,
-              name="pe"):
+              name="pe", fuse=False):
     """Build one PE's datapath into ``m``.
 
     Returns ``(value, carry, lo, hi)``: the registered tree output, the one ``+1`` of the
@@ -75,11 +200,14 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
     range of ``value + carry``. Registers advance when ``enable`` is high; ``enable`` may also
     be a list with one signal per register stage (stage 0 first), e.g. ``enable`` and the stage
     holding a valid tile, so that data registers keep still while no tile passes.
+    ``fuse`` builds the first tree level from ECP5 ``CCU2C`` cells that fold the odd lanes'
+    weights into the adders (see :func:`fused_leaves`): the same sums, fewer LUTs.
     """
     B = act_bits
     lanes = len(acts)
     leaves = []
     carries = []
+    raw = []
     for i, (x, code) in enumerate(zip(acts, codes, strict=True)):
         if mode is WeightMode.TERNARY:
             pos, neg = code[0], code[1]
@@ -87,6 +215,12 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
         else:
             neg = code[0]
             nonzero = Const(1)
+        raw.append((x, code))
+        if fuse and i % 2 == 1:
+            # Folded into the first level's adder below.
+            leaves.append((None, -(1 << (B - 1)), (1 << (B - 1)) - 1))
+            carries.append(neg)
+            continue
         if negation == "carry":
             leaf = Signal(signed(B), name=f"{name}_op{i}")
             m.d.comb += leaf.eq(Mux(nonzero, x ^ neg.replicate(B), 0))
@@ -101,12 +235,31 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
     level = 0
     stage = 0
     items = leaves
+    fused = []
     while len(items) > 1:
         level += 1
         nxt = []
         for j in range(0, len(items) - 1, 2):
             (a, alo, ahi), (b, blo, bhi) = items[j], items[j + 1]
             lo, hi = alo + blo, ahi + bhi
+            if b is None:
+                # The odd lane j + 1's weight is folded into this adder (first level only).
+                hi += 1
+                x, code = raw[j + 1]
+                width = signed_width(lo, hi)
+                assert width == B + 1
+                s = Signal(signed(width), name=f"{name}_l{level}_{j // 2}")
+                fused.append((s, _ccu2c_leaf_halves(a, x, code[0], code[1], carries.pop(0),
+                                                    width)))
+                nxt.append((s, lo, hi))
+                continue
+            if fuse and carries:
+                # The other levels' adders in CCU2C chains too, several to a chain.
+                hi += 1
+                s = Signal(signed(signed_width(lo, hi)), name=f"{name}_l{level}_{j // 2}")
+                fused.append((s, _ccu2c_add_halves(a, b, carries.pop(0), len(s))))
+                nxt.append((s, lo, hi))
+                continue
             expr = a + b
             if carries:
                 expr = expr + carries.pop(0)
@@ -114,6 +267,9 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
             s = Signal(signed(signed_width(lo, hi)), name=f"{name}_l{level}_{j // 2}")
             m.d.comb += s.eq(expr)
             nxt.append((s, lo, hi))
+        for c in range(0, len(fused), _CHAIN_ADDERS):
+            _ccu2c_chain(m, fused[c:c + _CHAIN_ADDERS], f"{name}_l{level}_ch{c // _CHAIN_ADDERS}")
+        fused = []
         if len(items) % 2:
             nxt.append(items[-1])
         items = nxt
@@ -131,14 +287,16 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
 
 
 def _register(m, items, carries, enable, name):
+    # Data registers need no reset (the valid bits travelling beside them have one); without
+    # it the reset does not fan out to every flip-flop of the tree.
     regs = []
     for j, (v, lo, hi) in enumerate(items):
-        r = Signal(v.shape(), name=f"{name}_{j}")
+        r = Signal(v.shape(), name=f"{name}_{j}", reset_less=True)
         with m.If(enable):
             m.d.sync += r.eq(v)
         regs.append((r, lo, hi))
     if carries:
-        c = Signal(len(carries), name=f"{name}_c")
+        c = Signal(len(carries), name=f"{name}_c", reset_less=True)
         with m.If(enable):
             m.d.sync += c.eq(Cat(*carries))
         carries = [c[i] for i in range(len(carries))]
@@ -222,7 +380,8 @@ class TernaryPE(wiring.Component):
             negs = negate_activations(m, acts, self._act_bits)
         value, carry, _, _ = build_dot(
             m, acts, codes, act_bits=self._act_bits, mode=self._mode, negation=self._negation,
-            pipeline=self._pipeline, enable=enable, negs=negs)
+            pipeline=self._pipeline, enable=enable, negs=negs,
+            fuse=fused_leaves(platform, self._mode, self._negation))
         m.d.comb += self.o_stream.payload.eq(value + carry if carry is not None else value)
 
         if self.latency == 0:
