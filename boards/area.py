@@ -20,7 +20,7 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 
-__all__ = ["TARGETS", "synthesize", "yosys_command"]
+__all__ = ["TARGETS", "TargetFamily", "synthesize", "yosys_command"]
 
 TARGETS = ("ice40", "ecp5")
 
@@ -47,6 +47,14 @@ SYNTH_SCRIPTS = {
         "synth_gowin -top {top}",
     ],
 }
+
+
+class TargetFamily:
+    """Stands in for a platform of ``family`` when a design is elaborated out of context, so
+    that it maps to the family's cells as on a board (the ECP5 array's CCU2C adders)."""
+
+    def __init__(self, family):
+        self.family = family
 
 
 class SynthesisError(RuntimeError):
@@ -91,7 +99,9 @@ def synthesize(component, *, target, name="top", keep_dir=None):
     """
     if target not in TARGETS:
         raise ValueError(f"Target must be 'ice40' or 'ecp5', not {target!r}")
-    text = rtlil.convert(component, name=name)
+    # The family as Amaranth's Lattice platforms spell it.
+    family = {"ice40": "iCE40", "ecp5": "ecp5"}[target]
+    text = rtlil.convert(component, name=name, platform=TargetFamily(family))
     script = "; ".join(["read_rtlil design.il"] +
                        [s.format(top=name) for s in SYNTH_SCRIPTS[target]] +
                        ["tee -q -o stat.json stat -json"])

@@ -53,7 +53,7 @@ DENSITY_SUITE = [
 ]
 
 # Tile sources: block RAM on the iCE40 (one block per 16 bits of a tile, 256 deep), a ring of
-# flip-flops on the ECP5 (2 tiles).
+# flip-flops on the ECP5 (one tile, rotating).
 _SOURCE = {"ice40": ("bram", 256), "ecp5": ("ring", 1)}
 # Bits the ring rotates by per tile: prime, so every bit visits every lane.
 _RING_STEP = 37
@@ -229,7 +229,8 @@ def build_density(board, *, lanes, pes, freq, out_dir, act_bits=8, max_k=4096, t
 
 def _one(job):
     cfg, root = job
-    out = Path(root) / f"{cfg['board']}-{cfg['lanes']}x{cfg['pes']}"
+    seed = "" if cfg.get("seed") is None else f"-seed{cfg['seed']}"
+    out = Path(root) / f"{cfg['board']}-{cfg['lanes']}x{cfg['pes']}{seed}"
     return build_density(out_dir=out, **cfg)
 
 

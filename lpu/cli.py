@@ -236,8 +236,9 @@ def _cmd_bench_density(args):
         missing = sorted({"board", "lanes", "pes", "freq"} - set(given))
         raise ValueError(f"--board, --lanes, --pes and --freq go together; missing "
                          f"{', '.join('--' + m for m in missing)}")
-    configs = ([dict(board=args.board, lanes=args.lanes, pes=args.pes, freq=args.freq)]
-               if given else None)
+    configs = [dict(cfg, seed=args.seed) for cfg in
+               ([dict(board=args.board, lanes=args.lanes, pes=args.pes, freq=args.freq)]
+                if given else density.DENSITY_SUITE)]
     from lpu.boards.build import BuildError
     try:
         rows = density.run_density_bench(configs, root=args.output, jobs=args.jobs)
@@ -246,7 +247,8 @@ def _cmd_bench_density(args):
         return 1
     print(json.dumps(rows) if args.json else density.format_table(rows))
     if args.record:
-        path = density.record(rows, "lpu bench density --record")
+        path = density.record(rows, "lpu bench density --record" +
+                              ("" if args.seed is None else f" --seed {args.seed}"))
         print(f"recorded {path}")
     return 0
 
@@ -419,6 +421,7 @@ def build_parser():
     p.add_argument("--lanes", type=int)
     p.add_argument("--pes", type=int)
     p.add_argument("--freq", type=float, help="clock constraint in MHz (the PLL setting)")
+    p.add_argument("--seed", type=int, help="nextpnr's placement seed (default: nextpnr's)")
     p.add_argument("--jobs", type=int, default=1, help="parallel place-and-route jobs")
     p.add_argument("-o", "--output", default="build/density", help="build directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
