@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from amaranth.hdl import Cat, ClockDomain, Module, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.memory import Memory
@@ -35,7 +35,7 @@ from lpu.hw.params import check_choice, check_positive
 from lpu.hw.pe import check_pe_params
 
 from .build import board_platform, board_pll, device_name, implement
-from .pll import PLLClockDomain, PLLConfig
+from .pll import PLLConfig, add_pll_sync_domain
 from .top import board_spec
 
 __all__ = ["DensityHarness", "DENSITY_SUITE", "TARGETS", "build_density", "run_density_bench",
@@ -170,11 +170,7 @@ class DensityHarness(wiring.Component):
             m.d.comb += stall.eq(self.stall)
         else:
             if self._pll is not None:
-                m.domains.sync = ClockDomain("sync")
-                m.submodules.clock = clock = PLLClockDomain(
-                    config=self._pll, pin=platform.request(platform.default_clk, dir="-"),
-                    gowin_device=getattr(platform, "family", None))
-                platform.add_clock_constraint(clock.clk, float(self._pll.out_hz))
+                add_pll_sync_domain(m, platform, self._pll)
             button = platform.request("button", 0)
             m.submodules.stall_sync = FFSynchronizer(button.i, stall)
             led = platform.request("led", 0)

@@ -31,7 +31,7 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["PLLConfig", "PLL_FAMILIES", "pll_config", "ice40_pll", "ecp5_pll", "gowin_pll",
-           "PLL", "PLLClockDomain", "LockReset"]
+           "PLL", "PLLClockDomain", "LockReset", "add_pll_sync_domain"]
 
 _MHZ = 1_000_000
 
@@ -371,6 +371,17 @@ class PLLClockDomain(wiring.Component):
                      hold.lock.eq(pll.locked),
                      ResetSignal(self._domain).eq(~hold.ready), self.locked.eq(hold.ready)]
         return m
+
+
+def add_pll_sync_domain(m, platform, config):
+    """Define ``m``'s ``sync`` domain, clocked by a PLL of ``config`` on ``platform``'s default
+    clock pin and held in reset until it locks, and constrain it to the PLL's frequency for
+    place and route."""
+    m.domains.sync = ClockDomain("sync")
+    m.submodules.clock = clock = PLLClockDomain(
+        config=config, pin=platform.request(platform.default_clk, dir="-"),
+        gowin_device=getattr(platform, "family", None))
+    platform.add_clock_constraint(clock.clk, float(config.out_hz))
 
 
 class LockReset(wiring.Component):

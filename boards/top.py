@@ -8,7 +8,7 @@ weights. The host reaches it with ``lpu run --backend serial --port ... --baud .
 
 from dataclasses import dataclass, field
 
-from amaranth.hdl import ClockDomain, Module
+from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -16,7 +16,7 @@ from lpu.hw.lpu import LPU
 from lpu.hw.params import check_positive
 
 from .memory import BurstRAM, connect_memory, weight_memory
-from .pll import PLLClockDomain, PLLConfig
+from .pll import PLLConfig, add_pll_sync_domain
 from .uart import UARTRx, UARTTx, baud_divisor
 
 __all__ = ["BoardSpec", "BOARDS", "board_spec", "BurstRAM", "BoardTop", "lpu_for"]
@@ -168,11 +168,7 @@ class BoardTop(wiring.Component):
             m.d.comb += [urx.rx.eq(self.uart_rx), self.uart_tx.eq(utx.tx)]
         else:
             if self._pll is not None:
-                m.domains.sync = ClockDomain("sync")
-                m.submodules.clock = clock = PLLClockDomain(
-                    config=self._pll, pin=platform.request(platform.default_clk, dir="-"),
-                    gowin_device=getattr(platform, "family", None))
-                platform.add_clock_constraint(clock.clk, float(self._pll.out_hz))
+                add_pll_sync_domain(m, platform, self._pll)
             uart = platform.request("uart", 0)
             m.d.comb += [urx.rx.eq(uart.rx.i), uart.tx.o.eq(utx.tx)]
         return m
