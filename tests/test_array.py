@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 from conftest import env_int
 
+from lpu.boards.area import TargetFamily
 from lpu.hw.array import PEArray
 from lpu.sim import golden, pysim
+
+
+class _OnFPGA(PEArray):
+    """The array as elaborated for an FPGA (here an iCE40, whose adders are the generic ones):
+    its tree registers advance on the array's enable alone, not only when a tile enters."""
+
+    def elaborate(self, platform):
+        return super().elaborate(TargetFamily("iCE40"))
 
 
 def _matrix(rng, rows, cols, act_bits, mode):
@@ -23,9 +32,10 @@ def _matrix(rng, rows, cols, act_bits, mode):
     (6, 2, 6, "ternary", 1, "local", 3, 13),
     (1, 1, 8, "ternary", 1, "carry", 2, 5),
 ])
-def test_array_matvec(rng, lanes, pes, act_bits, mode, pipeline, negation, rows, cols):
-    arr = PEArray(lanes=lanes, pes=pes, act_bits=act_bits, weights=mode, pipeline=pipeline,
-                  max_k=max(cols, lanes), negation=negation)
+@pytest.mark.parametrize("cls", [PEArray, _OnFPGA])
+def test_array_matvec(rng, cls, lanes, pes, act_bits, mode, pipeline, negation, rows, cols):
+    arr = cls(lanes=lanes, pes=pes, act_bits=act_bits, weights=mode, pipeline=pipeline,
+              max_k=max(cols, lanes), negation=negation)
     for _ in range(env_int("LPU_REPEATS", 2)):
         w, x = _matrix(rng, rows, cols, act_bits, mode)
         tiles = golden.tile_matvec(w, x, lanes=lanes, pes=pes, mode=mode)
@@ -88,9 +98,10 @@ def test_array_parameter_errors(kwargs, exc, msg):
 
 
 @pytest.mark.parametrize("vectors, group, pipeline", [(3, None, 1), (2, 8, 0), (4, 4, 2)])
-def test_array_matrix_matrix_and_groups(rng, vectors, group, pipeline):
+@pytest.mark.parametrize("cls", [PEArray, _OnFPGA])
+def test_array_matrix_matrix_and_groups(rng, cls, vectors, group, pipeline):
     lanes, pes, rows, cols = 4, 2, 5, 14
-    arr = PEArray(lanes=lanes, pes=pes, pipeline=pipeline, max_k=16, vectors=vectors)
+    arr = cls(lanes=lanes, pes=pes, pipeline=pipeline, max_k=16, vectors=vectors)
     w, _ = _matrix(rng, rows, cols, 8, "ternary")
     x = rng.integers(-128, 128, size=(cols, vectors))
     tiles = golden.tile_matvec(w, x, lanes=lanes, pes=pes, group=group)
