@@ -167,6 +167,8 @@ class LPU(wiring.Component):
         out_count = Signal(16)
         out_start = Signal(16)
         out_start_next = Signal(16)  # likewise the output buffer's read address
+        room_count = Signal(signed(18))  # READ_OUT: results present, and entries, from `start`
+        room_depth = Signal(signed(18))
         entry = Signal(data.ArrayLayout(signed(out_w), P))   # READ_OUT: the entry being sent
         out_n = Signal(16)
         sub = Signal(range(max(rb, word_bytes, N, 13, 2 * P) + 1))
@@ -220,6 +222,33 @@ class LPU(wiring.Component):
                     m.d.sync += [field_addr.eq(field_addr + 1), sub.eq(0)]
                     m.next = f"{name}_WORD"
 
+        # EXEC's dispatch, decided a cycle ahead: `cmd` and `length` hold still from RX_LEN1
+        # until the frame's CRC has arrived (at least three cycles before EXEC), so the
+        # command's decode and its length check are registered every cycle and EXEC only
+        # reads flip-flops (a byte compare and a length compare in one cycle with the state
+        # machine's next-state logic limited the clock).
+        exec_targets = {
+            Command.PING: ("PING", length != 0),
+            Command.WRITE_MEM: ("WMEM_ADDR", (length < 4) | ((length - 4) % word_bytes != 0)),
+            Command.WRITE_ACT: ("WACT_ADDR", length != 2 + N),
+            Command.RUN: ("RUN_DESC", length != desc_bytes),
+            Command.READ_OUT: ("READ_ARGS", length != 4),
+            Command.STATUS: ("STATUS", length != 0),
+            Command.WRITE_SCALE: ("WSCALE_ADDR", length < 2),
+        }
+        exec_go = {state: Signal(name=f"exec_{state.lower()}")
+                   for state, _ in exec_targets.values()}
+        exec_bad_len = Signal()
+        exec_bad_cmd = Signal()
+        m.d.sync += [exec_bad_cmd.eq(1), exec_bad_len.eq(0)]
+        for state in exec_go.values():
+            m.d.sync += state.eq(0)
+        with m.Switch(cmd):
+            for code, (state, bad) in exec_targets.items():
+                with m.Case(code):
+                    m.d.sync += [exec_bad_cmd.eq(0), exec_bad_len.eq(bad),
+                                 exec_go[state].eq(~bad)]
+
         with m.FSM():
             # ---- receive
             with m.State("RX_SYNC"):
@@ -271,44 +300,14 @@ class LPU(wiring.Component):
 
             # ---- dispatch
             with m.State("EXEC"):
-                with m.Switch(cmd):
-                    with m.Case(Command.PING):
-                        with m.If(length != 0):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "PING"
-                    with m.Case(Command.WRITE_MEM):
-                        with m.If((length < 4) | ((length - 4) % word_bytes != 0)):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "WMEM_ADDR"
-                    with m.Case(Command.WRITE_ACT):
-                        with m.If(length != 2 + N):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "WACT_ADDR"
-                    with m.Case(Command.RUN):
-                        with m.If(length != desc_bytes):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "RUN_DESC"
-                    with m.Case(Command.READ_OUT):
-                        with m.If(length != 4):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "READ_ARGS"
-                    with m.Case(Command.STATUS):
-                        with m.If(length != 0):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "STATUS"
-                    with m.Case(Command.WRITE_SCALE):
-                        with m.If(length < 2):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "WSCALE_ADDR"
-                    with m.Default():
-                        reply_with(Status.BAD_COMMAND, 0)
+                # every verdict a register (see `exec_go` above): no byte is decoded here
+                with m.If(exec_bad_cmd):
+                    reply_with(Status.BAD_COMMAND, 0)
+                with m.Elif(exec_bad_len):
+                    reply_with(Status.BAD_LENGTH, 0)
+                for state, go in exec_go.items():
+                    with m.If(go):
+                        m.next = state
 
             # Assemble little-endian fields from the frame buffer one byte per cycle.
             shift_in = Cat(acc[8:], buf_r.data)
@@ -434,15 +433,20 @@ class LPU(wiring.Component):
             with m.State("READ_ARGS"):
                 m.d.sync += acc.eq(shift_in)
                 m.d.comb += idx_next.eq(idx + 1)
+                with m.If(idx == 2):
+                    # `start` is in `acc` (bytes 0 and 1): the room behind it, from registers
+                    m.d.sync += [room_count.eq(out_count - acc[-16:]),
+                                 room_depth.eq(self._out_depth - acc[-16:])]
                 with m.If(idx == 3):
                     m.d.sync += [out_n.eq(shift_in[-16:]), sub.eq(0), pe_sel.eq(0)]
                     m.d.comb += [out_start_next.eq(shift_in[-32:-16]), idx_next.eq(0)]
                     m.next = "READ_CHECK"
             with m.State("READ_CHECK"):
-                # the range check on registered arguments, its verdict registered too
-                end = out_start + out_n
-                m.d.sync += refuse.eq((out_n * P * rb > MAX_PAYLOAD) | (end > out_count) |
-                                      (end > self._out_depth))
+                # the range check, `start + count` against the results present and the
+                # buffer's depth, as comparisons of registers (`count` against the room behind
+                # `start`); its verdict registered too
+                m.d.sync += refuse.eq((out_n > MAX_PAYLOAD // (P * rb)) | (out_n > room_count) |
+                                      (out_n > room_depth))
                 m.next = "READ_RANGE"
             with m.State("READ_RANGE"):
                 with m.If(refuse):

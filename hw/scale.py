@@ -272,6 +272,10 @@ class ScaleUnit(wiring.Component):
         accept = self.i_stream.valid & self.i_stream.ready
 
         m.d.comb += self.status.busy.eq(s1_valid | s1b_valid | s2_valid | o_valid)
+        # The range check's sum and comparison, registered: the product is final in the last
+        # cycle of MUL (the multiplier's ``busy`` low), so CHECK acts on a flip-flop.
+        past_end = Signal()
+        m.d.sync += past_end.eq(job.scale_base + mul.product > self._scale_depth)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
@@ -309,7 +313,7 @@ class ScaleUnit(wiring.Component):
                     m.next = "IDLE"
             with m.State("CHECK"):
                 m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1)]
-                with m.If(job.scale_base + mul.product > self._scale_depth):
+                with m.If(past_end):
                     m.d.sync += error.eq(1)
                     m.next = "IDLE"
                 with m.Else():
