@@ -158,6 +158,11 @@ class LPU(wiring.Component):
         status = Signal(8)
         refuse = Signal()            # a range check's verdict, registered before it is acted on
         reply_len = Signal(16)
+        # the index of the last payload byte of the request (length - 1) and of the reply
+        # (reply_len - 1), registered with the lengths: RX_PAYLOAD and TX_PAYLOAD compare
+        # `idx` with a register, not with a sum formed in the same cycle
+        rx_last = Signal(16)
+        tx_last = Signal(16)
         idle = Signal(range(self._timeout + 1))
         desc_bytes = (JOB_LAYOUT.size + 7) // 8
         AW = max(128, 8 * N, 8 * desc_bytes, SCALE_BITS * P)
@@ -169,6 +174,8 @@ class LPU(wiring.Component):
         out_start_next = Signal(16)  # likewise the output buffer's read address
         room_count = Signal(signed(18))  # READ_OUT: results present, and entries, from `start`
         room_depth = Signal(signed(18))
+        read_none = Signal()         # READ_OUT: count 0, and count 1 left (registered flags)
+        read_last = Signal()
         entry = Signal(data.ArrayLayout(signed(out_w), P))   # READ_OUT: the entry being sent
         out_n = Signal(16)
         sub = Signal(range(max(rb, word_bytes, N, 13, 2 * P) + 1))
@@ -199,8 +206,9 @@ class LPU(wiring.Component):
         config = config_bytes(self)
         config_rom = Array(Const(b, 8) for b in config)
 
-        def reply_with(code, n):
-            m.d.sync += [status.eq(code), reply_len.eq(n)]
+        def reply_with(code, n, last=None):
+            m.d.sync += [status.eq(code), reply_len.eq(n),
+                         tx_last.eq(n - 1 if last is None else last)]
             m.d.comb += idx_next.eq(0)
             m.next = "TX_SYNC"
 
@@ -272,7 +280,8 @@ class LPU(wiring.Component):
                             m.d.sync += length[:8].eq(rx_byte)
                             m.next = nxt
                         elif name == "RX_LEN1":
-                            m.d.sync += length[8:].eq(rx_byte)
+                            m.d.sync += [length[8:].eq(rx_byte),
+                                         rx_last.eq(Cat(length[:8], rx_byte) - 1)]
                             m.d.comb += idx_next.eq(0)
                             m.next = nxt
                             with m.If(Cat(length[:8], rx_byte) == 0):
@@ -282,7 +291,7 @@ class LPU(wiring.Component):
                         elif name == "RX_PAYLOAD":
                             m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(rx_byte),
                                          idx_next.eq(idx + 1)]
-                            with m.If(idx + 1 == length):
+                            with m.If(idx == rx_last):
                                 m.next = "RX_CRC0"
                         else:
                             m.next = nxt
@@ -445,8 +454,9 @@ class LPU(wiring.Component):
                 # the range check, `start + count` against the results present and the
                 # buffer's depth, as comparisons of registers (`count` against the room behind
                 # `start`); its verdict registered too
-                m.d.sync += refuse.eq((out_n > MAX_PAYLOAD // (P * rb)) | (out_n > room_count) |
-                                      (out_n > room_depth))
+                m.d.sync += [refuse.eq((out_n > MAX_PAYLOAD // (P * rb)) | (out_n > room_count) |
+                                       (out_n > room_depth)),
+                             read_none.eq(out_n == 0), read_last.eq(out_n == 1)]
                 m.next = "READ_RANGE"
             with m.State("READ_RANGE"):
                 with m.If(refuse):
@@ -465,7 +475,7 @@ class LPU(wiring.Component):
                                            for p in range(P))[pe_sel])
                 m.d.comb += [buf_w.en.eq(1),
                              buf_w.data.eq(Array(value.word_select(b, 8) for b in range(rb))[sub])]
-                with m.If(out_n == 0):
+                with m.If(read_none):
                     reply_with(Status.OK, 0)
                 with m.Else():
                     m.d.sync += sub.eq(sub + 1)
@@ -473,10 +483,11 @@ class LPU(wiring.Component):
                     with m.If(sub == rb - 1):
                         m.d.sync += [sub.eq(0), pe_sel.eq(pe_sel + 1)]
                         with m.If(pe_sel == P - 1):
-                            m.d.sync += [pe_sel.eq(0), out_n.eq(out_n - 1), entry.eq(orp.data)]
+                            m.d.sync += [pe_sel.eq(0), out_n.eq(out_n - 1), entry.eq(orp.data),
+                                         read_last.eq(out_n == 2)]
                             m.d.comb += out_start_next.eq(out_start + 1)
-                            with m.If(out_n == 1):
-                                reply_with(Status.OK, idx + 1)
+                            with m.If(read_last):
+                                reply_with(Status.OK, idx + 1, last=idx)
 
             with m.State("STATUS"):
                 reply = Signal(STATUS_REPLY_LAYOUT)
@@ -513,7 +524,7 @@ class LPU(wiring.Component):
                                 m.next = "TX_CRC0"
                         elif name == "TX_PAYLOAD":
                             m.d.comb += idx_next.eq(idx + 1)
-                            with m.If(idx + 1 == reply_len):
+                            with m.If(idx == tx_last):
                                 m.next = "TX_CRC0"
                         else:
                             m.next = nxt

@@ -237,7 +237,7 @@ class WeightStreamer(wiring.Component):
                                                   .shape.elem_shape.elem_shape,
                                                   tiles=2 if self.max_vectors > 1 else 1)
         m.submodules.div = div = SequentialDivider(SIZE_DIV_WIDTH)
-        m.submodules.div5 = div5 = SequentialDivider(BYTE_DIV_WIDTH)
+        m.submodules.div5 = div5 = SequentialDivider(BYTE_DIV_WIDTH, den_width=3)  # by 5
         m.submodules.mul = mul = SequentialMultiplier(SIZE_DIV_WIDTH - 1)
         m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(self.act_bits), N),
                                           depth=self._act_depth, init=[])
@@ -257,6 +257,12 @@ class WeightStreamer(wiring.Component):
         mb = Signal(16)          # row blocks
         kt = Signal(16)          # tiles per row
         gt = Signal(16)          # tiles per group
+        # mb - 1, kt - 1, gt - 1 and vectors - 1: the sequencer compares its counters with
+        # registers, not with differences formed every cycle
+        mb_last = Signal(16)
+        kt_last = Signal(16)
+        gt_last = Signal(16)
+        v_last = Signal(8)
         words = Signal(32)       # image length in words
         end = Signal(33)         # word address past the image
         past_end = Signal()
@@ -289,8 +295,19 @@ class WeightStreamer(wiring.Component):
         # the words left fit the memory's size; the next burst's length is a register, so the
         # memory sees a registered request.
         fetch_addr = Signal(range(self._mem_words + 1))
-        fetch_left = Signal(range(self._mem_words + 1))
+        fetch_after = Signal(range(self._mem_words + 1))  # words left after the burst at hand
         blen = Signal(range(self._max_burst + 1))
+        # Registered with the burst length: whether words are left to request, and the FIFO
+        # level up to which the burst still fits (fifo_depth - blen), so the request's valid
+        # is a comparison of two registers rather than a sum and a comparison; and the words
+        # left after this burst, so the next burst is formed from a register without first
+        # subtracting this one.
+        fetch_more = Signal()
+        room_for = Signal(range(self._fifo_depth + 1))
+        # the first burst's values, formed during the address check
+        first_blen = Signal.like(blen)
+        first_after = Signal.like(fetch_after)
+        first_room = Signal.like(room_for)
         seq_done = Signal()
         pending = Signal(16)
         b_valid = Signal()
@@ -357,16 +374,20 @@ class WeightStreamer(wiring.Component):
             with m.State("WORDS"):
                 m.d.comb += self.status.busy.eq(1)
                 nwords = (n_bytes + (1 << word_shift) - 1) >> word_shift
-                m.d.sync += words.eq(nwords)
+                m.d.sync += [words.eq(nwords),
+                             mb_last.eq(mb - 1), kt_last.eq(kt - 1), gt_last.eq(gt - 1),
+                             v_last.eq(desc.vectors - 1)]
                 m.next = "ADDRESS"
             with m.State("ADDRESS"):
                 # the address check in three steps (sum, comparison, verdict), each a short path
                 m.d.comb += self.status.busy.eq(1)
-                m.d.sync += end.eq(desc.base + words)
+                m.d.sync += [end.eq(desc.base + words), first_blen.eq(burst_of(words))]
                 m.next = "ADDRESS_CMP"
             with m.State("ADDRESS_CMP"):
                 m.d.comb += self.status.busy.eq(1)
-                m.d.sync += past_end.eq(end > self._mem_words)
+                m.d.sync += [past_end.eq(end > self._mem_words),
+                             first_after.eq(words - first_blen),
+                             first_room.eq(self._fifo_depth - first_blen)]
                 m.next = "ADDRESS_OK"
             with m.State("ADDRESS_OK"):
                 m.d.comb += self.status.busy.eq(1)
@@ -374,8 +395,10 @@ class WeightStreamer(wiring.Component):
                     m.d.sync += error.eq(StreamError.ADDRESS)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [fetch_addr.eq(desc.base), fetch_left.eq(words),
-                                 blen.eq(burst_of(words)), running.eq(1)]
+                    # (a job has at least one word: rows and columns are not zero)
+                    m.d.sync += [fetch_addr.eq(desc.base), fetch_after.eq(first_after),
+                                 blen.eq(first_blen), running.eq(1), fetch_more.eq(1),
+                                 room_for.eq(first_room)]
                     m.d.comb += gear.clear.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
@@ -387,8 +410,7 @@ class WeightStreamer(wiring.Component):
         # --- fetch: burst requests while the FIFO has room for the whole burst
         reserved = Signal(range(self._fifo_depth + 1))
         m.d.comb += [
-            self.mem_req.valid.eq(running & (fetch_left != 0) &
-                                  (reserved + blen <= self._fifo_depth)),
+            self.mem_req.valid.eq(running & fetch_more & (reserved <= room_for)),
             self.mem_req.payload.addr.eq(fetch_addr),
             self.mem_req.payload.len.eq(blen),
         ]
@@ -396,9 +418,10 @@ class WeightStreamer(wiring.Component):
         pop = fifo.r_rdy & fifo.r_en
         m.d.sync += reserved.eq(reserved + Mux(req_fire, blen, 0) - pop)
         with m.If(req_fire):
-            left = fetch_left - blen
-            m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_left.eq(left),
-                         blen.eq(burst_of(left))]
+            nxt = burst_of(fetch_after)
+            m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_after.eq(fetch_after - nxt),
+                         blen.eq(nxt), fetch_more.eq(fetch_after != 0),
+                         room_for.eq(self._fifo_depth - nxt)]
         m.d.comb += [
             fifo.w_data.eq(self.mem_resp.payload),
             fifo.w_en.eq(self.mem_resp.valid),
@@ -444,9 +467,9 @@ class WeightStreamer(wiring.Component):
         with m.If(advance):
             m.d.sync += b_valid.eq(a_valid)
             with m.If(a_valid):
-                last_v = v == desc.vectors - 1
-                last_t = t == kt - 1
-                last_g = tg == gt - 1
+                last_v = v == v_last
+                last_t = t == kt_last
+                last_g = tg == gt_last
                 m.d.sync += [
                     b_first.eq(tg == 0),
                     b_last.eq(last_g | last_t),
@@ -459,7 +482,7 @@ class WeightStreamer(wiring.Component):
                                  tg.eq(Mux(last_t | last_g, 0, tg + 1))]
                     with m.If(last_t):
                         m.d.sync += rb.eq(rb + 1)
-                        with m.If(rb == mb - 1):
+                        with m.If(rb == mb_last):
                             m.d.sync += seq_done.eq(1)
         with m.If(~running):
             m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), seq_done.eq(0), b_valid.eq(0)]
