@@ -393,6 +393,8 @@ class LPU(wiring.Component):
 
             with m.State("RUN_DESC"):
                 with m.If(idx == length):
+                    # the reply's byte index, set now rather than in RUN_WAIT's late decisions
+                    m.d.comb += idx_next.eq(0)
                     m.next = "RUN_START"
                 with m.Else():
                     m.d.sync += acc.eq(shift_in)
@@ -408,7 +410,6 @@ class LPU(wiring.Component):
                 with m.If(~sc.status.setup):
                     with m.If(sc.status.error):
                         m.d.sync += job_error.eq(StreamError.SCALES)
-                        m.d.comb += idx_next.eq(0)
                         m.next = "RUN_REPLY"
                     with m.Else():
                         m.next = "RUN_STREAM"
@@ -421,15 +422,13 @@ class LPU(wiring.Component):
                 # The streamer is busy from the cycle after it took the descriptor; the scale
                 # unit from before and until its last result has left. A job the streamer
                 # refuses never sends sums: the scale unit drops it.
+                # (`idx` is 0 from RUN_DESC on, ready for RUN_REPLY.)
                 with m.If(~st.status.busy):
+                    m.d.sync += job_error.eq(st.status.error)
                     with m.If(st.status.error != StreamError.NONE):
                         m.d.comb += sc.abort.eq(1)
-                        m.d.sync += job_error.eq(st.status.error)
-                        m.d.comb += idx_next.eq(0)
                         m.next = "RUN_REPLY"
                     with m.Elif(~sc.status.busy):
-                        m.d.sync += job_error.eq(StreamError.NONE)
-                        m.d.comb += idx_next.eq(0)
                         m.next = "RUN_REPLY"
             with m.State("RUN_REPLY"):
                 m.d.comb += [buf_w.en.eq(1), idx_next.eq(idx + 1),

@@ -315,14 +315,15 @@ class WeightStreamer(wiring.Component):
         def burst_of(left):
             return Mux(left < self._max_burst, left, self._max_burst)
 
-        with m.FSM():
+        # Busy in every state but IDLE: with one-hot state coding that is one flip-flop, where
+        # an OR over the states' conditions took two levels of logic into the LPU's RUN_WAIT.
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
                 with m.If(self.desc.valid):
                     m.d.sync += [desc.eq(self.desc.payload), error.eq(StreamError.NONE)]
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If((desc.rows == 0) | (desc.cols == 0) | (desc.vectors == 0)):
                     m.d.sync += error.eq(StreamError.ZERO_SIZE)
                     m.next = "IDLE"
@@ -340,20 +341,17 @@ class WeightStreamer(wiring.Component):
                     m.d.comb += [div.start.eq(1), div.num.eq(desc.rows + P - 1), div.den.eq(P)]
                     m.next = "DIV_ROWS"
             with m.State("DIV_ROWS"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(~div.busy):
                     m.d.sync += mb.eq(div.quot)
                     m.d.comb += [div.start.eq(1), div.num.eq(desc.cols + N - 1), div.den.eq(N)]
                     m.next = "DIV_COLS"
             with m.State("DIV_COLS"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(~div.busy):
                     m.d.sync += kt.eq(div.quot)
                     m.d.comb += [div.start.eq(1), div.num.eq(desc.group), div.den.eq(N),
                                  mul.start.eq(1), mul.a.eq(mb), mul.b.eq(div.quot)]
                     m.next = "DIV_GROUP"
             with m.State("DIV_GROUP"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(~div.busy & ~mul.busy):
                     m.d.sync += [gt.eq(Mux(desc.group == 0, kt, div.quot)),
                                  n_tiles.eq(mul.product)]
@@ -363,16 +361,13 @@ class WeightStreamer(wiring.Component):
                     with m.Else():
                         m.next = "BYTES"
             with m.State("BYTES"):
-                m.d.comb += self.status.busy.eq(1)
                 m.d.comb += [div5.start.eq(1), div5.num.eq(weights_total + 4), div5.den.eq(5)]
                 m.next = "DIV_T5"
             with m.State("DIV_T5"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(~div5.busy):
                     m.d.sync += n_bytes.eq(Mux(desc.fmt == FormatCode.T5, div5.quot, bytes_pow2))
                     m.next = "WORDS"
             with m.State("WORDS"):
-                m.d.comb += self.status.busy.eq(1)
                 nwords = (n_bytes + (1 << word_shift) - 1) >> word_shift
                 m.d.sync += [words.eq(nwords),
                              mb_last.eq(mb - 1), kt_last.eq(kt - 1), gt_last.eq(gt - 1),
@@ -380,17 +375,14 @@ class WeightStreamer(wiring.Component):
                 m.next = "ADDRESS"
             with m.State("ADDRESS"):
                 # the address check in three steps (sum, comparison, verdict), each a short path
-                m.d.comb += self.status.busy.eq(1)
                 m.d.sync += [end.eq(desc.base + words), first_blen.eq(burst_of(words))]
                 m.next = "ADDRESS_CMP"
             with m.State("ADDRESS_CMP"):
-                m.d.comb += self.status.busy.eq(1)
                 m.d.sync += [past_end.eq(end > self._mem_words),
                              first_after.eq(words - first_blen),
                              first_room.eq(self._fifo_depth - first_blen)]
                 m.next = "ADDRESS_OK"
             with m.State("ADDRESS_OK"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(past_end):
                     m.d.sync += error.eq(StreamError.ADDRESS)
                     m.next = "IDLE"
@@ -402,10 +394,11 @@ class WeightStreamer(wiring.Component):
                     m.d.comb += gear.clear.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(seq_done & ~b_valid & (pending == 0)):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
+
+        m.d.comb += self.status.busy.eq(~fsm.ongoing("IDLE"))
 
         # --- fetch: burst requests while the FIFO has room for the whole burst
         reserved = Signal(range(self._fifo_depth + 1))
