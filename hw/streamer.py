@@ -486,17 +486,29 @@ class WeightStreamer(wiring.Component):
         m.d.sync += pending.eq(pending + (fire_b & arr_in.payload.last) - out_fire)
 
         # --- performance counters (cleared by each accepted descriptor)
+        # The events of the handshakes are registered before they are counted: a 32-bit carry
+        # chain behind the array's or the memory's handshake was a critical path. The counts
+        # lag by a cycle; each job's last such event comes at least two cycles before the
+        # streamer leaves RUN, so the counts are complete when `busy` falls. An event in the
+        # cycle of a clear belongs to the job before, as without the register.
         perf = self.perf
-        with m.If(self.desc.valid & self.desc.ready):
+        clear = self.desc.valid & self.desc.ready
+        events = {
+            "mem_stall": b_valid & ~gear.o_stream.valid,
+            "out_stall": self.o_stream.valid & ~self.o_stream.ready,
+            "words_read": self.mem_resp.valid & self.mem_resp.ready,
+            "tiles": fire_b,
+        }
+        counted = {}
+        for name, event in events.items():
+            counted[name] = Signal(name=f"{name}_event")
+            m.d.sync += counted[name].eq(event & ~clear)
+        with m.If(clear):
             m.d.sync += [perf.busy_cycles.eq(0), perf.mem_stall.eq(0), perf.out_stall.eq(0),
                          perf.words_read.eq(0), perf.tiles.eq(0)]
         with m.Else():
-            m.d.sync += [
-                perf.busy_cycles.eq(perf.busy_cycles + self.status.busy),
-                perf.mem_stall.eq(perf.mem_stall + (b_valid & ~gear.o_stream.valid)),
-                perf.out_stall.eq(perf.out_stall + (self.o_stream.valid & ~self.o_stream.ready)),
-                perf.words_read.eq(perf.words_read + (self.mem_resp.valid &
-                                                      self.mem_resp.ready)),
-                perf.tiles.eq(perf.tiles + fire_b),
-            ]
+            m.d.sync += perf.busy_cycles.eq(perf.busy_cycles + self.status.busy)
+            for name, event in counted.items():
+                counter = getattr(perf, name)
+                m.d.sync += counter.eq(counter + event)
         return m
