@@ -409,7 +409,13 @@ class WeightStreamer(wiring.Component):
         ]
         req_fire = self.mem_req.valid & self.mem_req.ready
         pop = fifo.r_rdy & fifo.r_en
-        m.d.sync += reserved.eq(reserved + Mux(req_fire, blen, 0) - pop)
+        # The FIFO's pop (it follows the array's handshake through the gearbox) and the
+        # request's acceptance (the memory's ready) are known late: the four sums are formed
+        # beforehand and the two handshakes only select one.
+        plus = Signal.like(reserved)
+        m.d.comb += plus.eq(reserved + blen)
+        m.d.sync += reserved.eq(Mux(req_fire, Mux(pop, plus - 1, plus),
+                                    Mux(pop, reserved - 1, reserved)))
         with m.If(req_fire):
             nxt = burst_of(fetch_after)
             m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_after.eq(fetch_after - nxt),
@@ -457,28 +463,39 @@ class WeightStreamer(wiring.Component):
         ]
         if self.max_vectors > 1:
             m.d.comb += arr_in.payload.vector.eq(b_vec)
+        # Whether each counter is at its last value (and tg at 0): flags registered with the
+        # counters, so that the walk's decisions wait for no comparison behind the handshake.
+        v_at_last, t_at_last, g_at_last, rb_at_last = Signal(), Signal(), Signal(), Signal()
+        tg_at_0 = Signal()
         with m.If(advance):
             m.d.sync += b_valid.eq(a_valid)
             with m.If(a_valid):
-                last_v = v == v_last
-                last_t = t == kt_last
-                last_g = tg == gt_last
+                last_v, last_t, last_g = v_at_last, t_at_last, g_at_last
                 m.d.sync += [
-                    b_first.eq(tg == 0),
+                    b_first.eq(tg_at_0),
                     b_last.eq(last_g | last_t),
                     b_vec.eq(v),
                     b_final_use.eq(last_v),
                     v.eq(Mux(last_v, 0, v + 1)),
+                    v_at_last.eq(Mux(last_v, v_last == 0, v + 1 == v_last)),
                 ]
                 with m.If(last_v):
+                    g_wrap = last_t | last_g
                     m.d.sync += [t.eq(Mux(last_t, 0, t + 1)),
-                                 tg.eq(Mux(last_t | last_g, 0, tg + 1))]
+                                 t_at_last.eq(Mux(last_t, kt_last == 0, t + 1 == kt_last)),
+                                 tg.eq(Mux(g_wrap, 0, tg + 1)),
+                                 g_at_last.eq(Mux(g_wrap, gt_last == 0, tg + 1 == gt_last)),
+                                 tg_at_0.eq(g_wrap)]     # tg + 1 < gt: never 0
                     with m.If(last_t):
-                        m.d.sync += rb.eq(rb + 1)
-                        with m.If(rb == mb_last):
+                        m.d.sync += [rb.eq(rb + 1), rb_at_last.eq(rb + 1 == mb_last)]
+                        with m.If(rb_at_last):
                             m.d.sync += seq_done.eq(1)
         with m.If(~running):
-            m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), seq_done.eq(0), b_valid.eq(0)]
+            # (the *_last registers are set in set-up, before `running`)
+            m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), seq_done.eq(0), b_valid.eq(0),
+                         v_at_last.eq(v_last == 0), t_at_last.eq(kt_last == 0),
+                         g_at_last.eq(gt_last == 0), rb_at_last.eq(mb_last == 0),
+                         tg_at_0.eq(1)]
 
         # --- results, and knowing when the last one has left
         wiring.connect(m, array=array.o_stream, out=wiring.flipped(self.o_stream))
