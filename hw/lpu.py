@@ -162,6 +162,8 @@ class LPU(wiring.Component):
         # (reply_len - 1), registered with the lengths: RX_PAYLOAD and TX_PAYLOAD compare
         # `idx` with a register, not with a sum formed in the same cycle
         rx_last = Signal(16)
+        len_lo_zero = Signal()       # the length's low byte is 0, and above MAX_PAYLOAD's
+        len_lo_over = Signal()
         tx_last = Signal(16)
         idle = Signal(range(self._timeout + 1))
         desc_bytes = (JOB_LAYOUT.size + 7) // 8
@@ -206,10 +208,17 @@ class LPU(wiring.Component):
         config = config_bytes(self)
         config_rom = Array(Const(b, 8) for b in config)
 
+        def idx_at(k, top=None):
+            """``idx == k`` in a state whose index counts up from 0 to ``top`` (default ``k``):
+            only the bits that count that far are compared (one LUT rather than a 16-bit
+            comparison)."""
+            return idx[:max(1, (k if top is None else top).bit_length())] == k
+
         def reply_with(code, n, last=None):
+            # (TX_SYNC sets the byte index to 0 for the payload: not here, where the many
+            # states' late decisions would drive it and the frame buffer's read address)
             m.d.sync += [status.eq(code), reply_len.eq(n),
                          tx_last.eq(n - 1 if last is None else last)]
-            m.d.comb += idx_next.eq(0)
             m.next = "TX_SYNC"
 
         def word_writes(name, port, nbytes, word):
@@ -277,16 +286,20 @@ class LPU(wiring.Component):
                             m.d.sync += cmd.eq(rx_byte)
                             m.next = nxt
                         elif name == "RX_LEN0":
-                            m.d.sync += length[:8].eq(rx_byte)
+                            # the low byte's part of the length checks, registered
+                            m.d.sync += [length[:8].eq(rx_byte), len_lo_zero.eq(rx_byte == 0),
+                                         len_lo_over.eq(rx_byte > MAX_PAYLOAD % 256)]
                             m.next = nxt
                         elif name == "RX_LEN1":
                             m.d.sync += [length[8:].eq(rx_byte),
                                          rx_last.eq(Cat(length[:8], rx_byte) - 1)]
                             m.d.comb += idx_next.eq(0)
                             m.next = nxt
-                            with m.If(Cat(length[:8], rx_byte) == 0):
+                            with m.If((rx_byte == 0) & len_lo_zero):
                                 m.next = "RX_CRC0"
-                            with m.If(Cat(length[:8], rx_byte) > MAX_PAYLOAD):
+                            # length > MAX_PAYLOAD, byte by byte
+                            with m.If((rx_byte > MAX_PAYLOAD // 256) |
+                                      ((rx_byte == MAX_PAYLOAD // 256) & len_lo_over)):
                                 reply_with(Status.BAD_LENGTH, 0)
                         elif name == "RX_PAYLOAD":
                             m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(rx_byte),
@@ -324,13 +337,13 @@ class LPU(wiring.Component):
             with m.State("PING"):
                 m.d.comb += [buf_w.data.eq(config_rom[idx]), buf_w.en.eq(1),
                              idx_next.eq(idx + 1)]
-                with m.If(idx == len(config) - 1):
+                with m.If(idx_at(len(config) - 1)):
                     reply_with(Status.OK, len(config))
 
             with m.State("WMEM_ADDR"):
                 m.d.sync += acc.eq(shift_in)
                 m.d.comb += idx_next.eq(idx + 1)
-                with m.If(idx == 3):
+                with m.If(idx_at(3)):
                     m.d.sync += [field_addr.eq(shift_in[-32:]), sub.eq(0)]
                     m.next = "WMEM_CHECK"
             with m.State("WMEM_CHECK"):
@@ -353,7 +366,7 @@ class LPU(wiring.Component):
             with m.State("WACT_ADDR"):
                 m.d.sync += acc.eq(shift_in)
                 m.d.comb += idx_next.eq(idx + 1)
-                with m.If(idx == 1):
+                with m.If(idx_at(1)):
                     m.d.sync += [field_addr.eq(shift_in[-16:]), sub.eq(0)]
                     m.next = "WACT_DATA"
             with m.State("WACT_DATA"):
@@ -374,7 +387,7 @@ class LPU(wiring.Component):
             with m.State("WSCALE_ADDR"):
                 m.d.sync += acc.eq(shift_in)
                 m.d.comb += idx_next.eq(idx + 1)
-                with m.If(idx == 1):
+                with m.If(idx_at(1)):
                     m.d.sync += [field_addr.eq(shift_in[-16:]), scale_end.eq(shift_in[-16:]),
                                  scale_rem.eq(length - 2), sub.eq(0)]
                     m.next = "WSCALE_CHECK"
@@ -432,20 +445,20 @@ class LPU(wiring.Component):
                         m.next = "RUN_REPLY"
             with m.State("RUN_REPLY"):
                 m.d.comb += [buf_w.en.eq(1), idx_next.eq(idx + 1),
-                             buf_w.data.eq(Mux(idx == 0, job_error,
+                             buf_w.data.eq(Mux(idx_at(0, top=2), job_error,
                                                out_count.word_select(idx[0] ^ 1, 8)))]
-                with m.If(idx == 2):
+                with m.If(idx_at(2)):
                     reply_with(Mux(job_error == StreamError.NONE, Status.OK,
                                    Status.RUN_ERROR), 3)
 
             with m.State("READ_ARGS"):
                 m.d.sync += acc.eq(shift_in)
                 m.d.comb += idx_next.eq(idx + 1)
-                with m.If(idx == 2):
+                with m.If(idx_at(2)):
                     # `start` is in `acc` (bytes 0 and 1): the room behind it, from registers
                     m.d.sync += [room_count.eq(out_count - acc[-16:]),
                                  room_depth.eq(self._out_depth - acc[-16:])]
-                with m.If(idx == 3):
+                with m.If(idx_at(3)):
                     m.d.sync += [out_n.eq(shift_in[-16:]), sub.eq(0), pe_sel.eq(0)]
                     m.d.comb += [out_start_next.eq(shift_in[-32:-16]), idx_next.eq(0)]
                     m.next = "READ_CHECK"
@@ -497,7 +510,7 @@ class LPU(wiring.Component):
                 nbytes = STATUS_REPLY_LAYOUT.size // 8
                 m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(words.word_select(idx, 8)),
                              idx_next.eq(idx + 1)]
-                with m.If(idx == nbytes - 1):
+                with m.If(idx_at(nbytes - 1)):
                     reply_with(Status.OK, nbytes)
 
             # ---- transmit
@@ -513,7 +526,9 @@ class LPU(wiring.Component):
                 with m.State(name):
                     m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
                     if name == "TX_SYNC":
-                        m.d.comb += tx_crc.start.eq(tx_fire)
+                        # the payload's first byte is on the frame buffer's read port from
+                        # TX_STATUS on (three or more cycles before TX_PAYLOAD)
+                        m.d.comb += [tx_crc.start.eq(tx_fire), idx_next.eq(0)]
                     elif name in ("TX_STATUS", "TX_LEN0", "TX_LEN1", "TX_PAYLOAD"):
                         m.d.comb += tx_crc.valid.eq(tx_fire)
                     with m.If(tx_fire):

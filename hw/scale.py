@@ -271,10 +271,14 @@ class ScaleUnit(wiring.Component):
         s1_adv = s1_valid & (~s1b_valid | s1b_adv)
         accept = self.i_stream.valid & self.i_stream.ready
 
-        # The range check's sum and comparison, registered: the product is final in the last
-        # cycle of MUL (the multiplier's ``busy`` low), so CHECK acts on a flip-flop.
+        # The range check ``scale_base + words > scale_depth`` as ``words > room``, the room
+        # behind ``scale_base`` a register (the job holds still from GROUPS on), and its
+        # verdict registered: the product is final in the last cycle of MUL (the multiplier's
+        # ``busy`` low), so CHECK acts on a flip-flop.
+        room = Signal(signed(18))
         past_end = Signal()
-        m.d.sync += past_end.eq(job.scale_base + mul.product > self._scale_depth)
+        m.d.sync += [room.eq(self._scale_depth - job.scale_base),
+                     past_end.eq(mul.product > room)]
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)

@@ -263,6 +263,12 @@ class WeightStreamer(wiring.Component):
         kt_last = Signal(16)
         gt_last = Signal(16)
         v_last = Signal(8)
+        # and the values before those (mod 2**16, 2**8): `x + 1 == x_last` is `x == x_pen`,
+        # as a counter never reaches the all-ones value
+        mb_pen = Signal(16)
+        kt_pen = Signal(16)
+        gt_pen = Signal(16)
+        v_pen = Signal(8)
         words = Signal(32)       # image length in words
         end = Signal(33)         # word address past the image
         past_end = Signal()
@@ -371,7 +377,9 @@ class WeightStreamer(wiring.Component):
                 nwords = (n_bytes + (1 << word_shift) - 1) >> word_shift
                 m.d.sync += [words.eq(nwords),
                              mb_last.eq(mb - 1), kt_last.eq(kt - 1), gt_last.eq(gt - 1),
-                             v_last.eq(desc.vectors - 1)]
+                             v_last.eq(desc.vectors - 1),
+                             mb_pen.eq(mb - 2), kt_pen.eq(kt - 2), gt_pen.eq(gt - 2),
+                             v_pen.eq(desc.vectors - 2)]
                 m.next = "ADDRESS"
             with m.State("ADDRESS"):
                 # the address check in three steps (sum, comparison, verdict), each a short path
@@ -477,17 +485,17 @@ class WeightStreamer(wiring.Component):
                     b_vec.eq(v),
                     b_final_use.eq(last_v),
                     v.eq(Mux(last_v, 0, v + 1)),
-                    v_at_last.eq(Mux(last_v, v_last == 0, v + 1 == v_last)),
+                    v_at_last.eq(Mux(last_v, v_last == 0, v == v_pen)),
                 ]
                 with m.If(last_v):
                     g_wrap = last_t | last_g
                     m.d.sync += [t.eq(Mux(last_t, 0, t + 1)),
-                                 t_at_last.eq(Mux(last_t, kt_last == 0, t + 1 == kt_last)),
+                                 t_at_last.eq(Mux(last_t, kt_last == 0, t == kt_pen)),
                                  tg.eq(Mux(g_wrap, 0, tg + 1)),
-                                 g_at_last.eq(Mux(g_wrap, gt_last == 0, tg + 1 == gt_last)),
+                                 g_at_last.eq(Mux(g_wrap, gt_last == 0, tg == gt_pen)),
                                  tg_at_0.eq(g_wrap)]     # tg + 1 < gt: never 0
                     with m.If(last_t):
-                        m.d.sync += [rb.eq(rb + 1), rb_at_last.eq(rb + 1 == mb_last)]
+                        m.d.sync += [rb.eq(rb + 1), rb_at_last.eq(rb == mb_pen)]
                         with m.If(rb_at_last):
                             m.d.sync += seq_done.eq(1)
         with m.If(~running):

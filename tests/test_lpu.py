@@ -106,6 +106,12 @@ def test_device_refuses_bad_requests(device):
     transport = drv._t
     status, _ = decode_reply(transport.exchange(bytes([0xA5]) + _raw(0x7E)))
     assert status is Status.BAD_COMMAND
+    # a length above the frame buffer is refused as soon as it arrives; 256 bytes are taken
+    for length in (257, 0x1FF, 0x200, 0xFFFF):
+        header = bytes([0xA5, Command.WRITE_MEM.value]) + length.to_bytes(2, "little")
+        status, _ = decode_reply(transport.exchange(header))
+        assert status is Status.BAD_LENGTH
+    drv.request(Command.WRITE_MEM, bytes(256))
 
 
 def test_read_out_range_is_checked(rng, device):
