@@ -44,8 +44,10 @@ class BoardSpec:
 
 
 #: The supported boards. Default LPU sizes: the iCEBreaker's UP5K has 5280 logic cells and 30
-#: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (5100 cells after placement; a
-#: second PE, or 8 x 2, needs about 5400) and 4 KiB of weights; the ULX3S-85F's LFE5U-85F
+#: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (4668 cells after placement; a
+#: second PE, or 8 x 2, needed about 5400 before the board build dropped yosys's read-first
+#: emulation around the block RAMs, some 500 cells, and has not been measured since) and 4 KiB
+#: of weights; the ULX3S-85F's LFE5U-85F
 #: has 83640 LUTs and 208 block RAMs of 2 KiB, so it gets the 64-lane, 4-PE array of
 #: :func:`lpu.host.run.device_for` and 160 KiB of weights (80 block RAMs: the shipped model's
 #: t2 image is 36864 words). The Tang Nano 9K's GW1NR-9 has 8640 LUT4s and 26 block RAMs of
