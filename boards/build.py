@@ -220,7 +220,17 @@ def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
         # Amaranth's state machines are binary-coded registers with an initial value, which
         # yosys leaves alone; one-hot coding shortens their next-state logic. (The initial value
         # is not needed: the sync domain starts in reset.)
-        script_after_read='setattr -set fsm_encoding "one-hot" w:fsm_state',
+        script_after_read="\n".join([
+            'setattr -set fsm_encoding "one-hot" w:fsm_state',
+            # Amaranth asks for a read port's old data when it reads the address a write port
+            # writes in the same cycle; the iCE40's block RAM does not promise that, so yosys
+            # emulated it with soft logic around every RAM (a register on the write port and a
+            # bypass multiplexer on the read data: about 300 flip-flops in the iCEBreaker
+            # build, on the FIFO's and the activation buffer's read paths). No memory of the
+            # design uses the data of such a read (docs/boards.md, "What limits the clock"),
+            # so collisions are declared don't-care.
+            "setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 r:TRANSPARENCY_MASK=1'0 %i",
+        ]),
         script_after_synth="\n".join(script + ["tee -q -o stat.json stat -json"]),
         nextpnr_opts="--report report.json --timing-allow-fail" +
                      ("" if seed is None else f" --seed {int(seed)}"),

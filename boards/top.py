@@ -44,13 +44,15 @@ class BoardSpec:
 
 
 #: The supported boards. Default LPU sizes: the iCEBreaker's UP5K has 5280 logic cells and 30
-#: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (5100 cells after placement; a
-#: second PE, or 8 x 2, needs about 5400) and 4 KiB of weights; the ULX3S-85F's LFE5U-85F
+#: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (4668 cells after placement; a
+#: second PE, or 8 x 2, needed about 5400 before the board build dropped yosys's read-first
+#: emulation around the block RAMs, some 500 cells, and has not been measured since) and 4 KiB
+#: of weights; the ULX3S-85F's LFE5U-85F
 #: has 83640 LUTs and 208 block RAMs of 2 KiB, so it gets the 64-lane, 4-PE array of
 #: :func:`lpu.host.run.device_for` and 160 KiB of weights (80 block RAMs: the shipped model's
 #: t2 image is 36864 words). The Tang Nano 9K's GW1NR-9 has 8640 LUT4s and 26 block RAMs of
 #: 2 KiB: an 8-lane, 2-PE array and 8 KiB of weights. Default clocks are ones each default
-#: build meets (docs/boards.md, Measured): 21 MHz on the UP5K, 50 MHz on the ECP5-85F,
+#: build meets (docs/boards.md, Measured): 30 MHz on the UP5K, 50 MHz on the ECP5-85F,
 #: 54 MHz on the GW1NR-9 -- short of the 48 MHz and 150 MHz the iCE40 and ECP5 should reach.
 BOARDS = {
     "icebreaker": BoardSpec(
@@ -59,7 +61,7 @@ BOARDS = {
         resources={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
         lpu=dict(lanes=16, pes=1, mem_words=1024, max_k=256, max_vectors=1, max_burst=8,
                  out_depth=32, scale_depth=64),
-        freq_mhz=21),
+        freq_mhz=30),
     "ulx3s-85f": BoardSpec(
         name="ulx3s-85f", platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
         family="ecp5",

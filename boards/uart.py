@@ -89,19 +89,20 @@ class UARTTx(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         timer = Signal(range(self._divisor))
+        expired = Signal(init=1)                  # timer == 0, registered with it
         shift = Signal(10, init=(1 << 10) - 1)   # stop, data[7:0], start; sent from bit 0
         bits = Signal(range(11))                  # bits still to send
         m.d.comb += [self.busy.eq(bits != 0), self.i_stream.ready.eq(bits == 0),
                      self.tx.eq(shift[0])]
         with m.If(self.i_stream.valid & self.i_stream.ready):
             m.d.sync += [shift.eq((1 << 9) | (self.i_stream.payload << 1)), bits.eq(10),
-                         timer.eq(self._divisor - 1)]
+                         timer.eq(self._divisor - 1), expired.eq(self._divisor == 1)]
         with m.Elif(bits != 0):
-            with m.If(timer == 0):
+            with m.If(expired):
                 m.d.sync += [shift.eq((1 << 9) | (shift >> 1)), bits.eq(bits - 1),
-                             timer.eq(self._divisor - 1)]
+                             timer.eq(self._divisor - 1), expired.eq(self._divisor == 1)]
             with m.Else():
-                m.d.sync += timer.eq(timer - 1)
+                m.d.sync += [timer.eq(timer - 1), expired.eq(timer == 1)]
         return m
 
 
@@ -142,37 +143,48 @@ class UARTRx(wiring.Component):
         m.submodules.sync_rx = FFSynchronizer(self.rx, line, init=1)
 
         timer = Signal(range(self._divisor))
+        # `timer == 0`, registered with the timer (a flip-flop in the state machine's
+        # conditions rather than a comparison)
+        expired = Signal(init=1)
         shift = Signal(8)
         bits = Signal(range(9))
+
+        def load(value):
+            m.d.sync += [timer.eq(value), expired.eq(value == 0)]
+
+        def count_down():
+            m.d.sync += [timer.eq(timer - 1), expired.eq(timer == 1)]
+
         with m.If(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(~line):
-                    m.d.sync += timer.eq(self._divisor // 2 - 1)
+                    load(self._divisor // 2 - 1)
                     m.next = "START"
             # Half a bit after the falling edge: the middle of the start bit.
             with m.State("START"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
+                with m.If(~expired):
+                    count_down()
                 with m.Elif(line):
                     m.next = "IDLE"                          # a glitch, not a start bit
                 with m.Else():
-                    m.d.sync += [timer.eq(self._divisor - 1), bits.eq(8)]
+                    m.d.sync += bits.eq(8)
+                    load(self._divisor - 1)
                     m.next = "DATA"
             with m.State("DATA"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
+                with m.If(~expired):
+                    count_down()
                 with m.Else():
-                    m.d.sync += [shift.eq((line << 7) | (shift >> 1)), bits.eq(bits - 1),
-                                 timer.eq(self._divisor - 1)]
+                    m.d.sync += [shift.eq((line << 7) | (shift >> 1)), bits.eq(bits - 1)]
+                    load(self._divisor - 1)
                     with m.If(bits == 1):
                         m.next = "STOP"
             # The middle of the stop bit; the next start edge may follow half a bit later.
             with m.State("STOP"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
+                with m.If(~expired):
+                    count_down()
                 with m.Elif(~line):
                     m.d.comb += self.frame_error.eq(1)
                     m.next = "BREAK"

@@ -1,6 +1,6 @@
 """Small sequential arithmetic for set-up work that runs once per matrix, not per cycle."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,29 +13,38 @@ class SequentialDivider(wiring.Component):
     Pulse ``start`` with ``num`` and ``den`` set (both are taken in that cycle); ``busy`` is
     high until ``quot`` and ``rem`` are valid. Division by zero gives an all-ones quotient;
     callers check ``den`` first.
+
+    ``den_width`` (default ``width``) is the divisor's width. The partial remainder is always
+    below the divisor, so it is kept in ``den_width`` bits: a division by a small constant
+    subtracts a few bits per cycle, not ``width``. Each cycle's trial subtraction gives the
+    comparison too (its borrow), one carry chain rather than a comparison and a subtraction
+    in series.
     """
 
-    def __init__(self, width):
+    def __init__(self, width, den_width=None):
+        den_width = width if den_width is None else den_width
         self._width = width
+        self._den_width = den_width
         super().__init__({
-            "start": In(1), "num": In(width), "den": In(width),
-            "busy": Out(1), "quot": Out(width), "rem": Out(width),
+            "start": In(1), "num": In(width), "den": In(den_width),
+            "busy": Out(1), "quot": Out(width), "rem": Out(den_width),
         })
 
     def elaborate(self, platform):
         m = Module()
-        w = self._width
+        w, dw = self._width, self._den_width
         count = Signal(range(w + 1))
-        den = Signal(w)
-        trial = Signal(w + 1)
-        m.d.comb += trial.eq(Cat(self.quot[w - 1], self.rem))
+        den = Signal(dw)
+        trial = Signal(dw + 1)
+        diff = Signal(signed(dw + 2))       # trial - den; negative: the divisor does not fit
+        m.d.comb += [trial.eq(Cat(self.quot[w - 1], self.rem)), diff.eq(trial - den)]
         with m.If(self.start):
             m.d.sync += [self.rem.eq(0), self.quot.eq(self.num), den.eq(self.den), count.eq(w),
                          self.busy.eq(1)]
         with m.Elif(self.busy):
-            fits = trial >= den
+            fits = ~diff[-1]
             m.d.sync += [
-                self.rem.eq(Mux(fits, trial - den, trial)),
+                self.rem.eq(Mux(fits, diff[:dw], trial[:dw])),
                 self.quot.eq(Cat(fits, self.quot[:-1])),
                 count.eq(count - 1),
             ]

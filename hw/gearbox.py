@@ -71,19 +71,16 @@ class TileGearbox(wiring.Component):
             self.o_stream.payload.eq(Cat(*cells[:T // g])),
         ]
 
-        after = Signal(range(C + 1))        # level once the leaving tile is gone
         # Whether a tile leaves arrives late in the cycle (it depends on the array's
         # handshake), so the comparisons are made on the registered level for both cases and
         # ``emit`` only selects between them.
-        m.d.comb += [
-            after.eq(level - Mux(emit, T, 0)),
-            self.i_stream.ready.eq(Mux(emit, level <= room + T, level <= room)),
-        ]
+        m.d.comb += self.i_stream.ready.eq(Mux(emit, level <= room + T, level <= room))
         accept = self.i_stream.valid & self.i_stream.ready
         count = self.i_stream.payload.count
         codes = self.i_stream.payload.codes.as_value()
 
-        # One-hot decode of the write position (``after == pos``), shared by all cells.
+        # One-hot decode of the write position (the level once a leaving tile is gone), shared
+        # by all cells.
         at = {pos: Signal(name=f"at{pos}") for pos in range(0, room + 1, g)}
         for pos, sig in at.items():
             m.d.comb += sig.eq(accept & Mux(emit, level == pos + T, level == pos))
@@ -101,8 +98,13 @@ class TileGearbox(wiring.Component):
                 nxt = Mux(hit, codes[d * bits:(d + g) * bits], nxt)
             m.d.sync += c.eq(nxt)
 
+        # The next level for each outcome of the two late handshakes, formed beforehand (the
+        # chunk size does not depend on them), so that they only select one.
+        taken = Signal.like(level)
+        m.d.comb += taken.eq(level + count)
         with m.If(self.clear):
             m.d.sync += level.eq(0)
         with m.Else():
-            m.d.sync += level.eq(after + Mux(accept, count, 0))
+            m.d.sync += level.eq(Mux(accept, Mux(emit, taken - T, taken),
+                                     Mux(emit, level - T, level)))
         return m

@@ -158,6 +158,13 @@ class LPU(wiring.Component):
         status = Signal(8)
         refuse = Signal()            # a range check's verdict, registered before it is acted on
         reply_len = Signal(16)
+        # the index of the last payload byte of the request (length - 1) and of the reply
+        # (reply_len - 1), registered with the lengths: RX_PAYLOAD and TX_PAYLOAD compare
+        # `idx` with a register, not with a sum formed in the same cycle
+        rx_last = Signal(16)
+        len_lo_zero = Signal()       # the length's low byte is 0, and above MAX_PAYLOAD's
+        len_lo_over = Signal()
+        tx_last = Signal(16)
         idle = Signal(range(self._timeout + 1))
         desc_bytes = (JOB_LAYOUT.size + 7) // 8
         AW = max(128, 8 * N, 8 * desc_bytes, SCALE_BITS * P)
@@ -167,6 +174,10 @@ class LPU(wiring.Component):
         out_count = Signal(16)
         out_start = Signal(16)
         out_start_next = Signal(16)  # likewise the output buffer's read address
+        room_count = Signal(signed(18))  # READ_OUT: results present, and entries, from `start`
+        room_depth = Signal(signed(18))
+        read_none = Signal()         # READ_OUT: count 0, and count 1 left (registered flags)
+        read_last = Signal()
         entry = Signal(data.ArrayLayout(signed(out_w), P))   # READ_OUT: the entry being sent
         out_n = Signal(16)
         sub = Signal(range(max(rb, word_bytes, N, 13, 2 * P) + 1))
@@ -197,9 +208,17 @@ class LPU(wiring.Component):
         config = config_bytes(self)
         config_rom = Array(Const(b, 8) for b in config)
 
-        def reply_with(code, n):
-            m.d.sync += [status.eq(code), reply_len.eq(n)]
-            m.d.comb += idx_next.eq(0)
+        def idx_at(k, top=None):
+            """``idx == k`` in a state whose index counts up from 0 to ``top`` (default ``k``):
+            only the bits that count that far are compared (one LUT rather than a 16-bit
+            comparison)."""
+            return idx[:max(1, (k if top is None else top).bit_length())] == k
+
+        def reply_with(code, n, last=None):
+            # (TX_SYNC sets the byte index to 0 for the payload: not here, where the many
+            # states' late decisions would drive it and the frame buffer's read address)
+            m.d.sync += [status.eq(code), reply_len.eq(n),
+                         tx_last.eq(n - 1 if last is None else last)]
             m.next = "TX_SYNC"
 
         def word_writes(name, port, nbytes, word):
@@ -219,6 +238,33 @@ class LPU(wiring.Component):
                 with m.If(port.ready):
                     m.d.sync += [field_addr.eq(field_addr + 1), sub.eq(0)]
                     m.next = f"{name}_WORD"
+
+        # EXEC's dispatch, decided a cycle ahead: `cmd` and `length` hold still from RX_LEN1
+        # until the frame's CRC has arrived (at least three cycles before EXEC), so the
+        # command's decode and its length check are registered every cycle and EXEC only
+        # reads flip-flops (a byte compare and a length compare in one cycle with the state
+        # machine's next-state logic limited the clock).
+        exec_targets = {
+            Command.PING: ("PING", length != 0),
+            Command.WRITE_MEM: ("WMEM_ADDR", (length < 4) | ((length - 4) % word_bytes != 0)),
+            Command.WRITE_ACT: ("WACT_ADDR", length != 2 + N),
+            Command.RUN: ("RUN_DESC", length != desc_bytes),
+            Command.READ_OUT: ("READ_ARGS", length != 4),
+            Command.STATUS: ("STATUS", length != 0),
+            Command.WRITE_SCALE: ("WSCALE_ADDR", length < 2),
+        }
+        exec_go = {state: Signal(name=f"exec_{state.lower()}")
+                   for state, _ in exec_targets.values()}
+        exec_bad_len = Signal()
+        exec_bad_cmd = Signal()
+        m.d.sync += [exec_bad_cmd.eq(1), exec_bad_len.eq(0)]
+        for state in exec_go.values():
+            m.d.sync += state.eq(0)
+        with m.Switch(cmd):
+            for code, (state, bad) in exec_targets.items():
+                with m.Case(code):
+                    m.d.sync += [exec_bad_cmd.eq(0), exec_bad_len.eq(bad),
+                                 exec_go[state].eq(~bad)]
 
         with m.FSM():
             # ---- receive
@@ -240,20 +286,25 @@ class LPU(wiring.Component):
                             m.d.sync += cmd.eq(rx_byte)
                             m.next = nxt
                         elif name == "RX_LEN0":
-                            m.d.sync += length[:8].eq(rx_byte)
+                            # the low byte's part of the length checks, registered
+                            m.d.sync += [length[:8].eq(rx_byte), len_lo_zero.eq(rx_byte == 0),
+                                         len_lo_over.eq(rx_byte > MAX_PAYLOAD % 256)]
                             m.next = nxt
                         elif name == "RX_LEN1":
-                            m.d.sync += length[8:].eq(rx_byte)
+                            m.d.sync += [length[8:].eq(rx_byte),
+                                         rx_last.eq(Cat(length[:8], rx_byte) - 1)]
                             m.d.comb += idx_next.eq(0)
                             m.next = nxt
-                            with m.If(Cat(length[:8], rx_byte) == 0):
+                            with m.If((rx_byte == 0) & len_lo_zero):
                                 m.next = "RX_CRC0"
-                            with m.If(Cat(length[:8], rx_byte) > MAX_PAYLOAD):
+                            # length > MAX_PAYLOAD, byte by byte
+                            with m.If((rx_byte > MAX_PAYLOAD // 256) |
+                                      ((rx_byte == MAX_PAYLOAD // 256) & len_lo_over)):
                                 reply_with(Status.BAD_LENGTH, 0)
                         elif name == "RX_PAYLOAD":
                             m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(rx_byte),
                                          idx_next.eq(idx + 1)]
-                            with m.If(idx + 1 == length):
+                            with m.If(idx == rx_last):
                                 m.next = "RX_CRC0"
                         else:
                             m.next = nxt
@@ -271,44 +322,14 @@ class LPU(wiring.Component):
 
             # ---- dispatch
             with m.State("EXEC"):
-                with m.Switch(cmd):
-                    with m.Case(Command.PING):
-                        with m.If(length != 0):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "PING"
-                    with m.Case(Command.WRITE_MEM):
-                        with m.If((length < 4) | ((length - 4) % word_bytes != 0)):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "WMEM_ADDR"
-                    with m.Case(Command.WRITE_ACT):
-                        with m.If(length != 2 + N):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "WACT_ADDR"
-                    with m.Case(Command.RUN):
-                        with m.If(length != desc_bytes):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "RUN_DESC"
-                    with m.Case(Command.READ_OUT):
-                        with m.If(length != 4):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "READ_ARGS"
-                    with m.Case(Command.STATUS):
-                        with m.If(length != 0):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "STATUS"
-                    with m.Case(Command.WRITE_SCALE):
-                        with m.If(length < 2):
-                            reply_with(Status.BAD_LENGTH, 0)
-                        with m.Else():
-                            m.next = "WSCALE_ADDR"
-                    with m.Default():
-                        reply_with(Status.BAD_COMMAND, 0)
+                # every verdict a register (see `exec_go` above): no byte is decoded here
+                with m.If(exec_bad_cmd):
+                    reply_with(Status.BAD_COMMAND, 0)
+                with m.Elif(exec_bad_len):
+                    reply_with(Status.BAD_LENGTH, 0)
+                for state, go in exec_go.items():
+                    with m.If(go):
+                        m.next = state
 
             # Assemble little-endian fields from the frame buffer one byte per cycle.
             shift_in = Cat(acc[8:], buf_r.data)
@@ -316,13 +337,13 @@ class LPU(wiring.Component):
             with m.State("PING"):
                 m.d.comb += [buf_w.data.eq(config_rom[idx]), buf_w.en.eq(1),
                              idx_next.eq(idx + 1)]
-                with m.If(idx == len(config) - 1):
+                with m.If(idx_at(len(config) - 1)):
                     reply_with(Status.OK, len(config))
 
             with m.State("WMEM_ADDR"):
                 m.d.sync += acc.eq(shift_in)
                 m.d.comb += idx_next.eq(idx + 1)
-                with m.If(idx == 3):
+                with m.If(idx_at(3)):
                     m.d.sync += [field_addr.eq(shift_in[-32:]), sub.eq(0)]
                     m.next = "WMEM_CHECK"
             with m.State("WMEM_CHECK"):
@@ -345,7 +366,7 @@ class LPU(wiring.Component):
             with m.State("WACT_ADDR"):
                 m.d.sync += acc.eq(shift_in)
                 m.d.comb += idx_next.eq(idx + 1)
-                with m.If(idx == 1):
+                with m.If(idx_at(1)):
                     m.d.sync += [field_addr.eq(shift_in[-16:]), sub.eq(0)]
                     m.next = "WACT_DATA"
             with m.State("WACT_DATA"):
@@ -366,7 +387,7 @@ class LPU(wiring.Component):
             with m.State("WSCALE_ADDR"):
                 m.d.sync += acc.eq(shift_in)
                 m.d.comb += idx_next.eq(idx + 1)
-                with m.If(idx == 1):
+                with m.If(idx_at(1)):
                     m.d.sync += [field_addr.eq(shift_in[-16:]), scale_end.eq(shift_in[-16:]),
                                  scale_rem.eq(length - 2), sub.eq(0)]
                     m.next = "WSCALE_CHECK"
@@ -385,6 +406,8 @@ class LPU(wiring.Component):
 
             with m.State("RUN_DESC"):
                 with m.If(idx == length):
+                    # the reply's byte index, set now rather than in RUN_WAIT's late decisions
+                    m.d.comb += idx_next.eq(0)
                     m.next = "RUN_START"
                 with m.Else():
                     m.d.sync += acc.eq(shift_in)
@@ -400,7 +423,6 @@ class LPU(wiring.Component):
                 with m.If(~sc.status.setup):
                     with m.If(sc.status.error):
                         m.d.sync += job_error.eq(StreamError.SCALES)
-                        m.d.comb += idx_next.eq(0)
                         m.next = "RUN_REPLY"
                     with m.Else():
                         m.next = "RUN_STREAM"
@@ -413,36 +435,40 @@ class LPU(wiring.Component):
                 # The streamer is busy from the cycle after it took the descriptor; the scale
                 # unit from before and until its last result has left. A job the streamer
                 # refuses never sends sums: the scale unit drops it.
+                # (`idx` is 0 from RUN_DESC on, ready for RUN_REPLY.)
                 with m.If(~st.status.busy):
+                    m.d.sync += job_error.eq(st.status.error)
                     with m.If(st.status.error != StreamError.NONE):
                         m.d.comb += sc.abort.eq(1)
-                        m.d.sync += job_error.eq(st.status.error)
-                        m.d.comb += idx_next.eq(0)
                         m.next = "RUN_REPLY"
                     with m.Elif(~sc.status.busy):
-                        m.d.sync += job_error.eq(StreamError.NONE)
-                        m.d.comb += idx_next.eq(0)
                         m.next = "RUN_REPLY"
             with m.State("RUN_REPLY"):
                 m.d.comb += [buf_w.en.eq(1), idx_next.eq(idx + 1),
-                             buf_w.data.eq(Mux(idx == 0, job_error,
+                             buf_w.data.eq(Mux(idx_at(0, top=2), job_error,
                                                out_count.word_select(idx[0] ^ 1, 8)))]
-                with m.If(idx == 2):
+                with m.If(idx_at(2)):
                     reply_with(Mux(job_error == StreamError.NONE, Status.OK,
                                    Status.RUN_ERROR), 3)
 
             with m.State("READ_ARGS"):
                 m.d.sync += acc.eq(shift_in)
                 m.d.comb += idx_next.eq(idx + 1)
-                with m.If(idx == 3):
+                with m.If(idx_at(2)):
+                    # `start` is in `acc` (bytes 0 and 1): the room behind it, from registers
+                    m.d.sync += [room_count.eq(out_count - acc[-16:]),
+                                 room_depth.eq(self._out_depth - acc[-16:])]
+                with m.If(idx_at(3)):
                     m.d.sync += [out_n.eq(shift_in[-16:]), sub.eq(0), pe_sel.eq(0)]
                     m.d.comb += [out_start_next.eq(shift_in[-32:-16]), idx_next.eq(0)]
                     m.next = "READ_CHECK"
             with m.State("READ_CHECK"):
-                # the range check on registered arguments, its verdict registered too
-                end = out_start + out_n
-                m.d.sync += refuse.eq((out_n * P * rb > MAX_PAYLOAD) | (end > out_count) |
-                                      (end > self._out_depth))
+                # the range check, `start + count` against the results present and the
+                # buffer's depth, as comparisons of registers (`count` against the room behind
+                # `start`); its verdict registered too
+                m.d.sync += [refuse.eq((out_n > MAX_PAYLOAD // (P * rb)) | (out_n > room_count) |
+                                       (out_n > room_depth)),
+                             read_none.eq(out_n == 0), read_last.eq(out_n == 1)]
                 m.next = "READ_RANGE"
             with m.State("READ_RANGE"):
                 with m.If(refuse):
@@ -461,7 +487,7 @@ class LPU(wiring.Component):
                                            for p in range(P))[pe_sel])
                 m.d.comb += [buf_w.en.eq(1),
                              buf_w.data.eq(Array(value.word_select(b, 8) for b in range(rb))[sub])]
-                with m.If(out_n == 0):
+                with m.If(read_none):
                     reply_with(Status.OK, 0)
                 with m.Else():
                     m.d.sync += sub.eq(sub + 1)
@@ -469,10 +495,11 @@ class LPU(wiring.Component):
                     with m.If(sub == rb - 1):
                         m.d.sync += [sub.eq(0), pe_sel.eq(pe_sel + 1)]
                         with m.If(pe_sel == P - 1):
-                            m.d.sync += [pe_sel.eq(0), out_n.eq(out_n - 1), entry.eq(orp.data)]
+                            m.d.sync += [pe_sel.eq(0), out_n.eq(out_n - 1), entry.eq(orp.data),
+                                         read_last.eq(out_n == 2)]
                             m.d.comb += out_start_next.eq(out_start + 1)
-                            with m.If(out_n == 1):
-                                reply_with(Status.OK, idx + 1)
+                            with m.If(read_last):
+                                reply_with(Status.OK, idx + 1, last=idx)
 
             with m.State("STATUS"):
                 reply = Signal(STATUS_REPLY_LAYOUT)
@@ -483,7 +510,7 @@ class LPU(wiring.Component):
                 nbytes = STATUS_REPLY_LAYOUT.size // 8
                 m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(words.word_select(idx, 8)),
                              idx_next.eq(idx + 1)]
-                with m.If(idx == nbytes - 1):
+                with m.If(idx_at(nbytes - 1)):
                     reply_with(Status.OK, nbytes)
 
             # ---- transmit
@@ -499,7 +526,9 @@ class LPU(wiring.Component):
                 with m.State(name):
                     m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
                     if name == "TX_SYNC":
-                        m.d.comb += tx_crc.start.eq(tx_fire)
+                        # the payload's first byte is on the frame buffer's read port from
+                        # TX_STATUS on (three or more cycles before TX_PAYLOAD)
+                        m.d.comb += [tx_crc.start.eq(tx_fire), idx_next.eq(0)]
                     elif name in ("TX_STATUS", "TX_LEN0", "TX_LEN1", "TX_PAYLOAD"):
                         m.d.comb += tx_crc.valid.eq(tx_fire)
                     with m.If(tx_fire):
@@ -509,7 +538,7 @@ class LPU(wiring.Component):
                                 m.next = "TX_CRC0"
                         elif name == "TX_PAYLOAD":
                             m.d.comb += idx_next.eq(idx + 1)
-                            with m.If(idx + 1 == reply_len):
+                            with m.If(idx == tx_last):
                                 m.next = "TX_CRC0"
                         else:
                             m.next = nxt

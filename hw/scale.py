@@ -271,22 +271,27 @@ class ScaleUnit(wiring.Component):
         s1_adv = s1_valid & (~s1b_valid | s1b_adv)
         accept = self.i_stream.valid & self.i_stream.ready
 
-        m.d.comb += self.status.busy.eq(s1_valid | s1b_valid | s2_valid | o_valid)
-        with m.FSM():
+        # The range check ``scale_base + words > scale_depth`` as ``words > room``, the room
+        # behind ``scale_base`` a register (the job holds still from GROUPS on), and its
+        # verdict registered: the product is final in the last cycle of MUL (the multiplier's
+        # ``busy`` low), so CHECK acts on a flip-flop.
+        room = Signal(signed(18))
+        past_end = Signal()
+        m.d.sync += [room.eq(self._scale_depth - job.scale_base),
+                     past_end.eq(mul.product > room)]
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
                 with m.If(self.desc.valid):
                     m.d.sync += [job.eq(self.desc.payload), error.eq(0)]
                     m.next = "GROUPS"
             with m.State("GROUPS"):
-                m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1),
-                             div.start.eq(1), div.num.eq(job.cols + job.group - 1),
+                m.d.comb += [div.start.eq(1), div.num.eq(job.cols + job.group - 1),
                              div.den.eq(job.group), blocks_start.eq(1)]
                 m.next = "DIV"
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("DIV"):
-                m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1)]
                 with m.If(~div.busy & ~blocks_busy):
                     m.d.sync += [groups.eq(Mux(job.group == 0, 1, div.quot)),
                                  last_g.eq(Mux(job.group == 0, 0, div.quot - 1)),
@@ -296,20 +301,17 @@ class ScaleUnit(wiring.Component):
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("SIZE"):
-                m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1),
-                             mul.start.eq(1), mul.a.eq(blocks), mul.b.eq(groups)]
+                m.d.comb += [mul.start.eq(1), mul.a.eq(blocks), mul.b.eq(groups)]
                 m.next = "MUL"
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("MUL"):
-                m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1)]
                 with m.If(~mul.busy):
                     m.next = "CHECK"
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("CHECK"):
-                m.d.comb += [self.status.busy.eq(1), self.status.setup.eq(1)]
-                with m.If(job.scale_base + mul.product > self._scale_depth):
+                with m.If(past_end):
                     m.d.sync += error.eq(1)
                     m.next = "IDLE"
                 with m.Else():
@@ -320,7 +322,7 @@ class ScaleUnit(wiring.Component):
                     m.next = "IDLE"
             with m.State("RUN"):
                 # Stage 0: take a beat whenever stage 1 is free or moves on this cycle.
-                m.d.comb += [self.status.busy.eq(1), self.i_stream.ready.eq(~s1_valid | s1_adv)]
+                m.d.comb += self.i_stream.ready.eq(~s1_valid | s1_adv)
                 v_last = v == last_v
                 g_last = g == last_g
                 with m.If(accept):
@@ -341,6 +343,14 @@ class ScaleUnit(wiring.Component):
                                 m.next = "IDLE"         # the job's last beat
                 with m.If(self.abort):
                     m.next = "IDLE"
+
+        # Busy out of IDLE or while a beat is in the pipeline; set-up in the states before RUN
+        # (state tests: one flip-flop each with one-hot state coding).
+        idle = fsm.ongoing("IDLE")
+        m.d.comb += [
+            self.status.busy.eq(~idle | s1_valid | s1b_valid | s2_valid | o_valid),
+            self.status.setup.eq(~idle & ~fsm.ongoing("RUN")),
+        ]
 
         # Stage 0 reads the mantissa word of the beat it accepts.
         m.d.comb += [s_r.addr.eq(block_addr + g), s_r.en.eq(accept)]

@@ -237,7 +237,7 @@ class WeightStreamer(wiring.Component):
                                                   .shape.elem_shape.elem_shape,
                                                   tiles=2 if self.max_vectors > 1 else 1)
         m.submodules.div = div = SequentialDivider(SIZE_DIV_WIDTH)
-        m.submodules.div5 = div5 = SequentialDivider(BYTE_DIV_WIDTH)
+        m.submodules.div5 = div5 = SequentialDivider(BYTE_DIV_WIDTH, den_width=3)  # by 5
         m.submodules.mul = mul = SequentialMultiplier(SIZE_DIV_WIDTH - 1)
         m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(self.act_bits), N),
                                           depth=self._act_depth, init=[])
@@ -257,6 +257,18 @@ class WeightStreamer(wiring.Component):
         mb = Signal(16)          # row blocks
         kt = Signal(16)          # tiles per row
         gt = Signal(16)          # tiles per group
+        # mb - 1, kt - 1, gt - 1 and vectors - 1: the sequencer compares its counters with
+        # registers, not with differences formed every cycle
+        mb_last = Signal(16)
+        kt_last = Signal(16)
+        gt_last = Signal(16)
+        v_last = Signal(8)
+        # and the values before those (mod 2**16, 2**8): `x + 1 == x_last` is `x == x_pen`,
+        # as a counter never reaches the all-ones value
+        mb_pen = Signal(16)
+        kt_pen = Signal(16)
+        gt_pen = Signal(16)
+        v_pen = Signal(8)
         words = Signal(32)       # image length in words
         end = Signal(33)         # word address past the image
         past_end = Signal()
@@ -289,8 +301,19 @@ class WeightStreamer(wiring.Component):
         # the words left fit the memory's size; the next burst's length is a register, so the
         # memory sees a registered request.
         fetch_addr = Signal(range(self._mem_words + 1))
-        fetch_left = Signal(range(self._mem_words + 1))
+        fetch_after = Signal(range(self._mem_words + 1))  # words left after the burst at hand
         blen = Signal(range(self._max_burst + 1))
+        # Registered with the burst length: whether words are left to request, and the FIFO
+        # level up to which the burst still fits (fifo_depth - blen), so the request's valid
+        # is a comparison of two registers rather than a sum and a comparison; and the words
+        # left after this burst, so the next burst is formed from a register without first
+        # subtracting this one.
+        fetch_more = Signal()
+        room_for = Signal(range(self._fifo_depth + 1))
+        # the first burst's values, formed during the address check
+        first_blen = Signal.like(blen)
+        first_after = Signal.like(fetch_after)
+        first_room = Signal.like(room_for)
         seq_done = Signal()
         pending = Signal(16)
         b_valid = Signal()
@@ -298,14 +321,15 @@ class WeightStreamer(wiring.Component):
         def burst_of(left):
             return Mux(left < self._max_burst, left, self._max_burst)
 
-        with m.FSM():
+        # Busy in every state but IDLE: with one-hot state coding that is one flip-flop, where
+        # an OR over the states' conditions took two levels of logic into the LPU's RUN_WAIT.
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
                 with m.If(self.desc.valid):
                     m.d.sync += [desc.eq(self.desc.payload), error.eq(StreamError.NONE)]
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If((desc.rows == 0) | (desc.cols == 0) | (desc.vectors == 0)):
                     m.d.sync += error.eq(StreamError.ZERO_SIZE)
                     m.next = "IDLE"
@@ -323,20 +347,17 @@ class WeightStreamer(wiring.Component):
                     m.d.comb += [div.start.eq(1), div.num.eq(desc.rows + P - 1), div.den.eq(P)]
                     m.next = "DIV_ROWS"
             with m.State("DIV_ROWS"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(~div.busy):
                     m.d.sync += mb.eq(div.quot)
                     m.d.comb += [div.start.eq(1), div.num.eq(desc.cols + N - 1), div.den.eq(N)]
                     m.next = "DIV_COLS"
             with m.State("DIV_COLS"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(~div.busy):
                     m.d.sync += kt.eq(div.quot)
                     m.d.comb += [div.start.eq(1), div.num.eq(desc.group), div.den.eq(N),
                                  mul.start.eq(1), mul.a.eq(mb), mul.b.eq(div.quot)]
                     m.next = "DIV_GROUP"
             with m.State("DIV_GROUP"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(~div.busy & ~mul.busy):
                     m.d.sync += [gt.eq(Mux(desc.group == 0, kt, div.quot)),
                                  n_tiles.eq(mul.product)]
@@ -346,59 +367,68 @@ class WeightStreamer(wiring.Component):
                     with m.Else():
                         m.next = "BYTES"
             with m.State("BYTES"):
-                m.d.comb += self.status.busy.eq(1)
                 m.d.comb += [div5.start.eq(1), div5.num.eq(weights_total + 4), div5.den.eq(5)]
                 m.next = "DIV_T5"
             with m.State("DIV_T5"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(~div5.busy):
                     m.d.sync += n_bytes.eq(Mux(desc.fmt == FormatCode.T5, div5.quot, bytes_pow2))
                     m.next = "WORDS"
             with m.State("WORDS"):
-                m.d.comb += self.status.busy.eq(1)
                 nwords = (n_bytes + (1 << word_shift) - 1) >> word_shift
-                m.d.sync += words.eq(nwords)
+                m.d.sync += [words.eq(nwords),
+                             mb_last.eq(mb - 1), kt_last.eq(kt - 1), gt_last.eq(gt - 1),
+                             v_last.eq(desc.vectors - 1),
+                             mb_pen.eq(mb - 2), kt_pen.eq(kt - 2), gt_pen.eq(gt - 2),
+                             v_pen.eq(desc.vectors - 2)]
                 m.next = "ADDRESS"
             with m.State("ADDRESS"):
                 # the address check in three steps (sum, comparison, verdict), each a short path
-                m.d.comb += self.status.busy.eq(1)
-                m.d.sync += end.eq(desc.base + words)
+                m.d.sync += [end.eq(desc.base + words), first_blen.eq(burst_of(words))]
                 m.next = "ADDRESS_CMP"
             with m.State("ADDRESS_CMP"):
-                m.d.comb += self.status.busy.eq(1)
-                m.d.sync += past_end.eq(end > self._mem_words)
+                m.d.sync += [past_end.eq(end > self._mem_words),
+                             first_after.eq(words - first_blen),
+                             first_room.eq(self._fifo_depth - first_blen)]
                 m.next = "ADDRESS_OK"
             with m.State("ADDRESS_OK"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(past_end):
                     m.d.sync += error.eq(StreamError.ADDRESS)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [fetch_addr.eq(desc.base), fetch_left.eq(words),
-                                 blen.eq(burst_of(words)), running.eq(1)]
+                    # (a job has at least one word: rows and columns are not zero)
+                    m.d.sync += [fetch_addr.eq(desc.base), fetch_after.eq(first_after),
+                                 blen.eq(first_blen), running.eq(1), fetch_more.eq(1),
+                                 room_for.eq(first_room)]
                     m.d.comb += gear.clear.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += self.status.busy.eq(1)
                 with m.If(seq_done & ~b_valid & (pending == 0)):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
 
+        m.d.comb += self.status.busy.eq(~fsm.ongoing("IDLE"))
+
         # --- fetch: burst requests while the FIFO has room for the whole burst
         reserved = Signal(range(self._fifo_depth + 1))
         m.d.comb += [
-            self.mem_req.valid.eq(running & (fetch_left != 0) &
-                                  (reserved + blen <= self._fifo_depth)),
+            self.mem_req.valid.eq(running & fetch_more & (reserved <= room_for)),
             self.mem_req.payload.addr.eq(fetch_addr),
             self.mem_req.payload.len.eq(blen),
         ]
         req_fire = self.mem_req.valid & self.mem_req.ready
         pop = fifo.r_rdy & fifo.r_en
-        m.d.sync += reserved.eq(reserved + Mux(req_fire, blen, 0) - pop)
+        # The FIFO's pop (it follows the array's handshake through the gearbox) and the
+        # request's acceptance (the memory's ready) are known late: the four sums are formed
+        # beforehand and the two handshakes only select one.
+        plus = Signal.like(reserved)
+        m.d.comb += plus.eq(reserved + blen)
+        m.d.sync += reserved.eq(Mux(req_fire, Mux(pop, plus - 1, plus),
+                                    Mux(pop, reserved - 1, reserved)))
         with m.If(req_fire):
-            left = fetch_left - blen
-            m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_left.eq(left),
-                         blen.eq(burst_of(left))]
+            nxt = burst_of(fetch_after)
+            m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_after.eq(fetch_after - nxt),
+                         blen.eq(nxt), fetch_more.eq(fetch_after != 0),
+                         room_for.eq(self._fifo_depth - nxt)]
         m.d.comb += [
             fifo.w_data.eq(self.mem_resp.payload),
             fifo.w_en.eq(self.mem_resp.valid),
@@ -441,28 +471,39 @@ class WeightStreamer(wiring.Component):
         ]
         if self.max_vectors > 1:
             m.d.comb += arr_in.payload.vector.eq(b_vec)
+        # Whether each counter is at its last value (and tg at 0): flags registered with the
+        # counters, so that the walk's decisions wait for no comparison behind the handshake.
+        v_at_last, t_at_last, g_at_last, rb_at_last = Signal(), Signal(), Signal(), Signal()
+        tg_at_0 = Signal()
         with m.If(advance):
             m.d.sync += b_valid.eq(a_valid)
             with m.If(a_valid):
-                last_v = v == desc.vectors - 1
-                last_t = t == kt - 1
-                last_g = tg == gt - 1
+                last_v, last_t, last_g = v_at_last, t_at_last, g_at_last
                 m.d.sync += [
-                    b_first.eq(tg == 0),
+                    b_first.eq(tg_at_0),
                     b_last.eq(last_g | last_t),
                     b_vec.eq(v),
                     b_final_use.eq(last_v),
                     v.eq(Mux(last_v, 0, v + 1)),
+                    v_at_last.eq(Mux(last_v, v_last == 0, v == v_pen)),
                 ]
                 with m.If(last_v):
+                    g_wrap = last_t | last_g
                     m.d.sync += [t.eq(Mux(last_t, 0, t + 1)),
-                                 tg.eq(Mux(last_t | last_g, 0, tg + 1))]
+                                 t_at_last.eq(Mux(last_t, kt_last == 0, t == kt_pen)),
+                                 tg.eq(Mux(g_wrap, 0, tg + 1)),
+                                 g_at_last.eq(Mux(g_wrap, gt_last == 0, tg == gt_pen)),
+                                 tg_at_0.eq(g_wrap)]     # tg + 1 < gt: never 0
                     with m.If(last_t):
-                        m.d.sync += rb.eq(rb + 1)
-                        with m.If(rb == mb - 1):
+                        m.d.sync += [rb.eq(rb + 1), rb_at_last.eq(rb == mb_pen)]
+                        with m.If(rb_at_last):
                             m.d.sync += seq_done.eq(1)
         with m.If(~running):
-            m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), seq_done.eq(0), b_valid.eq(0)]
+            # (the *_last registers are set in set-up, before `running`)
+            m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), seq_done.eq(0), b_valid.eq(0),
+                         v_at_last.eq(v_last == 0), t_at_last.eq(kt_last == 0),
+                         g_at_last.eq(gt_last == 0), rb_at_last.eq(mb_last == 0),
+                         tg_at_0.eq(1)]
 
         # --- results, and knowing when the last one has left
         wiring.connect(m, array=array.o_stream, out=wiring.flipped(self.o_stream))
@@ -470,17 +511,29 @@ class WeightStreamer(wiring.Component):
         m.d.sync += pending.eq(pending + (fire_b & arr_in.payload.last) - out_fire)
 
         # --- performance counters (cleared by each accepted descriptor)
+        # The events of the handshakes are registered before they are counted: a 32-bit carry
+        # chain behind the array's or the memory's handshake was a critical path. The counts
+        # lag by a cycle; each job's last such event comes at least two cycles before the
+        # streamer leaves RUN, so the counts are complete when `busy` falls. An event in the
+        # cycle of a clear belongs to the job before, as without the register.
         perf = self.perf
-        with m.If(self.desc.valid & self.desc.ready):
+        clear = self.desc.valid & self.desc.ready
+        events = {
+            "mem_stall": b_valid & ~gear.o_stream.valid,
+            "out_stall": self.o_stream.valid & ~self.o_stream.ready,
+            "words_read": self.mem_resp.valid & self.mem_resp.ready,
+            "tiles": fire_b,
+        }
+        counted = {}
+        for name, event in events.items():
+            counted[name] = Signal(name=f"{name}_event")
+            m.d.sync += counted[name].eq(event & ~clear)
+        with m.If(clear):
             m.d.sync += [perf.busy_cycles.eq(0), perf.mem_stall.eq(0), perf.out_stall.eq(0),
                          perf.words_read.eq(0), perf.tiles.eq(0)]
         with m.Else():
-            m.d.sync += [
-                perf.busy_cycles.eq(perf.busy_cycles + self.status.busy),
-                perf.mem_stall.eq(perf.mem_stall + (b_valid & ~gear.o_stream.valid)),
-                perf.out_stall.eq(perf.out_stall + (self.o_stream.valid & ~self.o_stream.ready)),
-                perf.words_read.eq(perf.words_read + (self.mem_resp.valid &
-                                                      self.mem_resp.ready)),
-                perf.tiles.eq(perf.tiles + fire_b),
-            ]
+            m.d.sync += perf.busy_cycles.eq(perf.busy_cycles + self.status.busy)
+            for name, event in counted.items():
+                counter = getattr(perf, name)
+                m.d.sync += counter.eq(counter + event)
         return m

@@ -297,10 +297,10 @@ def test_build_rejects_bad_parameters(capsys, tmp_path):
     assert main(["build", "--board", "icebreaker", "--lanes", "0", "-o", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ("lpu: error: Lane count must be an integer from 1 to "
                                        "65536, not 0\n")
-    assert main(["build", "--board", "icebreaker", "--baud", "5000000",
+    assert main(["build", "--board", "icebreaker", "--baud", "7000000",
                  "-o", str(tmp_path)]) == 2
-    # the divisor comes from the PLL clock (21 MHz on the iCEBreaker)
-    assert capsys.readouterr().err == ("lpu: error: Baud rate 5000000 is off by 5.0% at 21 MHz "
+    # the divisor comes from the PLL clock (30 MHz on the iCEBreaker)
+    assert capsys.readouterr().err == ("lpu: error: Baud rate 7000000 is off by 7.1% at 30 MHz "
                                        "(divisor 4); at most 2% is allowed\n")
     assert main(["build", "--board", "icebreaker", "--freq", "300", "-o", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ("lpu: error: PLL output frequency must be from 16 to 275 "
@@ -326,7 +326,7 @@ def test_board_table_is_consistent():
     # clocks the default builds meet (docs/boards.md, Measured), below the iCE40 and ECP5
     # targets of 48 and 150 MHz
     assert [board_spec(b).freq_mhz for b in ("icebreaker", "ulx3s-85f", "tang-nano-9k")] == [
-        21, 50, 54]
+        30, 50, 54]
 
 
 def test_board_top_clock_is_the_pll_output():

@@ -106,6 +106,32 @@ def test_device_refuses_bad_requests(device):
     transport = drv._t
     status, _ = decode_reply(transport.exchange(bytes([0xA5]) + _raw(0x7E)))
     assert status is Status.BAD_COMMAND
+    # a length above the frame buffer is refused as soon as it arrives; 256 bytes are taken
+    for length in (257, 0x1FF, 0x200, 0xFFFF):
+        header = bytes([0xA5, Command.WRITE_MEM.value]) + length.to_bytes(2, "little")
+        status, _ = decode_reply(transport.exchange(header))
+        assert status is Status.BAD_LENGTH
+    drv.request(Command.WRITE_MEM, bytes(256))
+
+
+def test_read_out_range_is_checked(rng, device):
+    """READ_OUT's range check at its edges: ``start + count`` up to the results present, and a
+    reply no longer than the frame buffer (``per`` results; the job leaves ``per + 1``)."""
+    drv, _ = device
+    per = 256 // (drv.config["result_bytes"] * drv.config["pes"])
+    w = rng.integers(-1, 2, size=(drv.config["pes"] * (per + 1), 4))
+    x = rng.integers(-128, 128, size=4)
+    assert np.array_equal(drv.matmul(w, x, fmt="t2"), golden.matvec(w, x))
+
+    def read(start, n):
+        return drv.request(Command.READ_OUT, struct.pack("<HH", start, n))[1]
+
+    assert len(read(1, per)) == 256
+    assert read(per + 1, 0) == b""
+    for start, n in ((0, per + 1), (2, per), (per + 2, 0), (per, 2), (0xFFFF, 1),
+                     (1, 0xFFFF)):
+        with pytest.raises(DeviceError, match=r"^Device refused READ_OUT: BAD_LENGTH$"):
+            read(start, n)
 
 
 def _raw(code):
