@@ -103,7 +103,7 @@ def board_config(board, **overrides):
     cfg = dict(spec.lpu)
     cfg.update({k: v for k, v in overrides.items()
                 if v is not None and k not in ("baud", "memory", "freq")})
-    baud = overrides.get("baud") or spec.baud
+    baud = spec.baud if overrides.get("baud") is None else overrides["baud"]
     return spec, cfg, baud
 
 

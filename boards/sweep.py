@@ -433,7 +433,8 @@ def write_results(board, rows, *, command, root, models_meta, jobs):
             verdict += (f" against the target of {_si(target)} "
                         f"({'met' if best['mac_per_s_per_cell'] >= target else 'not met'}); "
                         f"the naive adder tree measured {_si(NAIVE_DENSITY[spec.family])} "
-                        f"(array alone).")
+                        f"(array alone; `lpu bench density` measures this project's array "
+                        f"alone).")
     else:
         verdict = "No configuration was built."
     m = meta

@@ -35,7 +35,7 @@ from lpu.boards.build import board_config, board_pll
 from lpu.boards.top import BoardTop, board_spec, lpu_for
 from lpu.boards.uart import MIN_DIVISOR, UARTRx, UARTTx, baud_divisor
 from lpu.host.driver import Transport
-from lpu.hw.params import check_positive, check_range
+from lpu.hw.params import check_range
 
 from .fast import VerilatorTransport
 
@@ -167,8 +167,6 @@ class BoardLinkSystem(wiring.Component):
 
     def __init__(self, board, *, baud=None, clk_hz=None, garble_request=None,
                  garble_reply=None, **overrides):
-        if baud is not None:
-            check_positive("Baud rate", baud)
         spec, cfg, baud = board_config(board, baud=baud, **overrides)
         self._spec = spec
         self._clk_hz = board_clock_hz(spec) if clk_hz is None else clk_hz

@@ -308,6 +308,10 @@ def test_build_rejects_bad_parameters(capsys, tmp_path):
     assert main(["build", "--board", "ulx3s-85f", "--freq", "-5", "-o", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ("lpu: error: PLL output frequency must be positive, "
                                        "not -5 MHz\n")
+    # 0 is a baud rate given, and refused (it once fell back to the board's 115200)
+    assert main(["build", "--board", "icebreaker", "--baud", "0", "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "lpu: error: Baud rate must be a positive integer, not 0\n"
+    assert not any(tmp_path.iterdir())
 
 
 def test_board_table_is_consistent():
