@@ -18,7 +18,6 @@ MAC/s of the array over the cells of the whole placed design, so it errs low.
 """
 
 import json
-import platform as host_platform
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,17 +35,15 @@ from lpu.hw.pe import check_pe_params
 
 from .build import board_platform, board_pll, device_name, implement
 from .pll import PLLConfig, add_pll_sync_domain
+from .sweep import CELL_NAME, DENSITY_TARGETS, NAIVE_DENSITY, density_cells, slowest_clock
 from .top import board_spec
 
-__all__ = ["DensityHarness", "DENSITY_SUITE", "TARGETS", "build_density", "run_density_bench",
-           "format_table", "record"]
+__all__ = ["DensityHarness", "DENSITY_SUITE", "build_density", "run_density_bench",
+           "format_table"]
 
-#: The issue's density targets, in ternary MAC/s per logic cell (iCE40) or per LUT4 (ECP5), and
-#: what a naive pipelined tree measured.
-TARGETS = {"ice40": (3e6, 1.3e6), "ecp5": (10e6, 4.4e6)}
-
-#: Configurations measured by ``lpu bench density``: the largest arrays whose tiles the boards'
-#: block RAMs feed (UP5K: 30 block RAMs of 16 bits; LFE5U-85F: 208 of 36 bits).
+#: Configurations measured by ``lpu bench density``: on the UP5K the largest array whose tiles
+#: its 30 block RAMs of 16 bits feed (384 of 480 bits); on the LFE5U-85F the LPU's default
+#: 64 x 4.
 DENSITY_SUITE = [
     dict(board="icebreaker", lanes=16, pes=8, freq=60),
     dict(board="ulx3s-85f", lanes=64, pes=4, freq=200),
@@ -181,7 +178,7 @@ class DensityHarness(wiring.Component):
 
 def _density_spec(board):
     spec = board_spec(board)
-    if spec.family not in TARGETS:
+    if spec.family not in DENSITY_TARGETS:
         raise ValueError(f"Density is measured on iCE40 and ECP5 boards, not {spec.name} "
                          f"({spec.family})")
     return spec
@@ -204,16 +201,16 @@ def build_density(board, *, lanes, pes, freq, out_dir, act_bits=8, max_k=4096, t
     start = time.monotonic()
     impl = implement(spec, platform, top, out_dir=out_dir, name="density", pll=pll, seed=seed)
     util = impl["utilization"]
-    cells = util["lc" if spec.family == "ice40" else "lut"]["used"]
-    (clock,) = impl["clocks"].values()
+    cells = density_cells(spec.family, util)
+    fmax, target_mhz = slowest_clock(impl)
     macs = lanes * pes
-    mac_s = macs * clock["fmax_mhz"] * 1e6
-    target, naive = TARGETS[spec.family]
+    mac_s = macs * fmax * 1e6
+    target, naive = DENSITY_TARGETS[spec.family], NAIVE_DENSITY[spec.family]
     row = {
         "board": spec.name, "device": device_name(platform), "family": spec.family,
         "lanes": lanes, "pes": pes, "act_bits": act_bits, "max_k": max_k,
-        "macs_per_cycle": macs, "fmax_mhz": clock["fmax_mhz"], "target_mhz": clock["target_mhz"],
-        "cells": cells, "cell": "logic cell" if spec.family == "ice40" else "LUT4",
+        "macs_per_cycle": macs, "fmax_mhz": fmax, "target_mhz": target_mhz,
+        "cells": cells, "cell": CELL_NAME[spec.family],
         "ffs": util["ff"]["used"], "bram": util["bram"]["used"],
         "mac_per_s": mac_s, "density": mac_s / cells, "target_density": target,
         "naive_density": naive, "met": mac_s / cells >= target, "seed": seed,
@@ -255,13 +252,3 @@ def format_table(rows):
             f"| **{r['density'] / 1e6:.2f}M** | {r['target_density'] / 1e6:g}M "
             f"{'met' if r['met'] else 'not met'} | {r['naive_density'] / 1e6:g}M |")
     return "\n".join(lines)
-
-
-def record(rows, command, root="."):
-    path = Path(root) / "docs" / "results" / "density.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command, "machine": host_platform.machine(),
-            "python": host_platform.python_version()}
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    return path
-

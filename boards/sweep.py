@@ -263,10 +263,15 @@ def run_sweep(board, *, lanes=DEFAULT_LANES, pes=DEFAULT_PES, jobs=None, root=No
     return results
 
 
-def _fmax(report):
+def slowest_clock(report):
     # The slowest clock is the LPU's: with a PLL the oscillator's own net is nearly empty.
     clk = min(report["clocks"].values(), key=lambda c: c["fmax_mhz"])
     return clk["fmax_mhz"], clk["target_mhz"]
+
+
+def density_cells(family, utilization):
+    """The cells a density is per: logic cells on the iCE40, LUT4s elsewhere."""
+    return utilization["lc" if family == "ice40" else "lut"]["used"]
 
 
 def sweep_rows(board, results, models):
@@ -286,8 +291,8 @@ def sweep_rows(board, results, models):
         report = r["report"]
         if report is not None:
             util = report["utilization"]
-            fmax, target = _fmax(report)
-            cells = util["lc" if spec.family == "ice40" else "lut"]["used"]
+            fmax, target = slowest_clock(report)
+            cells = density_cells(spec.family, util)
             macs = cfg["lanes"] * cfg["pes"]
             word_bits = cfg.get("word_bits", 32)       # lpu_for's default
             row.update(

@@ -247,9 +247,10 @@ def _cmd_bench_density(args):
         return 1
     print(json.dumps(rows) if args.json else density.format_table(rows))
     if args.record:
-        path = density.record(rows, "lpu bench density --record" +
-                              ("" if args.seed is None else f" --seed {args.seed}"))
-        print(f"recorded {path}")
+        from lpu.boards.bench_area import record
+        record(rows, "lpu bench density --record" +
+               ("" if args.seed is None else f" --seed {args.seed}"), name="density")
+        print("recorded docs/results/density.json")
     return 0
 
 

@@ -5,7 +5,8 @@ import pytest
 from amaranth.sim import Simulator
 from conftest import env_int
 
-from lpu.boards.density import _RING_STEP, TARGETS, DensityHarness, build_density, run_density_bench
+from lpu.boards.density import _RING_STEP, DensityHarness, build_density, run_density_bench
+from lpu.boards.sweep import DENSITY_TARGETS, NAIVE_DENSITY
 from lpu.hw.array import PEArray
 
 
@@ -128,5 +129,6 @@ def test_density_of_a_small_ice40_array(capsys, tmp_path):
     assert row["fmax_mhz"] > 0 and abs(row["target_mhz"] - 40) < 0.3
     assert row["mac_per_s"] == 8 * row["fmax_mhz"] * 1e6
     assert row["density"] == row["mac_per_s"] / row["cells"]
-    assert (row["target_density"], row["naive_density"]) == TARGETS["ice40"]
+    assert (row["target_density"], row["naive_density"]) == (DENSITY_TARGETS["ice40"],
+                                                             NAIVE_DENSITY["ice40"])
     assert row["met"] == (row["density"] >= 3e6)
