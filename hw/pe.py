@@ -68,9 +68,10 @@ def negate_activations(m, acts, act_bits):
 
 
 def fused_leaves(platform, mode, negation):
-    """Whether the first tree level is built from ECP5 ``CCU2C`` cells that fold one lane's
-    weight into the adder (:func:`ccu2c_leaf_init`): on an ECP5 platform, for t2 weights and
-    the ``"carry"`` negation."""
+    """Whether the adders are built from ECP5 ``CCU2C`` cells, the first level's folding one
+    lane's weight into the adder (:func:`ccu2c_leaf_init`) and the accumulators their restart
+    (:func:`ccu2c_accumulate`): on an ECP5 platform, for t2 weights and the ``"carry"``
+    negation."""
     return (getattr(platform, "family", None) == "ecp5" and mode is WeightMode.TERNARY
             and negation == "carry")
 
@@ -95,43 +96,6 @@ def ccu2c_leaf_init():
     return init
 
 
-# A CCU2C half that passes A to its carry-out whatever its carry-in: propagate 0 where D = 1,
-# generate (the LUT2 of the first four table entries) A. It starts each adder of a chain, from a
-# fabric signal, without the cell nextpnr adds to feed a chain's carry-in; and as it ignores the
-# carry coming in, several adders share one chain.
-_CCU2C_CARRY_IN = 0x000A
-# Adders per CCU2C chain: nextpnr places a chain from the first slice of a tile of four, so a
-# chain of 5 cells (a first-level adder) leaves 3 slices unused; two 9-bit (or 10-, 11-bit)
-# adders fill whole tiles or nearly. Longer chains did not pay: static timing follows the
-# carry through every cell, not knowing that each adder's first half ignores it.
-_CHAIN_ADDERS = 2
-
-
-def _ccu2c_leaf_halves(y, x, pos, neg, cin, width):
-    """The CCU2C halves of ``y + w * x + cin`` (``width`` bits, ``y`` and ``x`` sign-extended):
-    the carry-in half, then one half per sum bit."""
-    init = ccu2c_leaf_init()
-    halves = [(_CCU2C_CARRY_IN, (cin, Const(0), Const(0), Const(1)))]
-    for j in range(width):
-        halves.append((init, (y[min(j, len(y) - 1)], x[min(j, len(x) - 1)], pos, neg)))
-    return halves
-
-
-# A CCU2C half of a plain adder, A + B: propagate A ^ B where D = 1, generate A (as yosys maps
-# an adder).
-_CCU2C_ADD = 0x96AA
-assert _CCU2C_ADD & 0xFF00 == 0x9600 and _CCU2C_ADD & 0xF == 0xA
-
-
-def _ccu2c_add_halves(a, b, cin, width):
-    """The CCU2C halves of ``a + b + cin`` (``width`` bits, ``a`` and ``b`` sign-extended)."""
-    halves = [(_CCU2C_CARRY_IN, (cin, Const(0), Const(0), Const(1)))]
-    for j in range(width):
-        halves.append((_CCU2C_ADD, (a[min(j, len(a) - 1)], b[min(j, len(b) - 1)], Const(0),
-                                    Const(1))))
-    return halves
-
-
 def _ccu2c_init(function, generate):
     """A CCU2C half's ``INIT`` for inputs A, B, C and D = 1: ``function(a, b, c)`` where D = 1
     (the propagate), and the LUT2 ``generate`` (A, B) in the entries where C = D = 0, which the
@@ -145,21 +109,41 @@ def _ccu2c_init(function, generate):
     return init
 
 
+# A half that passes A to its carry-out whatever its carry-in: propagate 0, generate A. It
+# starts each adder of a chain, from a fabric signal, without the cell nextpnr adds to feed a
+# chain's carry-in; and as it ignores the carry coming in, several adders share one chain.
+_CCU2C_CARRY_IN = _ccu2c_init(lambda a, b, c: 0, lambda a, b: a)
+# A half of a plain adder, A + B: propagate A ^ B, generate A.
+_CCU2C_ADD = _ccu2c_init(lambda a, b, c: a ^ b, lambda a, b: a)
 # An accumulator half, ``(restart ? 0 : acc) + value``: A = acc, B = value, C = restart. Where
 # the propagate is 0 the two summands are equal, so the generate is B.
 _CCU2C_ACCUMULATE = _ccu2c_init(lambda a, b, c: (a & (1 - c)) ^ b, lambda a, b: b)
+# Adders per CCU2C chain: nextpnr places a chain from the first slice of a tile of four, so a
+# chain of 5 cells (a first-level adder) leaves 3 slices unused; two 9-bit (or 10-, 11-bit)
+# adders fill whole tiles or nearly. Longer chains did not pay: static timing follows the
+# carry through every cell, not knowing that each adder's first half ignores it.
+_CHAIN_ADDERS = 2
+
+
+def _ccu2c_halves(init, cin, width, a, b, c=None, d=None):
+    """The CCU2C halves of one ``width``-bit adder: the carry-in half bringing ``cin``, then a
+    half of table ``init`` per bit, on bit j of ``a`` and ``b`` (sign-extended) and on ``c``
+    and ``d`` (default 0 and 1)."""
+    c = Const(0) if c is None else c
+    d = Const(1) if d is None else d
+    halves = [(_CCU2C_CARRY_IN, (cin, Const(0), Const(0), Const(1)))]
+    for j in range(width):
+        halves.append((init, (a[min(j, len(a) - 1)], b[min(j, len(b) - 1)], c, d)))
+    return halves
 
 
 def ccu2c_accumulate(m, acc, value, carry, restart, width, name):
     """``(restart ? 0 : acc) + value + carry`` (``carry`` may be None) in one CCU2C chain,
     ``width`` bits: the restart multiplexer is folded into the adder's LUTs."""
     out = Signal(signed(width), name=name)
-    halves = [(_CCU2C_CARRY_IN, (carry if carry is not None else Const(0), Const(0), Const(0),
-                                 Const(1)))]
-    for j in range(width):
-        halves.append((_CCU2C_ACCUMULATE, (acc[min(j, len(acc) - 1)],
-                                           value[min(j, len(value) - 1)], restart, Const(1))))
-    _ccu2c_chain(m, [(out, halves)], f"{name}_ch")
+    cin = carry if carry is not None else Const(0)
+    _ccu2c_chain(m, [(out, _ccu2c_halves(_CCU2C_ACCUMULATE, cin, width, acc, value, restart))],
+                 f"{name}_ch")
     return out
 
 
@@ -200,8 +184,8 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
     range of ``value + carry``. Registers advance when ``enable`` is high; ``enable`` may also
     be a list with one signal per register stage (stage 0 first), e.g. ``enable`` and the stage
     holding a valid tile, so that data registers keep still while no tile passes.
-    ``fuse`` builds the first tree level from ECP5 ``CCU2C`` cells that fold the odd lanes'
-    weights into the adders (see :func:`fused_leaves`): the same sums, fewer LUTs.
+    ``fuse`` builds the adders from ECP5 ``CCU2C`` cells, the first level's folding the odd
+    lanes' weights into the adders (see :func:`fused_leaves`): the same sums, fewer LUTs.
     """
     B = act_bits
     lanes = len(acts)
@@ -249,15 +233,15 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
                 width = signed_width(lo, hi)
                 assert width == B + 1
                 s = Signal(signed(width), name=f"{name}_l{level}_{j // 2}")
-                fused.append((s, _ccu2c_leaf_halves(a, x, code[0], code[1], carries.pop(0),
-                                                    width)))
+                fused.append((s, _ccu2c_halves(ccu2c_leaf_init(), carries.pop(0), width, a,
+                                               x, code[0], code[1])))
                 nxt.append((s, lo, hi))
                 continue
             if fuse and carries:
                 # The other levels' adders in CCU2C chains too, several to a chain.
                 hi += 1
                 s = Signal(signed(signed_width(lo, hi)), name=f"{name}_l{level}_{j // 2}")
-                fused.append((s, _ccu2c_add_halves(a, b, carries.pop(0), len(s))))
+                fused.append((s, _ccu2c_halves(_CCU2C_ADD, carries.pop(0), len(s), a, b)))
                 nxt.append((s, lo, hi))
                 continue
             expr = a + b
