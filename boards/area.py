@@ -51,10 +51,14 @@ SYNTH_SCRIPTS = {
 
 class TargetFamily:
     """Stands in for a platform of ``family`` when a design is elaborated out of context, so
-    that it maps to the family's cells as on a board (the ECP5 array's CCU2C adders)."""
+    that it maps to the family's cells as on a board (the ECP5 array's CCU2C adders, the iCE40
+    output register's SB_LUT4/SB_CARRY adder). With ``cells`` False the design is the family's
+    but its adders are generic ones (what the proofs of tests/test_fpga_cells.py compare
+    against)."""
 
-    def __init__(self, family):
+    def __init__(self, family, *, cells=True):
         self.family = family
+        self.cells = cells
 
 
 class SynthesisError(RuntimeError):

@@ -9,8 +9,10 @@ from .params import check_positive, signed_width
 from .pe import (
     build_dot,
     ccu2c_accumulate,
+    cell_family,
     check_pe_params,
     fused_leaves,
+    ice40_adder,
     negate_activations,
     pipeline_latency,
 )
@@ -150,21 +152,32 @@ class PEArray(wiring.Component):
         ctrl = Cat(self.i_stream.valid, pay.first, pay.last, vec_in)
         ctrl_prev = None
         stage_enables = []
-        for stage in range(pipeline_latency(self._lanes, self._pipeline)):
-            stage_enables.append(enable & ctrl[0] if platform is None else enable)
-            nxt = Signal(len(ctrl), name=f"ctrl_p{stage}")
+        stages = pipeline_latency(self._lanes, self._pipeline)
+        fuse = fused_leaves(platform, self._mode, self._negation)
+        # Accumulators cleared ahead (see below): with one vector and a register stage, on all
+        # but the ECP5, whose CCU2C adders fold the restart multiplexer in for nothing (and
+        # cleared ahead, its array placed at 150 MHz where it placed at 175).
+        ahead = (self._vectors == 1 and stages > 0
+                 and getattr(platform, "family", None) != "ecp5")
+        for stage in range(stages):
+            last_stage = ahead and stage == stages - 1
+            stage_enables.append(enable & ctrl[0] if platform is None and not last_stage
+                                 else enable)
+            # Only the valid bits need a reset: the framing matters only beside one.
+            nxt = Cat(Signal(name=f"valid_p{stage}"),
+                      Signal(len(ctrl) - 1, name=f"frame_p{stage}", reset_less=True))
             with m.If(enable):
                 m.d.sync += nxt.eq(ctrl)
             ctrl_prev, ctrl = ctrl, nxt
 
         sums = []
-        fuse = fused_leaves(platform, self._mode, self._negation)
         for p in range(self._pes):
             codes = [Value.cast(pay.weight[p][i]) for i in range(self._lanes)]
             sums.append(build_dot(
                 m, acts, codes, act_bits=self._act_bits, mode=self._mode,
                 negation=self._negation, pipeline=self._pipeline, enable=stage_enables,
-                negs=negs, name=f"pe{p}", fuse=fuse)[:2])
+                negs=negs, name=f"pe{p}", fuse=fuse,
+                zero=~ctrl_prev[0] if ahead else None)[:2])
 
         valid, first, last, vec = ctrl[0], ctrl[1], ctrl[2], ctrl[3:]
         step = enable & valid
@@ -174,7 +187,37 @@ class PEArray(wiring.Component):
         # cycle ahead from the stage before it, and `restart` is a register: the accumulators'
         # carry chains start one LUT after a flip-flop.
         vec_next = Mux(enable, ctrl_prev[3:], vec) if ctrl_prev is not None else None
-        if self._vectors == 1:
+        if ahead:
+            # An accumulator is cleared (on an FPGA, by its flip-flops' synchronous reset) on
+            # the cycle before a tile that restarts it arrives: as a last tile is added, while
+            # the stage before holds a first tile, or on an idle cycle after a reset (`fresh`).
+            # The tree's last stage holds 0 when it holds no tile. So the adder takes the
+            # accumulator as it is, with no multiplexer in front, and these registers advance
+            # on `enable` alone, with no reset of their own (which would widen their enable):
+            # a finished sum goes to the output register, which takes each new total while the
+            # output is not held (its contents matter only while o_stream.valid is high).
+            fresh = Signal(init=1)
+            with m.If(step):
+                m.d.sync += fresh.eq(last)
+            clear = Signal()
+            m.d.comb += clear.eq(Mux(valid, last, fresh) | (ctrl_prev[0] & ctrl_prev[1]))
+            for p, (value, carry) in enumerate(sums):
+                acc = Signal(signed(self._acc_width), name=f"acc{p}", reset_less=True)
+                out = Signal(signed(self._acc_width), name=f"out{p}", reset_less=True)
+                total = _total(m, None, acc, value, carry, fuse, f"total{p}")
+                copy = total
+                if cell_family(platform) == "iCE40":
+                    # An iCE40 logic cell's flip-flop takes its own LUT's output only when
+                    # nothing else does: the output register gets an adder of its own (in
+                    # cells, which yosys does not merge with the first), so that both registers
+                    # share logic cells with their adders instead of taking cells of their own.
+                    copy = ice40_adder(m, acc, value, carry, len(acc), f"copy{p}")
+                m.d.comb += self.o_stream.payload[p].eq(out)
+                with m.If(enable):
+                    m.d.sync += [acc.eq(total), out.eq(copy)]
+                    with m.If(clear):
+                        m.d.sync += acc.eq(0)
+        elif self._vectors == 1:
             # The accumulators double as the output register: they hold a finished row block
             # while o_stream.valid is high.
             fresh = Signal(init=1)
@@ -223,11 +266,13 @@ def _restart(m, now, ctrl_prev, enable, first, fresh_next):
 
 
 def _total(m, restart, acc, value, carry, fuse, name):
-    """``(restart ? 0 : acc) + value + carry``, as wide as ``acc``; on an ECP5 (``fuse``) in
-    CCU2C cells that fold the multiplexer into the adder."""
+    """``(restart ? 0 : acc) + value + carry`` (``acc + value + carry`` when ``restart`` is
+    None), as wide as ``acc``; on an ECP5 (``fuse``) in CCU2C cells that fold the multiplexer
+    into the adder."""
     if fuse:
         return ccu2c_accumulate(m, acc, value, carry, restart, len(acc), name)
     total = Signal(signed(len(acc)), name=name)
-    expr = Mux(restart, 0, acc) + value
+    expr = (acc if restart is None else Mux(restart, 0, acc)) + value
     m.d.comb += total.eq(expr + carry if carry is not None else expr)
     return total
+

@@ -25,7 +25,8 @@ from .formats import WeightMode, weight_vector_layout
 from .params import check_choice, check_mode, check_positive, check_range, signed_width
 
 __all__ = ["TernaryPE", "NEGATIONS", "dot_output_range", "tree_depth", "fused_leaves",
-           "ccu2c_leaf_init", "ccu2c_accumulate"]
+           "ccu2c_leaf_init", "ccu2c_accumulate", "ice40_adder",
+           "cell_family"]
 
 NEGATIONS = ("carry", "shared", "local")
 
@@ -72,8 +73,18 @@ def fused_leaves(platform, mode, negation):
     lane's weight into the adder (:func:`ccu2c_leaf_init`) and the accumulators their restart
     (:func:`ccu2c_accumulate`): on an ECP5 platform, for t2 weights and the ``"carry"``
     negation."""
-    return (getattr(platform, "family", None) == "ecp5" and mode is WeightMode.TERNARY
+    return (cell_family(platform) == "ecp5" and mode is WeightMode.TERNARY
             and negation == "carry")
+
+
+def cell_family(platform):
+    """The FPGA family whose cells the array instantiates for ``platform``: ``"ecp5"``,
+    ``"iCE40"``, or None (generic adders: no platform, another family, or a stand-in platform
+    with ``cells`` False)."""
+    family = getattr(platform, "family", None)
+    if family in ("ecp5", "iCE40") and getattr(platform, "cells", True):
+        return family
+    return None
 
 
 def ccu2c_leaf_init():
@@ -139,11 +150,41 @@ def _ccu2c_halves(init, cin, width, a, b, c=None, d=None):
 
 def ccu2c_accumulate(m, acc, value, carry, restart, width, name):
     """``(restart ? 0 : acc) + value + carry`` (``carry`` may be None) in one CCU2C chain,
-    ``width`` bits: the restart multiplexer is folded into the adder's LUTs."""
+    ``width`` bits: the restart multiplexer is folded into the adder's LUTs. With ``restart``
+    None, ``acc + value + carry``."""
     out = Signal(signed(width), name=name)
     cin = carry if carry is not None else Const(0)
-    _ccu2c_chain(m, [(out, _ccu2c_halves(_CCU2C_ACCUMULATE, cin, width, acc, value, restart))],
-                 f"{name}_ch")
+    halves = (_ccu2c_halves(_CCU2C_ADD, cin, width, acc, value) if restart is None else
+              _ccu2c_halves(_CCU2C_ACCUMULATE, cin, width, acc, value, restart))
+    _ccu2c_chain(m, [(out, halves)], f"{name}_ch")
+    return out
+
+
+# An iCE40 adder bit (yosys's ice40 arith_map.v): the LUT is I1 ^ I2 ^ I3 (I0 is 0), with
+# I3 the carry in; the SB_CARRY beside it takes the same I1 and I2.
+_ICE40_SUM = 0x6996
+
+
+def ice40_adder(m, a, b, carry, width, name):
+    """``a + b + carry`` (``carry`` may be None), ``width`` bits, built from iCE40 ``SB_LUT4``
+    and ``SB_CARRY`` cells, as yosys maps an adder, but in cells of its own: yosys merges two
+    adders of the same operands, these it leaves alone."""
+    out = Signal(signed(width), name=name)
+    cin = carry if carry is not None else Const(0)
+    bits = []
+    for j in range(width):
+        aj, bj = a[min(j, len(a) - 1)], b[min(j, len(b) - 1)]
+        o = Signal(name=f"{name}_o{j}")
+        m.submodules[f"{name}_lut{j}"] = Instance(
+            "SB_LUT4", p_LUT_INIT=Const(_ICE40_SUM, 16),
+            i_I0=Const(0), i_I1=aj, i_I2=bj, i_I3=cin, o_O=o)
+        if j < width - 1:
+            co = Signal(name=f"{name}_co{j}")
+            m.submodules[f"{name}_cy{j}"] = Instance(
+                "SB_CARRY", i_I0=aj, i_I1=bj, i_CI=cin, o_CO=co)
+            cin = co
+        bits.append(o)
+    m.d.comb += out.eq(Cat(*bits))
     return out
 
 
@@ -176,7 +217,7 @@ def _ccu2c_chain(m, adders, name):
 
 
 def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, negs=None,
-              name="pe", fuse=False):
+              name="pe", fuse=False, zero=None):
     """Build one PE's datapath into ``m``.
 
     Returns ``(value, carry, lo, hi)``: the registered tree output, the one ``+1`` of the
@@ -186,6 +227,8 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
     holding a valid tile, so that data registers keep still while no tile passes.
     ``fuse`` builds the adders from ECP5 ``CCU2C`` cells, the first level's folding the odd
     lanes' weights into the adders (see :func:`fused_leaves`): the same sums, fewer LUTs.
+    With ``zero`` given (a signal), the last register stage takes 0 (value and carry) instead
+    of the sum while ``zero`` is high, e.g. for a stage taking no tile.
     """
     B = act_bits
     lanes = len(acts)
@@ -259,7 +302,8 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
         items = nxt
         if pipeline and (level % pipeline == 0 or len(items) == 1):
             en = enable[stage] if isinstance(enable, (list, tuple)) else enable
-            items, carries = _register(m, items, carries, en, f"{name}_p{level}")
+            items, carries = _register(m, items, carries, en, f"{name}_p{level}",
+                                       zero if len(items) == 1 else None)
             stage += 1
     value, lo, hi = items[0]
     carry = None
@@ -270,20 +314,25 @@ def build_dot(m, acts, codes, *, act_bits, mode, negation, pipeline, enable, neg
     return value, carry, lo, hi
 
 
-def _register(m, items, carries, enable, name):
+def _register(m, items, carries, enable, name, zero=None):
     # Data registers need no reset (the valid bits travelling beside them have one); without
-    # it the reset does not fan out to every flip-flop of the tree.
-    regs = []
+    # it the reset does not fan out to every flip-flop of the tree. `zero` is a synchronous
+    # clear: on an FPGA, the flip-flops' own reset input.
+    regs, pairs = [], []
     for j, (v, lo, hi) in enumerate(items):
         r = Signal(v.shape(), name=f"{name}_{j}", reset_less=True)
-        with m.If(enable):
-            m.d.sync += r.eq(v)
         regs.append((r, lo, hi))
+        pairs.append((r, v))
     if carries:
         c = Signal(len(carries), name=f"{name}_c", reset_less=True)
-        with m.If(enable):
-            m.d.sync += c.eq(Cat(*carries))
+        pairs.append((c, Cat(*carries)))
         carries = [c[i] for i in range(len(carries))]
+    with m.If(enable):
+        for r, v in pairs:
+            m.d.sync += r.eq(v)
+        if zero is not None:
+            with m.If(zero):
+                m.d.sync += [r.eq(0) for r, _ in pairs]
     return regs, carries
 
 

@@ -8,11 +8,21 @@ from lpu.sim import golden, pysim
 
 
 class _OnFPGA(PEArray):
-    """The array as elaborated for an FPGA (here an iCE40, whose adders are the generic ones):
-    its tree registers advance on the array's enable alone, not only when a tile enters."""
+    """The array as elaborated for an FPGA, with generic adders (the iCE40's and ECP5's cells
+    are proved equal to them in tests/test_fpga_cells.py): its tree registers advance on the
+    array's enable alone, not only when a tile enters, and its accumulators are cleared ahead
+    of a new row block."""
 
     def elaborate(self, platform):
-        return super().elaborate(TargetFamily("iCE40"))
+        return super().elaborate(TargetFamily("iCE40", cells=False))
+
+
+class _OnECP5(PEArray):
+    """As :class:`_OnFPGA`, but the ECP5's design: accumulators restart through a multiplexer
+    (which its CCU2C adders fold in)."""
+
+    def elaborate(self, platform):
+        return super().elaborate(TargetFamily("ecp5", cells=False))
 
 
 def _matrix(rng, rows, cols, act_bits, mode):
@@ -32,7 +42,7 @@ def _matrix(rng, rows, cols, act_bits, mode):
     (6, 2, 6, "ternary", 1, "local", 3, 13),
     (1, 1, 8, "ternary", 1, "carry", 2, 5),
 ])
-@pytest.mark.parametrize("cls", [PEArray, _OnFPGA])
+@pytest.mark.parametrize("cls", [PEArray, _OnFPGA, _OnECP5])
 def test_array_matvec(rng, cls, lanes, pes, act_bits, mode, pipeline, negation, rows, cols):
     arr = cls(lanes=lanes, pes=pes, act_bits=act_bits, weights=mode, pipeline=pipeline,
               max_k=max(cols, lanes), negation=negation)
@@ -98,7 +108,7 @@ def test_array_parameter_errors(kwargs, exc, msg):
 
 
 @pytest.mark.parametrize("vectors, group, pipeline", [(3, None, 1), (2, 8, 0), (4, 4, 2)])
-@pytest.mark.parametrize("cls", [PEArray, _OnFPGA])
+@pytest.mark.parametrize("cls", [PEArray, _OnFPGA, _OnECP5])
 def test_array_matrix_matrix_and_groups(rng, cls, vectors, group, pipeline):
     lanes, pes, rows, cols = 4, 2, 5, 14
     arr = cls(lanes=lanes, pes=pes, pipeline=pipeline, max_k=16, vectors=vectors)
