@@ -41,11 +41,13 @@ from .top import board_spec
 __all__ = ["DensityHarness", "DENSITY_SUITE", "build_density", "run_density_bench",
            "format_table"]
 
-#: Configurations measured by ``lpu bench density``: on the UP5K the largest array whose tiles
-#: its 30 block RAMs of 16 bits feed (384 of 480 bits); on the LFE5U-85F the LPU's default
+#: Configurations measured by ``lpu bench density``: on the UP5K, whose 30 block RAMs of 16 bits
+#: feed at most 480 tile bits a cycle, the most MACs a cycle they feed (16 x 8: 384 bits) and
+#: wider PEs with fewer accumulators (32 x 3: 450 bits); on the LFE5U-85F the LPU's default
 #: 64 x 4.
 DENSITY_SUITE = [
     dict(board="icebreaker", lanes=16, pes=8, freq=60),
+    dict(board="icebreaker", lanes=32, pes=3, freq=60),
     dict(board="ulx3s-85f", lanes=64, pes=4, freq=200),
 ]
 
