@@ -21,7 +21,7 @@ Every memory here is a component with the ports of
     (:func:`lpu.host.image.flash_image`) is programmed with the bitstream tools.
 """
 
-from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Signal
+from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -107,13 +107,14 @@ def _burst_reads(m, req, resp, *, rd_en, rd_addr, rd_data, port_free=1):
     accept = req.valid & req.ready
     start = accept & (left == 0) & free & (req.payload.len != 0)
     cont = (left != 0) & free
+    # The read address does not wait for the handshakes: while no burst runs it is the
+    # request's (read only if the request is accepted), otherwise the burst's next word. Only
+    # the read enable follows the handshakes into the RAMs.
     m.d.comb += [
         req.ready.eq(((left == 0) & port_free) | ((left == 1) & cont)),
         rd_en.eq(start | cont),
-        rd_addr.eq(addr),
+        rd_addr.eq(Mux(left == 0, req.payload.addr, addr)),
     ]
-    with m.If(start):
-        m.d.comb += rd_addr.eq(req.payload.addr)
 
     with m.If(start | cont):
         m.d.sync += have.eq(1)
