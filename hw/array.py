@@ -182,10 +182,10 @@ class PEArray(wiring.Component):
         valid, first, last, vec = ctrl[0], ctrl[1], ctrl[2], ctrl[3:]
         step = enable & valid
 
-        # A sum restarts from 0 on a first tile or on the tile after a last one (`fresh`). With
-        # a register stage in the tree, whether the tile in the last stage restarts is known a
-        # cycle ahead from the stage before it, and `restart` is a register: the accumulators'
-        # carry chains start one LUT after a flip-flop.
+        # A sum restarts from 0 on a first tile or on the tile after a last one (`fresh`).
+        # Without clearing ahead: with a register stage in the tree, whether the tile in the
+        # last stage restarts is known a cycle ahead from the stage before it, and `restart` is
+        # a register: the accumulators' carry chains start one LUT after a flip-flop.
         vec_next = Mux(enable, ctrl_prev[3:], vec) if ctrl_prev is not None else None
         if ahead:
             # An accumulator is cleared (on an FPGA, by its flip-flops' synchronous reset) on
