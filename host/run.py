@@ -18,8 +18,8 @@ from .fabric import FabricBackend
 from .loaders import load_hf_bitnet
 from .transformer import GoldenBackend, forward, generate
 
-__all__ = ["default_model_path", "CharTokenizer", "device_for", "open_transport", "Session",
-           "BACKENDS"]
+__all__ = ["default_model_path", "CharTokenizer", "device_for", "model_needs", "open_transport",
+           "Session", "BACKENDS"]
 
 BACKENDS = ("golden", "sim", "cocotb", "serial", "board")
 
@@ -50,25 +50,33 @@ class CharTokenizer:
         return "".join(self.vocab[i] for i in ids)
 
 
-def device_for(model, *, lanes=64, pes=4, word_bits=32):
-    """An LPU sized for ``model``: every projection's row fits, all weights fit in memory and
-    all scale mantissas in the scale memory."""
+def model_needs(model, *, lanes, pes, word_bits):
+    """What ``model`` asks of an LPU of ``lanes`` x ``pes`` with words of ``word_bits``: the
+    words of its t2 weight images, the words of its scale memory, and its longest row."""
     from lpu.hw.formats import WeightFormat
-    from lpu.hw.lpu import LPU
     from lpu.hw.scale import scale_groups, scale_words
 
     from .image import image_word_count
-    ctx = int(model.config.get("max_position_embeddings", 16))
-    max_k = max(lin.shape[1] for lin in model.linears.values())
-    max_k = 1 << (max(max_k, lanes) - 1).bit_length()
+    linears = model.linears.values()
     words = sum(image_word_count(*lin.shape, WeightFormat.T2, lanes=lanes, pes=pes,
-                                 word_bits=word_bits) for lin in model.linears.values())
+                                 word_bits=word_bits) for lin in linears)
+    # every projection's scale words: P mantissas, one per row of a row block, per group
+    scales = sum(scale_words(lin.shape[0], scale_groups(lin.shape[1], lin.group_size), pes)
+                 for lin in linears)
+    return words, scales, max(lin.shape[1] for lin in linears)
+
+
+def device_for(model, *, lanes=64, pes=4, word_bits=32):
+    """An LPU sized for ``model``: every projection's row fits, all weights fit in memory and
+    all scale mantissas in the scale memory."""
+    from lpu.hw.lpu import LPU
+
+    ctx = int(model.config.get("max_position_embeddings", 16))
+    words, scales, max_k = model_needs(model, lanes=lanes, pes=pes, word_bits=word_bits)
+    max_k = 1 << (max(max_k, lanes) - 1).bit_length()
     addr_width = max(1, (words - 1).bit_length())
     max_rows = max(lin.shape[0] for lin in model.linears.values())
     vectors = min(ctx, 255)
-    # every projection's scale words: P mantissas, one per row of a row block, per group
-    scales = sum(scale_words(lin.shape[0], scale_groups(lin.shape[1], lin.group_size), pes)
-                 for lin in model.linears.values())
     return LPU(lanes=lanes, pes=pes, word_bits=word_bits, addr_width=addr_width, max_k=max_k,
                max_vectors=vectors, formats=["t2"], scale_depth=scales,
                out_depth=1 << (-(-max_rows // pes) * vectors - 1).bit_length())
@@ -77,23 +85,16 @@ def device_for(model, *, lanes=64, pes=4, word_bits=32):
 def check_board_holds(model, board):
     """Raise ValueError if ``model``'s weights or scales do not fit ``board``'s LPU."""
     from lpu.boards.top import board_spec
-    from lpu.hw.formats import WeightFormat
-    from lpu.hw.scale import scale_groups, scale_words
 
-    from .image import image_word_count
     cfg = board_spec(board).lpu
-    words = sum(image_word_count(*lin.shape, WeightFormat.T2, lanes=cfg["lanes"],
-                                 pes=cfg["pes"], word_bits=cfg.get("word_bits", 32))
-                for lin in model.linears.values())
+    words, scales, max_k = model_needs(model, lanes=cfg["lanes"], pes=cfg["pes"],
+                                       word_bits=cfg.get("word_bits", 32))
     if words > cfg["mem_words"]:
         raise ValueError(f"The model's weights need {words} words of memory, more than the "
                          f"{board}'s {cfg['mem_words']}")
-    scales = sum(scale_words(lin.shape[0], scale_groups(lin.shape[1], lin.group_size),
-                             cfg["pes"]) for lin in model.linears.values())
     if scales > cfg["scale_depth"]:
         raise ValueError(f"The model's scales need {scales} words of scale memory, more than "
                          f"the {board}'s {cfg['scale_depth']}")
-    max_k = max(lin.shape[1] for lin in model.linears.values())
     if max_k > cfg["max_k"]:
         raise ValueError(f"The model's rows of {max_k} inputs are longer than the {board}'s "
                          f"maximum row length ({cfg['max_k']})")
