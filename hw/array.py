@@ -186,7 +186,6 @@ class PEArray(wiring.Component):
         # Without clearing ahead: with a register stage in the tree, whether the tile in the
         # last stage restarts is known a cycle ahead from the stage before it, and `restart` is
         # a register: the accumulators' carry chains start one LUT after a flip-flop.
-        vec_next = Mux(enable, ctrl_prev[3:], vec) if ctrl_prev is not None else None
         if ahead:
             # An accumulator is cleared (on an FPGA, by its flip-flops' synchronous reset) on
             # the cycle before a tile that restarts it arrives: as a last tile is added, while
@@ -238,6 +237,7 @@ class PEArray(wiring.Component):
             with m.If(step):
                 m.d.comb += fresh_next.bit_select(vec, 1).eq(last)
             m.d.sync += fresh.eq(fresh_next)
+            vec_next = Mux(enable, ctrl_prev[3:], vec) if ctrl_prev is not None else None
             restart = _restart(m, first | fresh.bit_select(vec, 1), ctrl_prev, enable, first,
                                fresh_next.bit_select(vec_next, 1) if vec_next is not None
                                else None)
@@ -267,8 +267,8 @@ def _restart(m, now, ctrl_prev, enable, first, fresh_next):
 
 def _total(m, restart, acc, value, carry, fuse, name):
     """``(restart ? 0 : acc) + value + carry`` (``acc + value + carry`` when ``restart`` is
-    None), as wide as ``acc``; on an ECP5 (``fuse``) in CCU2C cells that fold the multiplexer
-    into the adder."""
+    None: the accumulators cleared ahead, never on the ECP5), as wide as ``acc``; on an ECP5
+    (``fuse``) in CCU2C cells that fold the multiplexer into the adder."""
     if fuse:
         return ccu2c_accumulate(m, acc, value, carry, restart, len(acc), name)
     total = Signal(signed(len(acc)), name=name)

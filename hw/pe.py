@@ -144,19 +144,22 @@ def _ccu2c_halves(init, cin, width, a, b, c=None, d=None):
     d = Const(1) if d is None else d
     halves = [(_CCU2C_CARRY_IN, (cin, Const(0), Const(0), Const(1)))]
     for j in range(width):
-        halves.append((init, (a[min(j, len(a) - 1)], b[min(j, len(b) - 1)], c, d)))
+        halves.append((init, (_bit(a, j), _bit(b, j), c, d)))
     return halves
+
+
+def _bit(v, j):
+    """Bit ``j`` of the signed value ``v``, sign-extended past its width."""
+    return v[min(j, len(v) - 1)]
 
 
 def ccu2c_accumulate(m, acc, value, carry, restart, width, name):
     """``(restart ? 0 : acc) + value + carry`` (``carry`` may be None) in one CCU2C chain,
-    ``width`` bits: the restart multiplexer is folded into the adder's LUTs. With ``restart``
-    None, ``acc + value + carry``."""
+    ``width`` bits: the restart multiplexer is folded into the adder's LUTs."""
     out = Signal(signed(width), name=name)
     cin = carry if carry is not None else Const(0)
-    halves = (_ccu2c_halves(_CCU2C_ADD, cin, width, acc, value) if restart is None else
-              _ccu2c_halves(_CCU2C_ACCUMULATE, cin, width, acc, value, restart))
-    _ccu2c_chain(m, [(out, halves)], f"{name}_ch")
+    _ccu2c_chain(m, [(out, _ccu2c_halves(_CCU2C_ACCUMULATE, cin, width, acc, value, restart))],
+                 f"{name}_ch")
     return out
 
 
@@ -173,7 +176,7 @@ def ice40_adder(m, a, b, carry, width, name):
     cin = carry if carry is not None else Const(0)
     bits = []
     for j in range(width):
-        aj, bj = a[min(j, len(a) - 1)], b[min(j, len(b) - 1)]
+        aj, bj = _bit(a, j), _bit(b, j)
         o = Signal(name=f"{name}_o{j}")
         m.submodules[f"{name}_lut{j}"] = Instance(
             "SB_LUT4", p_LUT_INIT=Const(_ICE40_SUM, 16),
