@@ -247,9 +247,11 @@ def _cmd_bench_density(args):
         return 1
     print(json.dumps(rows) if args.json else density.format_table(rows))
     if args.record:
+        # The command that reproduces the recorded rows, with the options given.
         from lpu.boards.bench_area import record
-        record(rows, "lpu bench density --record" +
-               ("" if args.seed is None else f" --seed {args.seed}"), name="density")
+        options = "".join(f" --{a} {getattr(args, a)}" for a in (*given, "seed")
+                          if getattr(args, a) is not None)
+        record(rows, f"lpu bench density{options} --record", name="density")
         print("recorded docs/results/density.json")
     return 0
 

@@ -132,3 +132,27 @@ def test_density_of_a_small_ice40_array(capsys, tmp_path):
     assert (row["target_density"], row["naive_density"]) == (DENSITY_TARGETS["ice40"],
                                                              NAIVE_DENSITY["ice40"])
     assert row["met"] == (row["density"] >= 3e6)
+
+
+def test_cli_records_the_command_that_reproduces_its_rows(capsys, tmp_path, monkeypatch):
+    # The builds are stood in for: only what --record writes is checked here.
+    from lpu.boards import density
+    from lpu.cli import main
+    calls = []
+
+    def fake_bench(configs, *, root, jobs):
+        calls.append(configs)
+        return [{"row": i} for i in range(len(configs))]
+
+    monkeypatch.setattr(density, "run_density_bench", fake_bench)
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "docs" / "results" / "density.json"
+    assert main(["bench", "density", "--board", "icebreaker", "--lanes", "32", "--pes", "3",
+                 "--freq", "60", "--seed", "2", "--json", "--record"]) == 0
+    assert calls[-1] == [dict(board="icebreaker", lanes=32, pes=3, freq=60.0, seed=2)]
+    assert json.loads(results.read_text())["meta"]["command"] == (
+        "lpu bench density --board icebreaker --lanes 32 --pes 3 --freq 60.0 --seed 2 --record")
+    assert main(["bench", "density", "--json", "--record"]) == 0
+    assert len(calls[-1]) == len(density.DENSITY_SUITE)
+    assert json.loads(results.read_text())["meta"]["command"] == "lpu bench density --record"
+    capsys.readouterr()
