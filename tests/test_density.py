@@ -127,6 +127,10 @@ def test_density_of_a_small_ice40_array(capsys, tmp_path):
     assert row["macs_per_cycle"] == 8 and row["cell"] == "logic cell"
     assert 0 < row["cells"] < 5280 and row["bram"] >= 1
     assert row["fmax_mhz"] > 0 and abs(row["target_mhz"] - 40) < 0.3
+    # cells and fmax are nextpnr's: every logic cell it placed, its slowest clock
+    report = json.loads((tmp_path / "icebreaker-4x2" / "report.json").read_text())
+    assert row["cells"] == report["utilization"]["ICESTORM_LC"]["used"]
+    assert row["fmax_mhz"] == round(min(c["achieved"] for c in report["fmax"].values()), 2)
     assert row["mac_per_s"] == 8 * row["fmax_mhz"] * 1e6
     assert row["density"] == row["mac_per_s"] / row["cells"]
     assert (row["target_density"], row["naive_density"]) == (DENSITY_TARGETS["ice40"],
