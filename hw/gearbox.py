@@ -64,17 +64,21 @@ class TileGearbox(wiring.Component):
         cells = [Signal(cell.size, name=f"cell{j}") for j in range(C // g)]
         level = Signal(range(C + 1))
 
+        # The level's three comparisons are flip-flops, registered with the level: a tile is
+        # present (``level >= T``), and a chunk fits if a tile leaves (``level <= room + T``)
+        # or if none does (``level <= room``). Whether a tile leaves arrives late in the cycle
+        # (it depends on the array's handshake) and only selects between the last two, so the
+        # FIFO's read waits for no comparison behind that handshake.
+        has_tile = Signal()
+        fits_emit = Signal(init=1)
+        fits = Signal(init=1)
         emit = Signal()
         m.d.comb += [
-            self.o_stream.valid.eq(level >= T),
+            self.o_stream.valid.eq(has_tile),
             emit.eq(self.o_stream.valid & self.o_stream.ready),
             self.o_stream.payload.eq(Cat(*cells[:T // g])),
         ]
-
-        # Whether a tile leaves arrives late in the cycle (it depends on the array's
-        # handshake), so the comparisons are made on the registered level for both cases and
-        # ``emit`` only selects between them.
-        m.d.comb += self.i_stream.ready.eq(Mux(emit, level <= room + T, level <= room))
+        m.d.comb += self.i_stream.ready.eq(Mux(emit, fits_emit, fits))
         accept = self.i_stream.valid & self.i_stream.ready
         count = self.i_stream.payload.count
         codes = self.i_stream.payload.codes.as_value()
@@ -100,11 +104,19 @@ class TileGearbox(wiring.Component):
 
         # The next level for each outcome of the two late handshakes, formed beforehand (the
         # chunk size does not depend on them), so that they only select one.
-        taken = Signal.like(level)
+        # The flags are formed likewise from each outcome's level.
+        taken = Signal(range(C + self._max + 1))    # (wide enough for the comparisons)
         m.d.comb += taken.eq(level + count)
+        outcomes = [level, level - T, taken, taken - T]     # by (accept, emit)
+        flags = [(has_tile, lambda x: x >= T), (fits_emit, lambda x: x <= room + T),
+                 (fits, lambda x: x <= room)]
         with m.If(self.clear):
-            m.d.sync += level.eq(0)
+            m.d.sync += [level.eq(0)] + [flag.eq(test(0)) for flag, test in flags]
         with m.Else():
-            m.d.sync += level.eq(Mux(accept, Mux(emit, taken - T, taken),
-                                     Mux(emit, level - T, level)))
+            def pick(values):
+                return Mux(accept, Mux(emit, values[3], values[2]),
+                           Mux(emit, values[1], values[0]))
+            m.d.sync += level.eq(pick(outcomes))
+            for flag, test in flags:
+                m.d.sync += flag.eq(pick([test(x) for x in outcomes]))
         return m

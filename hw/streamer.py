@@ -315,6 +315,7 @@ class WeightStreamer(wiring.Component):
         first_after = Signal.like(fetch_after)
         first_room = Signal.like(room_for)
         seq_done = Signal()
+        start_fetch = Signal()   # the first burst's values are loaded (ADDRESS_OK, no error)
         pending = Signal(16)
         b_valid = Signal()
 
@@ -399,7 +400,7 @@ class WeightStreamer(wiring.Component):
                     m.d.sync += [fetch_addr.eq(desc.base), fetch_after.eq(first_after),
                                  blen.eq(first_blen), running.eq(1), fetch_more.eq(1),
                                  room_for.eq(first_room)]
-                    m.d.comb += gear.clear.eq(1)
+                    m.d.comb += [gear.clear.eq(1), start_fetch.eq(1)]
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(seq_done & ~b_valid & (pending == 0)):
@@ -409,9 +410,14 @@ class WeightStreamer(wiring.Component):
         m.d.comb += self.status.busy.eq(~fsm.ongoing("IDLE"))
 
         # --- fetch: burst requests while the FIFO has room for the whole burst
+        # `reserved` counts the FIFO entries present or requested; the burst at hand fits while
+        # `reserved <= room_for`. That comparison is kept as a register, `slack` = `room_for -
+        # reserved`, whose sign is the verdict: the request's valid is then a gate of three
+        # flip-flops, and the memory's read enable follows it closely.
         reserved = Signal(range(self._fifo_depth + 1))
+        slack = Signal(signed(len(room_for) + 2))
         m.d.comb += [
-            self.mem_req.valid.eq(running & fetch_more & (reserved <= room_for)),
+            self.mem_req.valid.eq(running & fetch_more & ~slack[-1]),
             self.mem_req.payload.addr.eq(fetch_addr),
             self.mem_req.payload.len.eq(blen),
         ]
@@ -419,13 +425,19 @@ class WeightStreamer(wiring.Component):
         pop = fifo.r_rdy & fifo.r_en
         # The FIFO's pop (it follows the array's handshake through the gearbox) and the
         # request's acceptance (the memory's ready) are known late: the four sums are formed
-        # beforehand and the two handshakes only select one.
+        # beforehand and the two handshakes only select one. A request makes room_for the next
+        # burst's (fifo_depth - nxt) and reserved grow by blen; room_for is fifo_depth - blen
+        # throughout, so slack loses nxt.
+        nxt = burst_of(fetch_after)
         plus = Signal.like(reserved)
-        m.d.comb += plus.eq(reserved + blen)
-        m.d.sync += reserved.eq(Mux(req_fire, Mux(pop, plus - 1, plus),
-                                    Mux(pop, reserved - 1, reserved)))
+        less = Signal.like(slack)
+        m.d.comb += [plus.eq(reserved + blen), less.eq(slack - nxt)]
+        m.d.sync += [reserved.eq(Mux(req_fire, Mux(pop, plus - 1, plus),
+                                     Mux(pop, reserved - 1, reserved))),
+                     slack.eq(Mux(req_fire, Mux(pop, less + 1, less),
+                                  Mux(pop, slack + 1,
+                                      Mux(start_fetch, first_room - reserved, slack))))]
         with m.If(req_fire):
-            nxt = burst_of(fetch_after)
             m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_after.eq(fetch_after - nxt),
                          blen.eq(nxt), fetch_more.eq(fetch_after != 0),
                          room_for.eq(self._fifo_depth - nxt)]
