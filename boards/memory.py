@@ -99,21 +99,25 @@ def _burst_reads(m, req, resp, *, rd_en, rd_addr, rd_data, port_free=1):
     is offered."""
     addr = Signal.like(req.payload.addr)
     left = Signal.like(req.payload.len)
+    # left == 0 and left == 1 as flip-flops, set with `left`: the read enable and the request's
+    # ready are then gates of flip-flops and the handshakes.
+    left_0 = Signal(init=1)
+    left_1 = Signal()
     have = Signal()              # rd_data holds a word not yet taken
     taken = resp.valid & resp.ready
     free = ~have | resp.ready
     m.d.comb += [resp.valid.eq(have), resp.payload.eq(rd_data)]
 
     accept = req.valid & req.ready
-    start = accept & (left == 0) & free & (req.payload.len != 0)
-    cont = (left != 0) & free
+    start = accept & left_0 & free & (req.payload.len != 0)
+    cont = ~left_0 & free
     # The read address does not wait for the handshakes: while no burst runs it is the
     # request's (read only if the request is accepted), otherwise the burst's next word. Only
     # the read enable follows the handshakes into the RAMs.
     m.d.comb += [
-        req.ready.eq(((left == 0) & port_free) | ((left == 1) & cont)),
+        req.ready.eq((left_0 & port_free) | (left_1 & cont)),
         rd_en.eq(start | cont),
-        rd_addr.eq(Mux(left == 0, req.payload.addr, addr)),
+        rd_addr.eq(Mux(left_0, req.payload.addr, addr)),
     ]
 
     with m.If(start | cont):
@@ -121,17 +125,25 @@ def _burst_reads(m, req, resp, *, rd_en, rd_addr, rd_data, port_free=1):
     with m.Elif(taken):
         m.d.sync += have.eq(0)
 
-    with m.If(accept & (left == 0)):
+    def set_left(value, is_0, is_1):
+        m.d.sync += [left.eq(value), left_0.eq(is_0), left_1.eq(is_1)]
+
+    n = req.payload.len
+    with m.If(accept & left_0):
         with m.If(start):
-            m.d.sync += [addr.eq(req.payload.addr + 1), left.eq(req.payload.len - 1)]
+            m.d.sync += addr.eq(req.payload.addr + 1)
+            set_left(n - 1, n == 1, n == 2)
         with m.Else():
-            m.d.sync += [addr.eq(req.payload.addr), left.eq(req.payload.len)]
+            m.d.sync += addr.eq(req.payload.addr)
+            set_left(n, n == 0, n == 1)
     with m.Elif(accept):
         # the last word of the current burst is read now; the new burst follows next cycle
-        m.d.sync += [addr.eq(req.payload.addr), left.eq(req.payload.len)]
+        m.d.sync += addr.eq(req.payload.addr)
+        set_left(n, n == 0, n == 1)
     with m.Elif(cont):
-        m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
-    return (left != 0) | have
+        m.d.sync += addr.eq(addr + 1)
+        set_left(left - 1, left_1, left == 2)
+    return ~left_0 | have
 
 
 class BurstRAM(wiring.Component):

@@ -303,17 +303,15 @@ class WeightStreamer(wiring.Component):
         fetch_addr = Signal(range(self._mem_words + 1))
         fetch_after = Signal(range(self._mem_words + 1))  # words left after the burst at hand
         blen = Signal(range(self._max_burst + 1))
-        # Registered with the burst length: whether words are left to request, and the FIFO
-        # level up to which the burst still fits (fifo_depth - blen), so the request's valid
-        # is a comparison of two registers rather than a sum and a comparison; and the words
+        # Registered with the burst length: whether words are left to request; and the words
         # left after this burst, so the next burst is formed from a register without first
-        # subtracting this one.
+        # subtracting this one. (Whether the burst fits in the FIFO is `slack`, below.)
         fetch_more = Signal()
-        room_for = Signal(range(self._fifo_depth + 1))
-        # the first burst's values, formed during the address check
+        nxt = Signal.like(blen)  # the length of the burst after this one: burst_of(fetch_after)
+        # the first burst's values, formed during the address check: its room_for (below)
         first_blen = Signal.like(blen)
         first_after = Signal.like(fetch_after)
-        first_room = Signal.like(room_for)
+        first_room = Signal(range(self._fifo_depth + 1))
         seq_done = Signal()
         start_fetch = Signal()   # the first burst's values are loaded (ADDRESS_OK, no error)
         pending = Signal(16)
@@ -399,7 +397,7 @@ class WeightStreamer(wiring.Component):
                     # (a job has at least one word: rows and columns are not zero)
                     m.d.sync += [fetch_addr.eq(desc.base), fetch_after.eq(first_after),
                                  blen.eq(first_blen), running.eq(1), fetch_more.eq(1),
-                                 room_for.eq(first_room)]
+                                 nxt.eq(burst_of(first_after))]
                     m.d.comb += [gear.clear.eq(1), start_fetch.eq(1)]
                     m.next = "RUN"
             with m.State("RUN"):
@@ -410,12 +408,12 @@ class WeightStreamer(wiring.Component):
         m.d.comb += self.status.busy.eq(~fsm.ongoing("IDLE"))
 
         # --- fetch: burst requests while the FIFO has room for the whole burst
-        # `reserved` counts the FIFO entries present or requested; the burst at hand fits while
-        # `reserved <= room_for`. That comparison is kept as a register, `slack` = `room_for -
-        # reserved`, whose sign is the verdict: the request's valid is then a gate of three
-        # flip-flops, and the memory's read enable follows it closely.
-        reserved = Signal(range(self._fifo_depth + 1))
-        slack = Signal(signed(len(room_for) + 2))
+        # The FIFO's entries present or requested must not exceed room_for = fifo_depth - blen
+        # for the burst at hand to be requested. Their difference is kept as a register,
+        # `slack`, whose sign is the verdict: the request's valid is then a gate of three
+        # flip-flops, and the memory's read enable follows it closely. (A job starts with
+        # nothing present or requested: the last job's every word was requested and taken.)
+        slack = Signal(signed(len(first_room) + 2))
         m.d.comb += [
             self.mem_req.valid.eq(running & fetch_more & ~slack[-1]),
             self.mem_req.payload.addr.eq(fetch_addr),
@@ -424,27 +422,30 @@ class WeightStreamer(wiring.Component):
         req_fire = self.mem_req.valid & self.mem_req.ready
         pop = fifo.r_rdy & fifo.r_en
         # The FIFO's pop (it follows the array's handshake through the gearbox) and the
-        # request's acceptance (the memory's ready) are known late: the four sums are formed
-        # beforehand and the two handshakes only select one. A request makes room_for the next
-        # burst's (fifo_depth - nxt) and reserved grow by blen; room_for is fifo_depth - blen
-        # throughout, so slack loses nxt.
-        nxt = burst_of(fetch_after)
-        plus = Signal.like(reserved)
+        # request's acceptance (the memory's ready) are known late: the sums are formed
+        # beforehand and the two handshakes only select one. A request adds blen entries and
+        # makes room_for the next burst's, fifo_depth - nxt, where it was fifo_depth - blen:
+        # slack loses nxt. A pop gives one back.
         less = Signal.like(slack)
-        m.d.comb += [plus.eq(reserved + blen), less.eq(slack - nxt)]
-        m.d.sync += [reserved.eq(Mux(req_fire, Mux(pop, plus - 1, plus),
-                                     Mux(pop, reserved - 1, reserved))),
-                     slack.eq(Mux(req_fire, Mux(pop, less + 1, less),
-                                  Mux(pop, slack + 1,
-                                      Mux(start_fetch, first_room - reserved, slack))))]
+        # burst_of(fetch_after - nxt), given nxt = burst_of(fetch_after): two comparisons with
+        # constants rather than a subtraction and a comparison
+        mb_ = self._max_burst
+        after_nxt = Mux(fetch_after >= 2 * mb_, mb_,
+                        Mux(fetch_after >= mb_, fetch_after - mb_, 0))
+        m.d.comb += less.eq(slack - nxt)
+        m.d.sync += slack.eq(Mux(req_fire, Mux(pop, less + 1, less),
+                                 Mux(pop, slack + 1, Mux(start_fetch, first_room, slack))))
         with m.If(req_fire):
             m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_after.eq(fetch_after - nxt),
                          blen.eq(nxt), fetch_more.eq(fetch_after != 0),
-                         room_for.eq(self._fifo_depth - nxt)]
+                         nxt.eq(after_nxt)]
+        # A word is requested only with room reserved for it, so the FIFO always has room
+        # for the word the memory offers: the response is always ready (the memory's read
+        # enable then waits for no FIFO level).
         m.d.comb += [
             fifo.w_data.eq(self.mem_resp.payload),
             fifo.w_en.eq(self.mem_resp.valid),
-            self.mem_resp.ready.eq(fifo.w_rdy),
+            self.mem_resp.ready.eq(1),
         ]
 
         # --- decode into the gearbox
@@ -466,7 +467,10 @@ class WeightStreamer(wiring.Component):
         b_first = Signal()
         b_last = Signal()
         b_vec = Signal(8)
-        b_final_use = Signal()
+        # Stage B holds the last use of its tile (its last vector): then the array's taking it
+        # takes the gearbox's head tile too. One flip-flop with b_valid folded in, so the
+        # gearbox's ready waits only for the array's.
+        b_tile_done = Signal()
         a_valid = running & ~seq_done
         arr_in = array.i_stream
         fire_b = arr_in.valid & arr_in.ready
@@ -479,7 +483,7 @@ class WeightStreamer(wiring.Component):
             Value.cast(arr_in.payload.weight).eq(Value.cast(gear.o_stream.payload)),
             arr_in.payload.first.eq(b_first),
             arr_in.payload.last.eq(b_last),
-            gear.o_stream.ready.eq(fire_b & b_final_use),
+            gear.o_stream.ready.eq(b_tile_done & arr_in.ready),
         ]
         if self.max_vectors > 1:
             m.d.comb += arr_in.payload.vector.eq(b_vec)
@@ -488,14 +492,13 @@ class WeightStreamer(wiring.Component):
         v_at_last, t_at_last, g_at_last, rb_at_last = Signal(), Signal(), Signal(), Signal()
         tg_at_0 = Signal()
         with m.If(advance):
-            m.d.sync += b_valid.eq(a_valid)
+            m.d.sync += [b_valid.eq(a_valid), b_tile_done.eq(a_valid & v_at_last)]
             with m.If(a_valid):
                 last_v, last_t, last_g = v_at_last, t_at_last, g_at_last
                 m.d.sync += [
                     b_first.eq(tg_at_0),
                     b_last.eq(last_g | last_t),
                     b_vec.eq(v),
-                    b_final_use.eq(last_v),
                     v.eq(Mux(last_v, 0, v + 1)),
                     v_at_last.eq(Mux(last_v, v_last == 0, v == v_pen)),
                 ]
@@ -513,6 +516,7 @@ class WeightStreamer(wiring.Component):
         with m.If(~running):
             # (the *_last registers are set in set-up, before `running`)
             m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), seq_done.eq(0), b_valid.eq(0),
+                         b_tile_done.eq(0),
                          v_at_last.eq(v_last == 0), t_at_last.eq(kt_last == 0),
                          g_at_last.eq(gt_last == 0), rb_at_last.eq(mb_last == 0),
                          tg_at_0.eq(1)]
