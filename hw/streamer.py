@@ -314,7 +314,8 @@ class WeightStreamer(wiring.Component):
         first_room = Signal(range(self._fifo_depth + 1))
         seq_done = Signal()
         start_fetch = Signal()   # the first burst's values are loaded (ADDRESS_OK, no error)
-        pending = Signal(16)
+        pending = Signal(16)     # results the array owes: tiles marked last taken, not output
+        no_pending = Signal(init=1)  # pending == 0, as a flip-flop set with pending
         b_valid = Signal()
 
         def burst_of(left):
@@ -401,7 +402,7 @@ class WeightStreamer(wiring.Component):
                     m.d.comb += [gear.clear.eq(1), start_fetch.eq(1)]
                     m.next = "RUN"
             with m.State("RUN"):
-                with m.If(seq_done & ~b_valid & (pending == 0)):
+                with m.If(seq_done & ~b_valid & no_pending):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
 
@@ -524,7 +525,10 @@ class WeightStreamer(wiring.Component):
         # --- results, and knowing when the last one has left
         wiring.connect(m, array=array.o_stream, out=wiring.flipped(self.o_stream))
         out_fire = self.o_stream.valid & self.o_stream.ready
-        m.d.sync += pending.eq(pending + (fire_b & arr_in.payload.last) - out_fire)
+        owed, paid = fire_b & arr_in.payload.last, out_fire
+        m.d.sync += [pending.eq(pending + owed - paid),
+                     no_pending.eq(Mux(owed & ~paid, 0,
+                                       Mux(paid & ~owed, pending == 1, no_pending)))]
 
         # --- performance counters (cleared by each accepted descriptor)
         # The events of the handshakes are registered before they are counted: a 32-bit carry
