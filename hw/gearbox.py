@@ -61,7 +61,8 @@ class TileGearbox(wiring.Component):
         # simulator to evaluate.
         cell = data.ArrayLayout(self._code, g)
         bits = cell.size // g           # bits per code
-        cells = [Signal(cell.size, name=f"cell{j}") for j in range(C // g)]
+        # (no reset: the level says which hold codes, and a reset would widen their enables)
+        cells = [Signal(cell.size, name=f"cell{j}", reset_less=True) for j in range(C // g)]
         level = Signal(range(C + 1))
 
         # The level's three comparisons are flip-flops, registered with the level: a tile is

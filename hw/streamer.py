@@ -461,13 +461,16 @@ class WeightStreamer(wiring.Component):
 
         # --- sequence: stage A walks (row block, tile, vector) and reads the activation buffer;
         # stage B presents the activations with the gearbox's head tile to the array.
-        rb = Signal(16)
-        t = Signal(16)
-        tg = Signal(16)
-        v = Signal(8)
-        b_first = Signal()
-        b_last = Signal()
-        b_vec = Signal(8)
+        # The walk's counters and flags, and stage B's framing, are set while not running
+        # (below) and mean nothing until then: they need no reset of their own, which would
+        # widen their enables (`advance`, already late, or a reset).
+        rb = Signal(16, reset_less=True)
+        t = Signal(16, reset_less=True)
+        tg = Signal(16, reset_less=True)
+        v = Signal(8, reset_less=True)
+        b_first = Signal(reset_less=True)
+        b_last = Signal(reset_less=True)
+        b_vec = Signal(8, reset_less=True)
         # Stage B holds the last use of its tile (its last vector): then the array's taking it
         # takes the gearbox's head tile too. One flip-flop with b_valid folded in, so the
         # gearbox's ready waits only for the array's.
@@ -490,8 +493,9 @@ class WeightStreamer(wiring.Component):
             m.d.comb += arr_in.payload.vector.eq(b_vec)
         # Whether each counter is at its last value (and tg at 0): flags registered with the
         # counters, so that the walk's decisions wait for no comparison behind the handshake.
-        v_at_last, t_at_last, g_at_last, rb_at_last = Signal(), Signal(), Signal(), Signal()
-        tg_at_0 = Signal()
+        v_at_last, t_at_last, g_at_last, rb_at_last, tg_at_0 = (
+            Signal(reset_less=True, name=n)
+            for n in ("v_at_last", "t_at_last", "g_at_last", "rb_at_last", "tg_at_0"))
         with m.If(advance):
             m.d.sync += [b_valid.eq(a_valid), b_tile_done.eq(a_valid & v_at_last)]
             with m.If(a_valid):
