@@ -279,10 +279,6 @@ class ScaleUnit(wiring.Component):
         past_end = Signal()
         m.d.sync += [room.eq(self._scale_depth - job.scale_base),
                      past_end.eq(mul.product > room)]
-        # In RUN (a flip-flop of its own, set and cleared with the state: the PE array's
-        # stall waits for it) stage 0 takes a beat whenever stage 1 is free or moves on.
-        taking = Signal()
-        m.d.comb += self.i_stream.ready.eq(taking & (~s1_valid | s1_adv))
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
@@ -320,11 +316,13 @@ class ScaleUnit(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [v.eq(0), g.eq(0), block_addr.eq(job.scale_base),
-                                 rows_left.eq(job.rows), taking.eq(1)]
+                                 rows_left.eq(job.rows)]
                     m.next = "RUN"
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("RUN"):
+                # Stage 0: take a beat whenever stage 1 is free or moves on this cycle.
+                m.d.comb += self.i_stream.ready.eq(~s1_valid | s1_adv)
                 v_last = v == last_v
                 g_last = g == last_g
                 with m.If(accept):
@@ -342,7 +340,6 @@ class ScaleUnit(wiring.Component):
                             m.d.sync += [block_addr.eq(block_addr + groups),
                                          rows_left.eq(rows_left - P)]
                             with m.If(rows_left <= P):
-                                m.d.sync += taking.eq(0)
                                 m.next = "IDLE"         # the job's last beat
                 with m.If(self.abort):
                     m.next = "IDLE"
@@ -393,6 +390,5 @@ class ScaleUnit(wiring.Component):
             m.d.sync += [self.o_stream.payload.eq(total), o_valid.eq(1)]
 
         with m.If(self.abort):
-            m.d.sync += [o_valid.eq(0), s1_valid.eq(0), s1b_valid.eq(0), s2_valid.eq(0),
-                         taking.eq(0)]
+            m.d.sync += [o_valid.eq(0), s1_valid.eq(0), s1b_valid.eq(0), s2_valid.eq(0)]
         return m

@@ -280,12 +280,17 @@ class WeightStreamer(wiring.Component):
         weights_total = Signal(40)
         m.d.comb += weights_total.eq(n_tiles * T)
 
+        # The descriptor's checks, made on the descriptor offered and registered with it, so
+        # that CHECK acts on flip-flops (its verdict starts the divider).
+        offered = self.desc.payload
         fmt_ok = Signal()
         m.d.comb += fmt_ok.eq(0)
-        with m.Switch(desc.fmt):
+        with m.Switch(offered.fmt):
             for f in self._formats:
                 with m.Case(FormatCode.of(f)):
                     m.d.comb += fmt_ok.eq(1)
+        bad_zero, bad_fmt, bad_long, bad_vectors = (
+            Signal(name=n) for n in ("bad_zero", "bad_fmt", "bad_long", "bad_vectors"))
 
         # Bytes of the image: weights / weights-per-byte, rounded up. t5 needs the divider.
         bytes_pow2 = Signal(40)
@@ -327,19 +332,26 @@ class WeightStreamer(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
                 with m.If(self.desc.valid):
-                    m.d.sync += [desc.eq(self.desc.payload), error.eq(StreamError.NONE)]
+                    m.d.sync += [
+                        desc.eq(offered), error.eq(StreamError.NONE),
+                        bad_zero.eq((offered.rows == 0) | (offered.cols == 0) |
+                                    (offered.vectors == 0)),
+                        bad_fmt.eq(~fmt_ok),
+                        bad_long.eq(offered.cols > self.max_k),
+                        bad_vectors.eq(offered.vectors > self.max_vectors),
+                    ]
                     m.next = "CHECK"
             with m.State("CHECK"):
-                with m.If((desc.rows == 0) | (desc.cols == 0) | (desc.vectors == 0)):
+                with m.If(bad_zero):
                     m.d.sync += error.eq(StreamError.ZERO_SIZE)
                     m.next = "IDLE"
-                with m.Elif(~fmt_ok):
+                with m.Elif(bad_fmt):
                     m.d.sync += error.eq(StreamError.FORMAT)
                     m.next = "IDLE"
-                with m.Elif(desc.cols > self.max_k):
+                with m.Elif(bad_long):
                     m.d.sync += error.eq(StreamError.TOO_LONG)
                     m.next = "IDLE"
-                with m.Elif(desc.vectors > self.max_vectors):
+                with m.Elif(bad_vectors):
                     m.d.sync += error.eq(StreamError.VECTORS)
                     m.next = "IDLE"
                 with m.Else():
