@@ -41,8 +41,12 @@ class SequentialDivider(wiring.Component):
         count = Signal(range(w + 1), reset_less=True)
         nden = Signal(dw, reset_less=True)      # the divisor inverted: the subtraction's operand
         rem = Signal(dw, reset_less=True)
+        # The numerator shifts out of the top of `quot` while quotient bits shift in at the
+        # bottom, each a cycle late: `fit` holds the latest, beside the carry chain it comes
+        # from (not routed through a multiplexer at `quot`'s bottom bit).
         quot = Signal(w, reset_less=True)
-        m.d.comb += [self.rem.eq(rem), self.quot.eq(quot)]
+        fit = Signal(reset_less=True)
+        m.d.comb += [self.rem.eq(rem), self.quot.eq(Cat(fit, quot[:-1]))]
         # trial - den = trial + ~den + 1: with ~den a register and the +1 a carry in (the low
         # bit of both operands set), the carry chain takes flip-flops only, and its carry out
         # (no borrow) says the divisor fits.
@@ -57,11 +61,15 @@ class SequentialDivider(wiring.Component):
         with m.Elif(self.busy):
             m.d.sync += [
                 rem.eq(Mux(fits, diff, trial[:dw])),
-                quot.eq(Cat(fits, quot[:-1])),
+                quot.eq(Cat(fit, quot[:-1])),
                 count.eq(count - 1),
             ]
             with m.If(count == 1):
                 m.d.sync += self.busy.eq(0)
+        # `fit` as it is at a start is shifted into `quot` as a don't-care (the bit dropped at
+        # the end), so it follows `busy` alone, not `start`.
+        with m.If(self.busy):
+            m.d.sync += fit.eq(fits)
         return m
 
 
