@@ -160,12 +160,16 @@ class UARTRx(wiring.Component):
         line = Signal(init=1)
         m.submodules.sync_rx = FFSynchronizer(self.rx, line, init=1)
 
-        timer = Signal(range(self._divisor))
+        # The state machine and `valid` keep their reset; the rest is loaded before use (the
+        # received byte, `payload`, is only read while `valid`).
+        timer = Signal(range(self._divisor), reset_less=True)
         # `timer == 0`, registered with the timer (a flip-flop in the state machine's
         # conditions rather than a comparison)
-        expired = Signal(init=1)
-        shift = Signal(8)
-        bits = Signal(range(9))
+        expired = Signal(reset_less=True)
+        shift = Signal(8, reset_less=True)
+        bits = Signal(range(9), reset_less=True)
+        payload = Signal(8, reset_less=True)
+        m.d.comb += self.o_stream.payload.eq(payload)
 
         def load(value):
             m.d.sync += [timer.eq(value), expired.eq(value == 0)]
@@ -210,7 +214,7 @@ class UARTRx(wiring.Component):
                     with m.If(self.o_stream.valid & ~self.o_stream.ready):
                         m.d.comb += self.overrun.eq(1)
                     with m.Else():
-                        m.d.sync += [self.o_stream.payload.eq(shift), self.o_stream.valid.eq(1)]
+                        m.d.sync += [payload.eq(shift), self.o_stream.valid.eq(1)]
                     m.next = "IDLE"
             with m.State("BREAK"):
                 with m.If(line):
