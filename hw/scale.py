@@ -208,7 +208,8 @@ class ScaleUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         P, W = self._pes, self.out_width
-        m.submodules.div = div = SequentialDivider(_GROUP_DIV_WIDTH)
+        # The divisor is the 16-bit group, so the remainder (below it) is 16 bits too.
+        m.submodules.div = div = SequentialDivider(_GROUP_DIV_WIDTH, den_width=16)
         m.submodules.mul = mul = SequentialMultiplier(16)
         m.submodules.scales = scales = Memory(
             shape=data.ArrayLayout(signed(SCALE_BITS), P), depth=self._scale_depth, init=[])
@@ -237,7 +238,8 @@ class ScaleUnit(wiring.Component):
             blocks_busy = Const(0)
             blocks_start = Signal()
         else:
-            m.submodules.blocks_div = bdiv = SequentialDivider(_GROUP_DIV_WIDTH)
+            m.submodules.blocks_div = bdiv = SequentialDivider(_GROUP_DIV_WIDTH,
+                                                               den_width=P.bit_length())
             m.d.comb += [bdiv.num.eq(rows_up), bdiv.den.eq(P)]
             blocks_quot, blocks_busy, blocks_start = bdiv.quot, bdiv.busy, bdiv.start
 
