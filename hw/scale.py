@@ -223,10 +223,13 @@ class ScaleUnit(wiring.Component):
 
         job = Signal(JOB_LAYOUT)
         groups = Signal(16)
-        last_g = Signal(16)          # groups - 1 and vectors - 1, so that the beat counters
-        last_v = Signal(8)           # compare with registers; and groups - 2, vectors - 2 (the
-        g_penult = Signal(16)        # counters one short of the last: the next is the last)
+        # For the beat counters, registers: groups - 2 and vectors - 2 (the counters one short
+        # of the last, so the next is the last) and whether a row has one group, a job one
+        # vector.
+        g_penult = Signal(16)
         v_penult = Signal(8)
+        g_single = Signal()
+        v_single = Signal()
         blocks = Signal(16)
         error = Signal()
         m.d.comb += self.status.error.eq(error)
@@ -305,16 +308,17 @@ class ScaleUnit(wiring.Component):
             with m.State("DIV"):
                 with m.If(~div.busy & ~blocks_busy):
                     m.d.sync += [groups.eq(Mux(job.group == 0, 1, div.quot)),
-                                 last_g.eq(Mux(job.group == 0, 0, div.quot - 1)),
-                                 last_v.eq(job.vectors - 1),
-                                 g_penult.eq(div.quot - 2),
                                  v_penult.eq(job.vectors - 2),
+                                 v_single.eq(job.vectors == 1),
                                  blocks.eq(blocks_quot)]
                     m.next = "SIZE"
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("SIZE"):
+                # From `groups` rather than the quotient: its last bit comes out of the
+                # divider's carry chain in the last cycle of DIV, so it feeds one register.
                 m.d.comb += [mul.start.eq(1), mul.a.eq(blocks), mul.b.eq(groups)]
+                m.d.sync += [g_penult.eq(groups - 2), g_single.eq(groups == 1)]
                 m.next = "MUL"
                 with m.If(self.abort):
                     m.next = "IDLE"
@@ -329,8 +333,8 @@ class ScaleUnit(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [v.eq(0), g.eq(0), block_addr.eq(job.scale_base),
-                                 rows_left.eq(job.rows), v_last.eq(last_v == 0),
-                                 g_last.eq(last_g == 0), block_last.eq(job.rows <= P)]
+                                 rows_left.eq(job.rows), v_last.eq(v_single),
+                                 g_last.eq(g_single), block_last.eq(job.rows <= P)]
                     m.next = "RUN"
                 with m.If(self.abort):
                     m.next = "IDLE"
@@ -345,11 +349,11 @@ class ScaleUnit(wiring.Component):
                         s1_v.eq(v),
                         s1_ok.eq(Cat(rows_left > p for p in range(P))),
                         v.eq(Mux(v_last, 0, v + 1)),
-                        v_last.eq(Mux(v_last, last_v == 0, v == v_penult)),
+                        v_last.eq(Mux(v_last, v_single, v == v_penult)),
                     ]
                     with m.If(v_last):
                         m.d.sync += [g.eq(Mux(g_last, 0, g + 1)),
-                                     g_last.eq(Mux(g_last, last_g == 0, g == g_penult))]
+                                     g_last.eq(Mux(g_last, g_single, g == g_penult))]
                         with m.If(g_last):
                             m.d.sync += [block_addr.eq(block_addr + groups),
                                          rows_left.eq(rows_left - P),
