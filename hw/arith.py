@@ -56,20 +56,20 @@ class SequentialDivider(wiring.Component):
         diff = total[1:dw + 1]
         fits = total[dw + 2]
         with m.If(self.start):
-            m.d.sync += [rem.eq(0), quot.eq(self.num), nden.eq(~self.den), count.eq(w),
-                         self.busy.eq(1)]
+            m.d.sync += [rem.eq(0), quot.eq(self.num), nden.eq(~self.den), self.busy.eq(1)]
         with m.Elif(self.busy):
             m.d.sync += [
                 rem.eq(Mux(fits, diff, trial[:dw])),
                 quot.eq(Cat(fit, quot[:-1])),
-                count.eq(count - 1),
             ]
             with m.If(count == 1):
                 m.d.sync += self.busy.eq(0)
         # `fit` as it is at a start is shifted into `quot` as a don't-care (the bit dropped at
-        # the end), so it follows `busy` alone, not `start`.
+        # the end), so it follows `busy` alone, not `start`; `count` only matters while busy,
+        # so it counts down every cycle (no enable).
         with m.If(self.busy):
             m.d.sync += fit.eq(fits)
+        m.d.sync += count.eq(Mux(self.start, w, count - 1))
         return m
 
 
@@ -101,13 +101,13 @@ class SequentialMultiplier(wiring.Component):
         total = Signal(w + 1)
         m.d.comb += total.eq(acc + Mux(low[0], a, 0))
         with m.If(self.start):
-            m.d.sync += [a.eq(self.a), acc.eq(0), low.eq(self.b), count.eq(w), self.busy.eq(1)]
+            m.d.sync += [a.eq(self.a), acc.eq(0), low.eq(self.b), self.busy.eq(1)]
         with m.Elif(self.busy):
             m.d.sync += [
                 acc.eq(total[1:]),
                 low.eq(Cat(low[1:], total[0])),
-                count.eq(count - 1),
             ]
             with m.If(count == 1):
                 m.d.sync += self.busy.eq(0)
+        m.d.sync += count.eq(Mux(self.start, w, count - 1))    # only read while busy
         return m
