@@ -88,19 +88,37 @@ class UARTTx(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        timer = Signal(range(self._divisor))
-        expired = Signal(init=1)                  # timer == 0, registered with it
-        shift = Signal(10, init=(1 << 10) - 1)   # stop, data[7:0], start; sent from bit 0
-        bits = Signal(range(11))                  # bits still to send
-        m.d.comb += [self.busy.eq(bits != 0), self.i_stream.ready.eq(bits == 0),
-                     self.tx.eq(shift[0])]
-        with m.If(self.i_stream.valid & self.i_stream.ready):
-            m.d.sync += [shift.eq((1 << 9) | (self.i_stream.payload << 1)), bits.eq(10),
-                         timer.eq(self._divisor - 1), expired.eq(self._divisor == 1)]
-        with m.Elif(bits != 0):
+        # A byte is taken into `hold` and `take` is set; the next cycle starts its frame. The
+        # stream's valid and payload (formed by the sender's logic) thus only reach the inputs
+        # of plain flip-flops, not the enables of the shift register and the timer. `line`
+        # goes low for the start bit in that next cycle, as the shifter loads, so the frame
+        # starts the cycle after the byte is taken and every bit still lasts `divisor` cycles.
+        # Only `take`, `line` and `idle` need a reset: `take` loads the others.
+        hold = Signal(8, reset_less=True)
+        take = Signal()
+        line = Signal(init=1)                     # the serial line, a flip-flop
+        timer = Signal(range(self._divisor), reset_less=True)
+        expired = Signal(reset_less=True)         # timer == 0, registered with it
+        shift = Signal(9, reset_less=True)        # stop, data[7:0]; sent from bit 0
+        bits = Signal(range(10), reset_less=True)  # bits still to send after the current one
+        idle = Signal(init=1)                     # no frame: the last stop bit is done
+        taken = self.i_stream.valid & self.i_stream.ready
+        m.d.comb += [self.busy.eq(~idle | take), self.i_stream.ready.eq(idle & ~take),
+                     self.tx.eq(line)]
+        m.d.sync += [hold.eq(self.i_stream.payload), take.eq(taken)]
+        with m.If(taken):
+            m.d.sync += line.eq(0)                # the start bit
+        with m.If(take):
+            m.d.sync += [shift.eq((1 << 8) | hold), bits.eq(9), idle.eq(0),
+                         timer.eq(self._divisor - 2), expired.eq(self._divisor == 2)]
+        with m.Elif(~idle):
             with m.If(expired):
-                m.d.sync += [shift.eq((1 << 9) | (shift >> 1)), bits.eq(bits - 1),
+                m.d.sync += [line.eq(shift[0]), shift.eq((1 << 8) | (shift >> 1)),
                              timer.eq(self._divisor - 1), expired.eq(self._divisor == 1)]
+                with m.If(bits == 0):
+                    m.d.sync += idle.eq(1)
+                with m.Else():
+                    m.d.sync += bits.eq(bits - 1)
             with m.Else():
                 m.d.sync += [timer.eq(timer - 1), expired.eq(timer == 1)]
         return m
@@ -142,12 +160,16 @@ class UARTRx(wiring.Component):
         line = Signal(init=1)
         m.submodules.sync_rx = FFSynchronizer(self.rx, line, init=1)
 
-        timer = Signal(range(self._divisor))
+        # The state machine and `valid` keep their reset; the rest is loaded before use (the
+        # received byte, `payload`, is only read while `valid`).
+        timer = Signal(range(self._divisor), reset_less=True)
         # `timer == 0`, registered with the timer (a flip-flop in the state machine's
         # conditions rather than a comparison)
-        expired = Signal(init=1)
-        shift = Signal(8)
-        bits = Signal(range(9))
+        expired = Signal(reset_less=True)
+        shift = Signal(8, reset_less=True)
+        bits = Signal(range(9), reset_less=True)
+        payload = Signal(8, reset_less=True)
+        m.d.comb += self.o_stream.payload.eq(payload)
 
         def load(value):
             m.d.sync += [timer.eq(value), expired.eq(value == 0)]
@@ -192,7 +214,7 @@ class UARTRx(wiring.Component):
                     with m.If(self.o_stream.valid & ~self.o_stream.ready):
                         m.d.comb += self.overrun.eq(1)
                     with m.Else():
-                        m.d.sync += [self.o_stream.payload.eq(shift), self.o_stream.valid.eq(1)]
+                        m.d.sync += [payload.eq(shift), self.o_stream.valid.eq(1)]
                     m.next = "IDLE"
             with m.State("BREAK"):
                 with m.If(line):

@@ -21,9 +21,10 @@ scale_words > scale_depth``) is refused in set-up with
 :attr:`~lpu.hw.streamer.StreamError.SCALES`.
 
 Input order (from the streamer and array): row block, then group, then vector, each beat P sums
-(PE 0 lowest). The unit keeps ``max_vectors`` words of P running sums in a small memory and
-emits one beat of P results per (row block, vector) when the row block's last group arrives, so
-the output order is row block, then vector, as for a per-tensor job without the unit.
+(PE 0 lowest). The unit keeps ``max_vectors`` words of P running sums in a small memory (a
+register for ``max_vectors`` 1, which the row block's last group clears) and emits one beat of
+P results per (row block, vector) when the row block's last group arrives, so the output order
+is row block, then vector, as for a per-tensor job without the unit.
 
 Widths: a row sum of ``max_k`` columns fits ``acc_width`` bits (``|P| <= B = max_k *
 2**(act_bits-1)``, :func:`lpu.hw.array.accumulator_range`). The groups partition the row, so
@@ -39,11 +40,13 @@ registers and reads the vector's running sums, stage 2 adds and writes the runni
 or, on the row block's last group, loads the output register. Beats of the same vector follow
 each other ``V`` beats apart (``V = 1``: back to back); the running-sum read port is transparent
 to the write port, so a beat in stage 1b sees the sums its predecessor in stage 2 writes in the
-same cycle, and older writes are already in the memory. The array delivers a beat every
-``group / lanes`` cycles at best, so the unit never holds it back unless the output is not
-ready: a finished beat waits in the output register, and only a beat that finishes rows waits
-for it (holding the stages before it and the input; nothing is lost or repeated). The last
-result leaves :attr:`ScaleUnit.latency` cycles after its beat was accepted.
+same cycle, and older writes are already in the memory. With ``max_vectors`` 1 the sums are a
+register that stage 2 adds into and that the row block's last group clears (the next first
+group then adds to zero), so the adders take flip-flops and feed the register directly. The
+array delivers a beat every ``group / lanes`` cycles at best, so the unit never holds it back
+unless the output is not ready: a finished beat waits in the output register, and only a beat
+that finishes rows waits for it (holding the stages before it and the input; nothing is lost or
+repeated). The last result leaves :attr:`ScaleUnit.latency` cycles after its beat was accepted.
 """
 
 import numpy as np
@@ -205,16 +208,12 @@ class ScaleUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         P, W = self._pes, self.out_width
-        m.submodules.div = div = SequentialDivider(_GROUP_DIV_WIDTH)
+        # The divisor is the 16-bit group, so the remainder (below it) is 16 bits too.
+        m.submodules.div = div = SequentialDivider(_GROUP_DIV_WIDTH, den_width=16)
         m.submodules.mul = mul = SequentialMultiplier(16)
         m.submodules.scales = scales = Memory(
             shape=data.ArrayLayout(signed(SCALE_BITS), P), depth=self._scale_depth, init=[])
-        m.submodules.sums = sums = Memory(shape=data.ArrayLayout(signed(W), P),
-                                          depth=self._max_vectors, init=[])
         s_w, s_r = scales.write_port(), scales.read_port()
-        a_w = sums.write_port()
-        # Transparent: a beat reading its vector's sums sees the write of the beat just ahead.
-        a_r = sums.read_port(transparent_for=(a_w,))
         m.d.comb += [
             s_w.addr.eq(self.scale_wr.payload.addr),
             s_w.data.eq(self.scale_wr.payload.data),
@@ -224,8 +223,13 @@ class ScaleUnit(wiring.Component):
 
         job = Signal(JOB_LAYOUT)
         groups = Signal(16)
-        last_g = Signal(16)          # groups - 1 and vectors - 1, so that the beat counters
-        last_v = Signal(8)           # compare with registers
+        # For the beat counters, registers: groups - 2 and vectors - 2 (the counters one short
+        # of the last, so the next is the last) and whether a row has one group, a job one
+        # vector.
+        g_penult = Signal(16)
+        v_penult = Signal(8)
+        g_single = Signal()
+        v_single = Signal()
         blocks = Signal(16)
         error = Signal()
         m.d.comb += self.status.error.eq(error)
@@ -237,16 +241,23 @@ class ScaleUnit(wiring.Component):
             blocks_busy = Const(0)
             blocks_start = Signal()
         else:
-            m.submodules.blocks_div = bdiv = SequentialDivider(_GROUP_DIV_WIDTH)
+            m.submodules.blocks_div = bdiv = SequentialDivider(_GROUP_DIV_WIDTH,
+                                                               den_width=P.bit_length())
             m.d.comb += [bdiv.num.eq(rows_up), bdiv.den.eq(P)]
             blocks_quot, blocks_busy, blocks_start = bdiv.quot, bdiv.busy, bdiv.start
 
         # Position of the next input beat: vector v of group g of the row block at scale word
-        # `block_addr`, with `rows_left` rows of the job from the block's first row on.
-        v = Signal(8)
-        g = Signal(16)
-        block_addr = Signal(18)
-        rows_left = Signal(17)
+        # `block_addr`, with `rows_left` rows of the job from the block's first row on (CHECK
+        # sets them, so they need no reset). `v_last`, `g_last` and `block_last` tell that v,
+        # g and the block are the last ones, kept with them so that taking a beat depends on
+        # flip-flops rather than on comparisons.
+        v = Signal(8, reset_less=True)
+        g = Signal(16, reset_less=True)
+        block_addr = Signal(18, reset_less=True)
+        rows_left = Signal(17, reset_less=True)
+        v_last = Signal(reset_less=True)
+        g_last = Signal(reset_less=True)
+        block_last = Signal(reset_less=True)
 
         # The pipeline (module docstring). Stage 1 holds the accepted beat (its mantissa word
         # is on the scale memory's read port), stage 2 the products (its running sums on the
@@ -274,11 +285,14 @@ class ScaleUnit(wiring.Component):
         # The range check ``scale_base + words > scale_depth`` as ``words > room``, the room
         # behind ``scale_base`` a register (the job holds still from GROUPS on), and its
         # verdict registered: the product is final in the last cycle of MUL (the multiplier's
-        # ``busy`` low), so CHECK acts on a flip-flop.
-        room = Signal(signed(18))
+        # ``busy`` low), so CHECK acts on a flip-flop. The register holds ``-room - 1`` (the
+        # room inverted), and ``words > room`` is ``words + ~room >= 0``: an adder of
+        # flip-flops whose sign is the verdict.
+        room_n = Signal(signed(18), reset_less=True)
+        over = Signal(signed(len(mul.product) + 2))
         past_end = Signal()
-        m.d.sync += [room.eq(self._scale_depth - job.scale_base),
-                     past_end.eq(mul.product > room)]
+        m.d.comb += over.eq(mul.product + room_n)
+        m.d.sync += [room_n.eq(job.scale_base - self._scale_depth - 1), past_end.eq(~over[-1])]
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
@@ -294,14 +308,17 @@ class ScaleUnit(wiring.Component):
             with m.State("DIV"):
                 with m.If(~div.busy & ~blocks_busy):
                     m.d.sync += [groups.eq(Mux(job.group == 0, 1, div.quot)),
-                                 last_g.eq(Mux(job.group == 0, 0, div.quot - 1)),
-                                 last_v.eq(job.vectors - 1),
+                                 v_penult.eq(job.vectors - 2),
+                                 v_single.eq(job.vectors == 1),
                                  blocks.eq(blocks_quot)]
                     m.next = "SIZE"
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("SIZE"):
+                # From `groups` rather than the quotient: its last bit comes out of the
+                # divider's carry chain in the last cycle of DIV, so it feeds one register.
                 m.d.comb += [mul.start.eq(1), mul.a.eq(blocks), mul.b.eq(groups)]
+                m.d.sync += [g_penult.eq(groups - 2), g_single.eq(groups == 1)]
                 m.next = "MUL"
                 with m.If(self.abort):
                     m.next = "IDLE"
@@ -316,15 +333,14 @@ class ScaleUnit(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [v.eq(0), g.eq(0), block_addr.eq(job.scale_base),
-                                 rows_left.eq(job.rows)]
+                                 rows_left.eq(job.rows), v_last.eq(v_single),
+                                 g_last.eq(g_single), block_last.eq(job.rows <= P)]
                     m.next = "RUN"
                 with m.If(self.abort):
                     m.next = "IDLE"
             with m.State("RUN"):
                 # Stage 0: take a beat whenever stage 1 is free or moves on this cycle.
                 m.d.comb += self.i_stream.ready.eq(~s1_valid | s1_adv)
-                v_last = v == last_v
-                g_last = g == last_g
                 with m.If(accept):
                     m.d.sync += [
                         s1_beat.eq(self.i_stream.payload),
@@ -333,13 +349,16 @@ class ScaleUnit(wiring.Component):
                         s1_v.eq(v),
                         s1_ok.eq(Cat(rows_left > p for p in range(P))),
                         v.eq(Mux(v_last, 0, v + 1)),
+                        v_last.eq(Mux(v_last, v_single, v == v_penult)),
                     ]
                     with m.If(v_last):
-                        m.d.sync += g.eq(Mux(g_last, 0, g + 1))
+                        m.d.sync += [g.eq(Mux(g_last, 0, g + 1)),
+                                     g_last.eq(Mux(g_last, g_single, g == g_penult))]
                         with m.If(g_last):
                             m.d.sync += [block_addr.eq(block_addr + groups),
-                                         rows_left.eq(rows_left - P)]
-                            with m.If(rows_left <= P):
+                                         rows_left.eq(rows_left - P),
+                                         block_last.eq(rows_left <= 2 * P)]
+                            with m.If(block_last):
                                 m.next = "IDLE"         # the job's last beat
                 with m.If(self.abort):
                     m.next = "IDLE"
@@ -368,9 +387,7 @@ class ScaleUnit(wiring.Component):
         with m.Elif(s1b_adv):
             m.d.sync += s1b_valid.eq(0)
 
-        # Stage 1b: P products of registers; the vector's running sums are read as the beat
-        # moves to stage 2.
-        m.d.comb += [a_r.addr.eq(s1b_v), a_r.en.eq(s1b_adv)]
+        # Stage 1b: P products of registers.
         with m.If(s1b_adv):
             m.d.sync += [s2_valid.eq(1), s2_first.eq(s1b_first), s2_last.eq(s1b_last),
                          s2_v.eq(s1b_v)]
@@ -381,9 +398,32 @@ class ScaleUnit(wiring.Component):
 
         # Stage 2: accumulate; a row block's last group goes to the output register.
         total = Signal(data.ArrayLayout(signed(W), P))
-        for p in range(P):
-            m.d.comb += total[p].eq(Mux(s2_first, 0, a_r.data[p]) + s2_prod[p])
-        m.d.comb += [a_w.addr.eq(s2_v), a_w.data.eq(total), a_w.en.eq(s2_valid & ~s2_last)]
+        if self._max_vectors == 1:
+            # One vector: the running sums are a register that the row block's last beat
+            # clears, so a first group adds zero without a select in front of the adders, and
+            # the sums go straight back into the register (the clearing is its flip-flops'
+            # reset input). An abort, or a reset, clears it a cycle later (`clear` is set by
+            # either), before any beat of the next job can reach stage 2.
+            run = Signal(data.ArrayLayout(signed(W), P), reset_less=True)
+            clear = Signal(init=1)
+            m.d.sync += clear.eq(self.abort)
+            for p in range(P):
+                m.d.comb += total[p].eq(run[p] + s2_prod[p])
+            with m.If(s2_adv & s2_last | clear):
+                m.d.sync += run.eq(0)
+            with m.Elif(s2_adv):
+                m.d.sync += run.eq(total)
+        else:
+            # The vector's running sums are read as its beat moves to stage 2 (the read port is
+            # transparent: a beat sees the write of the beat just ahead).
+            m.submodules.sums = sums = Memory(shape=data.ArrayLayout(signed(W), P),
+                                              depth=self._max_vectors, init=[])
+            a_w = sums.write_port()
+            a_r = sums.read_port(transparent_for=(a_w,))
+            m.d.comb += [a_r.addr.eq(s1b_v), a_r.en.eq(s1b_adv)]
+            for p in range(P):
+                m.d.comb += total[p].eq(Mux(s2_first, 0, a_r.data[p]) + s2_prod[p])
+            m.d.comb += [a_w.addr.eq(s2_v), a_w.data.eq(total), a_w.en.eq(s2_valid & ~s2_last)]
         with m.If(self.o_stream.ready):
             m.d.sync += o_valid.eq(0)
         with m.If(s2_adv & s2_last):

@@ -129,6 +129,21 @@ def test_scale_unit_refuses_a_range_past_the_memory(rng):
     assert np.array_equal(got[4]["outputs"], want)     # an abort leaves nothing behind
 
 
+@pytest.mark.parametrize("abort_after", [3, 7, 14])
+def test_scale_unit_one_vector_abort_leaves_no_sums(rng, abort_after):
+    """One vector: the running sums are a register the last group clears; an abort in the
+    middle of a row block (after 3 or 14 beats: partial sums; after 7: one block out) must not
+    leave its partial sums to the next job."""
+    unit = ScaleUnit(pes=2, acc_width=16, scale_depth=64, max_vectors=1)
+    w, x = _random(rng, 5, 40, 1)
+    mant = rng.integers(-TOP - 1, TOP + 1, size=(5, 5))
+    good, want = _case(rng, unit, w, x, mant, 8, 10)              # 3 row blocks of 5 groups
+    got = pysim.run_scale(unit, [{**good, "abort_after": abort_after}, good],
+                          seed=int(rng.integers(1 << 31)), valid_prob=0.7, ready_prob=0.5)
+    assert [r["error"] for r in got] == [False, False]
+    assert np.array_equal(got[1]["outputs"], want)
+
+
 def test_scale_unit_refuses_with_a_divided_row_count(rng):
     """P not a power of two: ceil(rows / P) comes from a second divider, in the same time."""
     unit = ScaleUnit(pes=3, acc_width=16, scale_depth=12, max_vectors=1)
