@@ -84,10 +84,11 @@ class PysimTransport(Transport):
 
     The simulation waits (in simulated time, not at all) while the host has nothing to send.
     ``corrupt`` may map a request frame to the bytes actually sent, and ``corrupt_reply`` a
-    reply to the bytes received (tests of a bad link).
+    reply to the bytes received (tests of a bad link). ``monitors`` are more ``async def
+    (ctx)`` processes to run beside the host, in the background (tests that watch signals).
     """
 
-    def __init__(self, system, *, reply_cycles=2_000_000):
+    def __init__(self, system, *, reply_cycles=2_000_000, monitors=()):
         from amaranth.sim import Simulator
         self._req = queue.Queue()
         self._resp = queue.Queue()
@@ -126,6 +127,8 @@ class PysimTransport(Transport):
         sim = Simulator(system)
         sim.add_clock(1e-6)
         sim.add_testbench(bench)
+        for monitor in monitors:
+            sim.add_process(monitor)
         self._thread = threading.Thread(target=sim.run, daemon=True)
         self._thread.start()
 

@@ -135,7 +135,15 @@ class LPU(wiring.Component):
         word_bytes = st.word_bits // 8
         m.submodules.streamer = st
         m.submodules.scale = sc
-        wiring.connect(m, st.o_stream, sc.i_stream)
+        # The scale unit takes a sum in every cycle from the end of its set-up (RUN_SCALE waits
+        # for it before the streamer starts) until the job's last sum: whenever the streamer
+        # offers a sum, the scale unit is ready. The streamer's output is therefore always
+        # ready, so the PE array never stalls (on an iCE40 the stall was the root of the
+        # longest paths, through the streamer's walk and weight FIFO).
+        # tests/test_lpu.py::test_scale_unit_is_ready_for_every_sum watches this.
+        m.d.comb += [sc.i_stream.valid.eq(st.o_stream.valid),
+                     sc.i_stream.payload.eq(st.o_stream.payload),
+                     st.o_stream.ready.eq(1)]
         wiring.connect(m, st.mem_req, wiring.flipped(self.mem_req))
         wiring.connect(m, wiring.flipped(self.mem_resp), st.mem_resp)
 

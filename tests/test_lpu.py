@@ -302,3 +302,34 @@ def test_a_batch_with_a_bad_reply_is_resent(rng, device, damage, resent):
     w = rng.integers(-1, 2, size=(3, 4))
     out = drv.matmul(w, entries[0][1], fmt="t2")
     assert np.array_equal(out, golden.matvec(w, entries[0][1]))
+
+
+def test_scale_unit_is_ready_for_every_sum(rng):
+    """The LPU ties the streamer's output ready high (hw/lpu.py): the scale unit must be ready
+    in every cycle the streamer offers a sum, from the shortest job (one tile per row: its
+    first sum comes soonest after the start) to several vectors and groups."""
+    lpu = small_lpu(timeout=200)
+    offered, unready = [], []
+
+    async def watch(ctx):
+        async for _, _, valid, ready in ctx.tick().sample(lpu._streamer.o_stream.valid,
+                                                           lpu._scale.i_stream.ready):
+            if valid:
+                offered.append(1)
+                if not ready:
+                    unready.append(1)
+
+    transport = PysimTransport(LPUSystem(lpu), monitors=[watch], reply_cycles=50_000)
+    drv = LPUDriver(transport)
+    try:
+        for rows, cols, vectors, group in [(2, 3, 1, 0), (1, 4, 2, 0), (7, 19, 2, 0),
+                                           (5, 16, 1, 8)]:
+            w = rng.integers(-1, 2, size=(rows, cols))
+            x = rng.integers(-128, 128, size=(cols, vectors))
+            groups = -(-cols // group) if group else 1
+            mant = rng.integers(-(1 << 15), 1 << 15, size=(rows, groups))
+            y = drv.matmul(w, x, fmt="t2", group=group, mantissas=mant)
+            assert np.array_equal(y, golden.scaled_matvec(w, x, mant, group=group))
+    finally:
+        transport.close()
+    assert offered and not unready
