@@ -157,16 +157,17 @@ class LPU(wiring.Component):
         def reg(shape, name):
             return Signal(shape, name=name, reset_less=True)
 
-        # Payloads are at most MAX_PAYLOAD bytes (RX_LEN1 refuses longer ones before any state
-        # that reads `length`), so lengths and byte indices are 9 bits wide; the indices run at
-        # most one past a length.
+        # Payloads are at most MAX_PAYLOAD (256) bytes: RX_LEN1 refuses longer ones before any
+        # state that reads `length`, so it is 9 bits wide. The byte index is the buffer's address,
+        # 8 bits, and is compared with lengths modulo 256: a state that counts bytes up to
+        # `length` starts below it and meets it (256 as 0) before it meets it again.
+        assert MAX_PAYLOAD == 256
         cmd = reg(8, "cmd")
         length = reg(range(MAX_PAYLOAD + 1), "length")
-        idx = reg(range(MAX_PAYLOAD + 2), "idx")     # byte index into the buffer
-        idx_next = Signal.like(idx)  # what idx becomes at the clock edge: the states set this
-        idx_zero = Signal()          # ... by choosing 0 or idx + 1 (neither: idx)
-        idx_inc = Signal()
-        idx_step = Signal()          # idx_inc in a state where it depends on no handshake
+        idx = reg(8, "idx")          # byte index into the buffer
+        idx_step = Signal()          # idx + 1 in a state whatever its conditions, or on a
+        idx_take = Signal()          # handshake; else idx, or 0: the states set these
+        idx_zero = Signal()
         status = reg(8, "status")
         reply_len = reg(range(MAX_PAYLOAD + 1), "reply_len")
         reply_empty = reg(1, "reply_empty")
@@ -190,17 +191,22 @@ class LPU(wiring.Component):
         # WRITE_MEM: the last word address that leaves room for the payload's words (negative
         # when none does), from the length alone; a start address above it is refused
         wmem_limit = reg(signed(max(st.mem_words.bit_length(), len(length)) + 2), "wmem_limit")
+        # ... in two halves: an address bit above the limit's, the address's low bits above it
+        wmem_hi = reg(1, "wmem_hi")
+        wmem_lo = reg(1, "wmem_lo")
         wmem_refuse = reg(1, "wmem_refuse")
         out_count = Signal(16)
         out_start = reg(16, "out_start")
         out_start_next = Signal(16)  # likewise the output buffer's read address
         room_count = reg(signed(18), "room_count")  # READ_OUT: results present, and entries,
         room_depth = reg(signed(18), "room_depth")  # from `start`
-        read_refuse = reg(1, "read_refuse")
+        read_over = [reg(1, f"read_over{i}") for i in range(3)]  # READ_OUT's range checks
         read_none = reg(1, "read_none")  # READ_OUT: count 0, and count 1 left (registered flags)
         read_last = reg(1, "read_last")
         entry = reg(data.ArrayLayout(signed(out_w), P), "entry")  # READ_OUT: the entry being sent
         entry_end = reg(1, "entry_end")  # READ_COPY: the entry's last byte (sub, pe_sel at the end)
+        entry_load = Signal()            # `entry` takes the output buffer's read data
+        copy_byte = reg(8, "copy_byte")
         out_n = reg(16, "out_n")
         sub = reg(range(max(rb, word_bytes, N, 13, 2 * P) + 1), "sub")
         sub_next = Signal.like(sub)
@@ -232,11 +238,13 @@ class LPU(wiring.Component):
         # Each state zeroes, steps or holds the index whatever its conditions where the index
         # it leaves is of no use otherwise (before a reply, which starts from 0, or past the
         # bytes a state reads), so that only RX_PAYLOAD and TX_PAYLOAD step it on a handshake.
-        m.d.comb += [idx_next.eq(Mux(idx_zero, 0, Mux(idx_inc, idx + 1, idx))),
-                     out_start_next.eq(out_start)]
-        m.d.sync += [idx.eq(idx_next), out_start.eq(out_start_next)]
-        m.d.comb += [buf_w.addr.eq(idx), buf_r.addr.eq(idx_next), orp.addr.eq(out_start_next)]
-        m.d.sync += at_len.eq(Mux(idx_step, idx == rx_last, idx == length))
+        # The buffer's read address is the index of the next cycle where the next state reads
+        # the byte there (see `read_step` below), whatever it is elsewhere.
+        m.d.comb += out_start_next.eq(out_start)
+        m.d.sync += [idx.eq(Mux(idx_zero, 0, Mux(idx_step | idx_take, idx + 1, idx))),
+                     out_start.eq(out_start_next)]
+        m.d.comb += [buf_w.addr.eq(idx), orp.addr.eq(out_start_next)]
+        m.d.sync += at_len.eq(Mux(idx_step, idx == rx_last, idx == length[:8]))
 
         rx_byte = self.rx.payload
         rx_take = self.rx.valid & self.rx.ready
@@ -252,7 +260,7 @@ class LPU(wiring.Component):
             return idx[:max(1, (k if top is None else top).bit_length())] == k
 
         def step_idx():
-            m.d.comb += [idx_inc.eq(1), idx_step.eq(1)]
+            m.d.comb += idx_step.eq(1)
 
         # Replies. The status, length and last byte index of the reply are registered in every
         # cycle outside the transmit states from the values the current state would reply with
@@ -322,10 +330,26 @@ class LPU(wiring.Component):
         # verdicts from registers in every cycle: each is read a cycle after the state that
         # set its inputs.
         n_words = (length - 4) >> (word_bytes.bit_length() - 1)
+        limit_bits = st.mem_words.bit_length()   # the limit is below 2 ** limit_bits
         m.d.sync += [wmem_limit.eq(Const(st.mem_words, wmem_limit.shape()) - n_words),
-                     wmem_refuse.eq(field_addr > wmem_limit),
-                     read_refuse.eq((out_n > MAX_PAYLOAD // (P * rb)) | (out_n > room_count) |
-                                    (out_n > room_depth))]
+                     wmem_hi.eq(field_addr[limit_bits:].any()),
+                     wmem_lo.eq(field_addr[:limit_bits] > wmem_limit),
+                     wmem_refuse.eq(wmem_hi | wmem_lo),
+                     read_over[0].eq(out_n > MAX_PAYLOAD // (P * rb)),
+                     read_over[1].eq(out_n > room_count), read_over[2].eq(out_n > room_depth)]
+
+        # STATUS's reply bytes, selected a cycle ahead (from the index of the next cycle: 0 in
+        # EXEC, idx + 1 in STATUS) into a register: the frame buffer's write data comes from
+        # flip-flops, not from a wide byte multiplexer. (Nothing in the
+        # STATUS reply changes while a command executes: the streamer and the scale unit work
+        # only within RUN, which replies after both are done.)
+        reply_data = Signal(STATUS_REPLY_LAYOUT)
+        m.d.comb += [reply_data.busy.eq(st.status.busy | sc.status.busy),
+                     reply_data.writes_dropped.eq(self.mem_wr_dropped),
+                     reply_data.error.eq(job_error), reply_data.perf.eq(st.perf)]
+        nbytes = STATUS_REPLY_LAYOUT.size // 8
+        status_bytes = [Value.cast(reply_data).word_select(i, 8) for i in range(nbytes)]
+        status_byte = reg(8, "status_byte")
 
         with m.FSM() as fsm:
             # ---- receive
@@ -339,6 +363,8 @@ class LPU(wiring.Component):
                               ("RX_CRC0", "RX_CRC1"), ("RX_CRC1", "RX_CHECK")):
                 with m.State(name):
                     m.d.comb += self.rx.ready.eq(1)
+                    if name == "RX_PAYLOAD":
+                        m.d.comb += idx_take.eq(self.rx.valid)
                     if name == "RX_LEN1":
                         replies(Mux(self.rx.valid, Status.BAD_LENGTH, Status.TRUNCATED))
                     else:
@@ -366,7 +392,7 @@ class LPU(wiring.Component):
                                       ((rx_byte == MAX_PAYLOAD // 256) & len_lo_over)):
                                 reply()
                         elif name == "RX_PAYLOAD":
-                            m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(rx_byte), idx_inc.eq(1)]
+                            m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(rx_byte)]
                             with m.If(idx == rx_last):
                                 m.next = "RX_CRC0"
                         else:
@@ -392,7 +418,8 @@ class LPU(wiring.Component):
                         m.next = state
 
             with m.State("PING"):
-                m.d.comb += [buf_w.data.eq(config_rom[idx]), buf_w.en.eq(1), reply_payload.eq(1)]
+                m.d.comb += [buf_w.data.eq(config_rom[idx]), buf_w.en.eq(1),
+                             reply_payload.eq(1)]
                 step_idx()
                 with m.If(idx_at(len(config) - 1)):
                     reply()
@@ -404,8 +431,8 @@ class LPU(wiring.Component):
                     m.next = "WMEM_CHECK"
             with m.State("WMEM_CHECK"):
                 # Words past the memory would wrap around its address port: refuse them all
-                # before writing any, as WRITE_SCALE does (`wmem_refuse`, registered here and
-                # in WMEM_END from the address now in `field_addr`).
+                # before writing any, as WRITE_SCALE does (`wmem_refuse`, registered in two
+                # steps, here and in WMEM_END, from the address now in `field_addr`).
                 m.next = "WMEM_END"
             with m.State("WMEM_END"):
                 m.next = "WMEM_RANGE"
@@ -532,7 +559,7 @@ class LPU(wiring.Component):
             with m.State("READ_CHECK"):
                 # the range check, `start + count` against the results present and the
                 # buffer's depth, as comparisons of registers (`count` against the room behind
-                # `start`): `read_refuse`, registered here
+                # `start`): `read_over`, registered here
                 m.d.comb += idx_zero.eq(1)
                 m.d.sync += [read_none.eq(out_n == 0), read_last.eq(out_n == 1)]
                 m.next = "READ_RANGE"
@@ -540,20 +567,15 @@ class LPU(wiring.Component):
                 replies(Status.BAD_LENGTH)
                 # the first entry into a register, the next one's read started: the byte
                 # multiplexers below start from flip-flops, not from the block RAM
-                m.d.sync += entry.eq(orp.data)
-                m.d.comb += out_start_next.eq(out_start + 1)
-                with m.If(read_refuse):
+                m.d.comb += [entry_load.eq(1), out_start_next.eq(out_start + 1)]
+                with m.If(Cat(read_over).any()):
                     reply()
                 with m.Else():
                     m.next = "READ_COPY"
             with m.State("READ_COPY"):
-                # the entry in `entry`, PE pe_sel, byte sub of its sign-extended value; the
-                # output buffer's read port already holds the next entry
-                value = Signal(signed(8 * rb))
-                m.d.comb += value.eq(Array(Value.cast(entry[p]).as_signed()
-                                           for p in range(P))[pe_sel])
-                m.d.comb += [buf_w.en.eq(1),
-                             buf_w.data.eq(Array(value.word_select(b, 8) for b in range(rb))[sub]),
+                # byte sub of the sign-extended value of PE pe_sel of the entry in `entry`
+                # (`copy_byte`, below); the output buffer's read port already holds the next entry
+                m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(copy_byte),
                              reply_payload.eq(~read_none)]
                 step_idx()
                 with m.If(sub == rb - 1):
@@ -561,21 +583,13 @@ class LPU(wiring.Component):
                 with m.Else():
                     m.d.comb += [sub_next.eq(sub + 1), pe_sel_next.eq(pe_sel)]
                 with m.If(entry_end):
-                    m.d.sync += [out_n.eq(out_n - 1), entry.eq(orp.data),
-                                 read_last.eq(out_n == 2)]
-                    m.d.comb += out_start_next.eq(out_start + 1)
+                    m.d.sync += [out_n.eq(out_n - 1), read_last.eq(out_n == 2)]
+                    m.d.comb += [entry_load.eq(1), out_start_next.eq(out_start + 1)]
                 with m.If(read_none | (entry_end & read_last)):
                     reply()
 
             with m.State("STATUS"):
-                reply_data = Signal(STATUS_REPLY_LAYOUT)
-                m.d.comb += [reply_data.busy.eq(st.status.busy | sc.status.busy),
-                             reply_data.writes_dropped.eq(self.mem_wr_dropped),
-                             reply_data.error.eq(job_error), reply_data.perf.eq(st.perf)]
-                words = Value.cast(reply_data)
-                nbytes = STATUS_REPLY_LAYOUT.size // 8
-                m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(words.word_select(idx, 8)),
-                             reply_payload.eq(1)]
+                m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(status_byte), reply_payload.eq(1)]
                 step_idx()
                 with m.If(idx_at(nbytes - 1)):
                     reply()
@@ -601,7 +615,7 @@ class LPU(wiring.Component):
                     elif name in ("TX_STATUS", "TX_LEN0", "TX_LEN1", "TX_PAYLOAD"):
                         m.d.comb += tx_crc.valid.eq(tx_fire)
                     if name == "TX_PAYLOAD":
-                        m.d.comb += idx_inc.eq(self.tx.ready)
+                        m.d.comb += idx_take.eq(self.tx.ready)
                     with m.If(tx_fire):
                         if name == "TX_LEN1":
                             m.next = "TX_PAYLOAD"
@@ -612,6 +626,33 @@ class LPU(wiring.Component):
                                 m.next = "TX_CRC0"
                         else:
                             m.next = nxt
+
+        # (byte idx + 1: the bytes from the second on, indexed by idx)
+        m.d.sync += status_byte.eq(Mux(fsm.ongoing("STATUS"),
+                                       Array(status_bytes[1:] + [0])[idx[:nbytes.bit_length()]],
+                                       status_bytes[0]))
+
+        # The read address: idx + 1 in the states that read the next byte in the next cycle,
+        # and in TX_PAYLOAD when its byte is taken; idx in those that hold the index for a state
+        # that reads (EXEC, the states before WMEM_WORD and WSCALE_WORD, and the transmit states
+        # before TX_PAYLOAD); in the other states no byte read is of use.
+        read_step = ("WMEM_ADDR", "WMEM_WORD", "WACT_ADDR", "WACT_DATA", "WSCALE_ADDR",
+                     "WSCALE_WORD", "RUN_DESC", "READ_ARGS")
+        read_inc = (Cat(fsm.ongoing(name) for name in read_step).any() |
+                    (fsm.ongoing("TX_PAYLOAD") & self.tx.ready))
+        m.d.comb += buf_r.addr.eq(Mux(read_inc, idx + 1, idx))
+
+        # READ_COPY's byte, selected a cycle ahead from the entry, PE and byte of the next cycle
+        # (the first byte of the entry being loaded, or sub_next of PE pe_sel_next)
+        with m.If(entry_load):
+            m.d.sync += entry.eq(orp.data)
+        def sign_extended(value):
+            ext = Signal(signed(8 * rb))
+            m.d.comb += ext.eq(Value.cast(value).as_signed())
+            return ext
+        value = sign_extended(Array(entry[p] for p in range(P))[pe_sel_next])
+        m.d.sync += copy_byte.eq(Mux(entry_load, sign_extended(orp.data[0])[:8],
+                                     Array(value.word_select(b, 8) for b in range(rb))[sub_next]))
 
         with m.If(~Cat(fsm.ongoing(name) for name in tx_states).any()):
             m.d.sync += [status.eq(reply_status), reply_len.eq(Mux(reply_payload, idx + 1, 0)),
