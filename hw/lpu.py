@@ -203,15 +203,14 @@ class LPU(wiring.Component):
         read_over = [reg(1, f"read_over{i}") for i in range(3)]  # READ_OUT's range checks
         read_none = reg(1, "read_none")  # READ_OUT: count 0, and count 1 left (registered flags)
         read_last = reg(1, "read_last")
-        entry = reg(data.ArrayLayout(signed(out_w), P), "entry")  # READ_OUT: the entry being sent
-        entry_end = reg(1, "entry_end")  # READ_COPY: the entry's last byte (sub, pe_sel at the end)
+        # READ_OUT: the bytes of the entry being sent, in order (each PE's value sign-extended to
+        # `result_bytes` bytes, PE 0 first), shifted out from the bottom
+        entry = reg(8 * rb * P, "entry")
+        entry_end = reg(1, "entry_end")  # READ_COPY: the entry's last byte (sub at the end)
         entry_load = Signal()            # `entry` takes the output buffer's read data
-        copy_byte = reg(8, "copy_byte")
         out_n = reg(16, "out_n")
-        sub = reg(range(max(rb, word_bytes, N, 13, 2 * P) + 1), "sub")
+        sub = reg(range(max(rb * P, word_bytes, N, 13, 2 * P) + 1), "sub")
         sub_next = Signal.like(sub)
-        pe_sel = reg(range(P + 1), "pe_sel")
-        pe_sel_next = Signal.like(pe_sel)
         # WRITE_SCALE: bytes not yet counted into whole words less one word (2P bytes), so the
         # loop's test is a sign bit; whether the bytes left are not 0, and whether the word
         # address past the last word is past the memory, registered from the values the
@@ -221,6 +220,7 @@ class LPU(wiring.Component):
         scale_end = reg(17, "scale_end")     # WRITE_SCALE: word address past the last word
         scale_over = reg(1, "scale_over")
         job_error = Signal(StreamError)
+        job_error_next = Signal(StreamError)
         reply_status = Signal(8)       # the status of the reply a state sends, if it sends one
         reply_payload = Signal()       # the reply has a payload: bytes 0 to idx of the buffer
         ostream = sc.o_stream
@@ -247,11 +247,17 @@ class LPU(wiring.Component):
         m.d.sync += at_len.eq(Mux(idx_step, idx == rx_last, idx == length[:8]))
 
         rx_byte = self.rx.payload
-        rx_take = self.rx.valid & self.rx.ready
+        # `rx.ready` is a register: 1 in the receive states (RX_SYNC to RX_CRC1), set and
+        # cleared with the transitions into and out of them (below)
+        rx_ready = Signal(init=1)
+        m.d.comb += self.rx.ready.eq(rx_ready)
+        rx_take = self.rx.valid & rx_ready
+        # length > MAX_PAYLOAD, byte by byte (in RX_LEN1)
+        len_bad = ((rx_byte > MAX_PAYLOAD // 256) |
+                   ((rx_byte == MAX_PAYLOAD // 256) & len_lo_over))
         m.d.comb += rx_crc.data.eq(rx_byte)
 
         config = config_bytes(self)
-        config_rom = Array(Const(b, 8) for b in config)
 
         def idx_at(k, top=None):
             """``idx == k`` in a state whose index counts up from 0 to ``top`` (default ``k``):
@@ -277,11 +283,10 @@ class LPU(wiring.Component):
         shift_in = Cat(acc[8:], buf_r.data)
         m.d.sync += acc.eq(Mux(acc_hold, acc, shift_in))
 
-        # `sub` and `pe_sel` count bytes in the word-gathering states and in READ_COPY and are 0
+        # `sub` counts bytes in the word-gathering states and in READ_COPY and is 0
         # elsewhere (the ones after a state's last byte are for no use).
-        m.d.comb += [sub_next.eq(0), pe_sel_next.eq(0)]
-        m.d.sync += [sub.eq(sub_next), pe_sel.eq(pe_sel_next),
-                     entry_end.eq((sub_next == rb - 1) & (pe_sel_next == P - 1))]
+        m.d.comb += sub_next.eq(0)
+        m.d.sync += [sub.eq(sub_next), entry_end.eq(sub_next == rb * P - 1)]
 
         def word_writes(name, port, nbytes, word):
             """States ``{name}_WORD`` (gather ``nbytes`` payload bytes into ``acc``) and
@@ -338,23 +343,21 @@ class LPU(wiring.Component):
                      read_over[0].eq(out_n > MAX_PAYLOAD // (P * rb)),
                      read_over[1].eq(out_n > room_count), read_over[2].eq(out_n > room_depth)]
 
-        # STATUS's reply bytes, selected a cycle ahead (from the index of the next cycle: 0 in
-        # EXEC, idx + 1 in STATUS) into a register: the frame buffer's write data comes from
-        # flip-flops, not from a wide byte multiplexer. (Nothing in the
-        # STATUS reply changes while a command executes: the streamer and the scale unit work
-        # only within RUN, which replies after both are done.)
         reply_data = Signal(STATUS_REPLY_LAYOUT)
         m.d.comb += [reply_data.busy.eq(st.status.busy | sc.status.busy),
                      reply_data.writes_dropped.eq(self.mem_wr_dropped),
                      reply_data.error.eq(job_error), reply_data.perf.eq(st.perf)]
         nbytes = STATUS_REPLY_LAYOUT.size // 8
         status_bytes = [Value.cast(reply_data).word_select(i, 8) for i in range(nbytes)]
+        # The reply byte a state writes to the buffer (`reply_byte`, below)
+        reply_byte = reg(8, "reply_byte")
         status_byte = reg(8, "status_byte")
+        m.d.comb += job_error_next.eq(job_error)
+        m.d.sync += job_error.eq(job_error_next)
 
         with m.FSM() as fsm:
             # ---- receive
             with m.State("RX_SYNC"):
-                m.d.comb += [self.rx.ready.eq(1), idx_zero.eq(1)]
                 with m.If(rx_take & (rx_byte == REQUEST_SYNC)):
                     m.d.comb += rx_crc.start.eq(1)
                     m.next = "RX_CMD"
@@ -362,14 +365,13 @@ class LPU(wiring.Component):
                               ("RX_LEN1", "RX_PAYLOAD"), ("RX_PAYLOAD", None),
                               ("RX_CRC0", "RX_CRC1"), ("RX_CRC1", "RX_CHECK")):
                 with m.State(name):
-                    m.d.comb += self.rx.ready.eq(1)
                     if name == "RX_PAYLOAD":
                         m.d.comb += idx_take.eq(self.rx.valid)
                     if name == "RX_LEN1":
                         replies(Mux(self.rx.valid, Status.BAD_LENGTH, Status.TRUNCATED))
                     else:
                         replies(Status.TRUNCATED)
-                    if name in ("RX_CMD", "RX_LEN0", "RX_LEN1"):
+                    if name == "RX_LEN1":
                         m.d.comb += idx_zero.eq(1)
                     with m.If(rx_take):
                         m.d.comb += rx_crc.valid.eq(1)
@@ -387,12 +389,10 @@ class LPU(wiring.Component):
                             m.next = nxt
                             with m.If((rx_byte == 0) & len_lo_zero):
                                 m.next = "RX_CRC0"
-                            # length > MAX_PAYLOAD, byte by byte
-                            with m.If((rx_byte > MAX_PAYLOAD // 256) |
-                                      ((rx_byte == MAX_PAYLOAD // 256) & len_lo_over)):
+                            with m.If(len_bad):
                                 reply()
                         elif name == "RX_PAYLOAD":
-                            m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(rx_byte)]
+                            m.d.comb += buf_w.en.eq(1)
                             with m.If(idx == rx_last):
                                 m.next = "RX_CRC0"
                         else:
@@ -418,8 +418,7 @@ class LPU(wiring.Component):
                         m.next = state
 
             with m.State("PING"):
-                m.d.comb += [buf_w.data.eq(config_rom[idx]), buf_w.en.eq(1),
-                             reply_payload.eq(1)]
+                m.d.comb += [buf_w.en.eq(1), reply_payload.eq(1)]
                 step_idx()
                 with m.If(idx_at(len(config) - 1)):
                     reply()
@@ -503,33 +502,32 @@ class LPU(wiring.Component):
             job = acc[AW - 8 * desc_bytes:]
             with m.State("RUN_START"):
                 # The scale unit checks the job's scale range before the streamer starts.
-                # (`idx` is 0 from here on, ready for RUN_REPLY.)
+                # (`idx` is 0 from here on, ready for RUN_REPLY: zeroed here, then held.)
                 m.d.comb += [sc.desc.valid.eq(1), sc.desc.payload.as_value().eq(job),
                              acc_hold.eq(1), idx_zero.eq(1)]
                 with m.If(sc.desc.ready):
                     m.d.sync += out_count.eq(0)
                     m.next = "RUN_SCALE"
             with m.State("RUN_SCALE"):
-                m.d.comb += [acc_hold.eq(1), idx_zero.eq(1)]
+                m.d.comb += acc_hold.eq(1)
                 with m.If(~sc.status.setup):
                     with m.If(sc.status.error):
-                        m.d.sync += job_error.eq(StreamError.SCALES)
+                        m.d.comb += job_error_next.eq(StreamError.SCALES)
                         m.next = "RUN_REPLY"
                     with m.Else():
                         m.next = "RUN_STREAM"
             with m.State("RUN_STREAM"):
                 m.d.comb += [st.desc.valid.eq(1),
                              st.desc.payload.as_value().eq(job[:DESCRIPTOR_LAYOUT.size]),
-                             acc_hold.eq(1), idx_zero.eq(1)]
+                             acc_hold.eq(1)]
                 with m.If(st.desc.ready):
                     m.next = "RUN_WAIT"
             with m.State("RUN_WAIT"):
                 # The streamer is busy from the cycle after it took the descriptor; the scale
                 # unit from before and until its last result has left. A job the streamer
                 # refuses never sends sums: the scale unit drops it.
-                m.d.comb += idx_zero.eq(1)
                 with m.If(~st.status.busy):
-                    m.d.sync += job_error.eq(st.status.error)
+                    m.d.comb += job_error_next.eq(st.status.error)
                     with m.If(st.status.error != StreamError.NONE):
                         m.d.comb += sc.abort.eq(1)
                         m.next = "RUN_REPLY"
@@ -537,9 +535,8 @@ class LPU(wiring.Component):
                         m.next = "RUN_REPLY"
             with m.State("RUN_REPLY"):
                 replies(Mux(job_error == StreamError.NONE, Status.OK, Status.RUN_ERROR))
-                m.d.comb += [buf_w.en.eq(1), reply_payload.eq(1),
-                             buf_w.data.eq(Mux(idx_at(0, top=2), job_error,
-                                               out_count.word_select(idx[0] ^ 1, 8)))]
+                # job_error, then out_count, low byte first
+                m.d.comb += [buf_w.en.eq(1), reply_payload.eq(1)]
                 step_idx()
                 with m.If(idx_at(2)):
                     reply()
@@ -573,15 +570,11 @@ class LPU(wiring.Component):
                 with m.Else():
                     m.next = "READ_COPY"
             with m.State("READ_COPY"):
-                # byte sub of the sign-extended value of PE pe_sel of the entry in `entry`
-                # (`copy_byte`, below); the output buffer's read port already holds the next entry
-                m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(copy_byte),
-                             reply_payload.eq(~read_none)]
+                # byte sub of the entry in `entry`; the output buffer's read port already holds
+                # the next entry
+                m.d.comb += [buf_w.en.eq(1), reply_payload.eq(~read_none)]
                 step_idx()
-                with m.If(sub == rb - 1):
-                    m.d.comb += pe_sel_next.eq(Mux(pe_sel == P - 1, 0, pe_sel + 1))
-                with m.Else():
-                    m.d.comb += [sub_next.eq(sub + 1), pe_sel_next.eq(pe_sel)]
+                m.d.comb += sub_next.eq(Mux(entry_end, 0, sub + 1))
                 with m.If(entry_end):
                     m.d.sync += [out_n.eq(out_n - 1), read_last.eq(out_n == 2)]
                     m.d.comb += [entry_load.eq(1), out_start_next.eq(out_start + 1)]
@@ -589,7 +582,7 @@ class LPU(wiring.Component):
                     reply()
 
             with m.State("STATUS"):
-                m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(status_byte), reply_payload.eq(1)]
+                m.d.comb += [buf_w.en.eq(1), reply_payload.eq(1)]
                 step_idx()
                 with m.If(idx_at(nbytes - 1)):
                     reply()
@@ -627,10 +620,6 @@ class LPU(wiring.Component):
                         else:
                             m.next = nxt
 
-        # (byte idx + 1: the bytes from the second on, indexed by idx)
-        m.d.sync += status_byte.eq(Mux(fsm.ongoing("STATUS"),
-                                       Array(status_bytes[1:] + [0])[idx[:nbytes.bit_length()]],
-                                       status_bytes[0]))
 
         # The read address: idx + 1 in the states that read the next byte in the next cycle,
         # and in TX_PAYLOAD when its byte is taken; idx in those that hold the index for a state
@@ -642,21 +631,46 @@ class LPU(wiring.Component):
                     (fsm.ongoing("TX_PAYLOAD") & self.tx.ready))
         m.d.comb += buf_r.addr.eq(Mux(read_inc, idx + 1, idx))
 
-        # READ_COPY's byte, selected a cycle ahead from the entry, PE and byte of the next cycle
-        # (the first byte of the entry being loaded, or sub_next of PE pe_sel_next)
-        with m.If(entry_load):
-            m.d.sync += entry.eq(orp.data)
+        # The frame buffer's write data: the request's bytes, or the reply's from `reply_byte`,
+        # which holds the byte the state writes: it is selected a cycle ahead, by the command
+        # (`cmd` holds still while it executes), from the state and index of the next cycle (a
+        # reply state is entered with idx 0 and steps it in every cycle), so that the write data
+        # comes from flip-flops rather than from wide byte multiplexers. (Nothing in the STATUS
+        # and RUN replies changes while a command executes: the streamer and the scale unit
+        # work only within RUN, which replies after both are done.)
+        m.d.comb += buf_w.data.eq(Mux(fsm.ongoing("RX_PAYLOAD"), rx_byte,
+                                      Mux(fsm.ongoing("STATUS"), status_byte, reply_byte)))
+        sel = idx[:max(len(config), nbytes).bit_length()]
+        # PING, STATUS (a register of its own): byte 0 in the state before, then byte idx + 1
+        ping_next = Mux(fsm.ongoing("PING"), Array(Const(b, 8) for b in config[1:] + bytes(1))[sel],
+                        config[0])
+        m.d.sync += status_byte.eq(Mux(fsm.ongoing("STATUS"), Array(status_bytes[1:] + [0])[sel],
+                                       status_bytes[0]))
+        # RUN: the job's error (the value it takes on entering RUN_REPLY), then the count
+        run_next = Mux(fsm.ongoing("RUN_REPLY"), Mux(idx[0], out_count[8:16], out_count[:8]),
+                       Value.cast(job_error_next))
+        # READ_OUT: the first byte of the entry being loaded, or the entry's next byte
         def sign_extended(value):
             ext = Signal(signed(8 * rb))
             m.d.comb += ext.eq(Value.cast(value).as_signed())
             return ext
-        value = sign_extended(Array(entry[p] for p in range(P))[pe_sel_next])
-        m.d.sync += copy_byte.eq(Mux(entry_load, sign_extended(orp.data[0])[:8],
-                                     Array(value.word_select(b, 8) for b in range(rb))[sub_next]))
+        entry_bytes = Cat(sign_extended(orp.data[p]) for p in range(P))
+        m.d.sync += entry.eq(Mux(entry_load, entry_bytes, entry[8:]))
+        copy_next = Mux(entry_load, entry_bytes[:8], entry[8:16])
+        m.d.sync += reply_byte.eq(Mux(exec_go["READ_ARGS"], copy_next, 0) |
+                                  Mux(exec_go["RUN_DESC"], run_next, 0) |
+                                  Mux(exec_go["PING"], ping_next, 0))
 
         with m.If(~Cat(fsm.ongoing(name) for name in tx_states).any()):
             m.d.sync += [status.eq(reply_status), reply_len.eq(Mux(reply_payload, idx + 1, 0)),
                          reply_empty.eq(~reply_payload), tx_last.eq(idx)]
+
+        rx_timing = Cat(fsm.ongoing(name) for name in ("RX_CMD", "RX_LEN0", "RX_LEN1",
+                                                         "RX_PAYLOAD", "RX_CRC0", "RX_CRC1")).any()
+        rx_leave = ((fsm.ongoing("RX_CRC1") & self.rx.valid) |
+                    (fsm.ongoing("RX_LEN1") & self.rx.valid & len_bad) |
+                    (rx_timing & ~self.rx.valid & timed_out))
+        m.d.sync += rx_ready.eq(Mux(rx_ready, ~rx_leave, fsm.ongoing("TX_CRC1") & self.tx.ready))
 
         # The idle counter counts in every cycle and restarts with every byte offered, and in
         # RX_SYNC (the other states never read it); `timed_out` is registered from the value
