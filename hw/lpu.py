@@ -223,6 +223,12 @@ class LPU(wiring.Component):
         job_error_next = Signal(StreamError)
         reply_status = Signal(8)       # the status of the reply a state sends, if it sends one
         reply_payload = Signal()       # the reply has a payload: bytes 0 to idx of the buffer
+        replying = Signal()            # the state moves to TX_SYNC
+        # `tx.valid` is a register: 1 in the transmit states (TX_SYNC to TX_CRC1), set and
+        # cleared with the transitions into and out of them; `tx_head` holds the header byte
+        # the transmit state sends (status, length), set a cycle ahead
+        tx_valid = Signal()
+        tx_head = reg(8, "tx_head")
         ostream = sc.o_stream
 
         # Results flow into the output buffer whenever the streamer has them.
@@ -274,6 +280,7 @@ class LPU(wiring.Component):
         # a reply's decision only moves the state machine. A state that sends a payload has
         # written bytes 0 to `idx` of the buffer when it replies.
         def reply():
+            m.d.comb += replying.eq(1)
             m.next = "TX_SYNC"
 
         def replies(code):
@@ -588,19 +595,18 @@ class LPU(wiring.Component):
                     reply()
 
             # ---- transmit
-            m.d.comb += tx_crc.data.eq(self.tx.payload)
-            tx_fire = self.tx.valid & self.tx.ready
-            tx_states = ("TX_SYNC", "TX_STATUS", "TX_LEN0", "TX_LEN1", "TX_PAYLOAD", "TX_CRC0",
-                         "TX_CRC1")
+            m.d.comb += [self.tx.valid.eq(tx_valid),
+                         tx_crc.data.eq(Mux(fsm.ongoing("TX_PAYLOAD"), buf_r.data, tx_head))]
+            tx_fire = tx_valid & self.tx.ready
             for name, value, nxt in (("TX_SYNC", REPLY_SYNC, "TX_STATUS"),
-                                     ("TX_STATUS", status, "TX_LEN0"),
-                                     ("TX_LEN0", reply_len[:8], "TX_LEN1"),
-                                     ("TX_LEN1", reply_len[8:], "TX_PAYLOAD"),
+                                     ("TX_STATUS", tx_head, "TX_LEN0"),
+                                     ("TX_LEN0", tx_head, "TX_LEN1"),
+                                     ("TX_LEN1", tx_head, "TX_PAYLOAD"),
                                      ("TX_PAYLOAD", buf_r.data, "TX_CRC0"),
                                      ("TX_CRC0", tx_crc.crc[8:], "TX_CRC1"),
                                      ("TX_CRC1", tx_crc.crc[:8], "RX_SYNC")):
                 with m.State(name):
-                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
+                    m.d.comb += self.tx.payload.eq(value)
                     if name == "TX_SYNC":
                         # the payload's first byte is on the frame buffer's read port from
                         # TX_STATUS on (three or more cycles before TX_PAYLOAD)
@@ -661,7 +667,15 @@ class LPU(wiring.Component):
                                   Mux(exec_go["RUN_DESC"], run_next, 0) |
                                   Mux(exec_go["PING"], ping_next, 0))
 
-        with m.If(~Cat(fsm.ongoing(name) for name in tx_states).any()):
+        m.d.sync += tx_valid.eq(Mux(tx_valid, ~(fsm.ongoing("TX_CRC1") & self.tx.ready),
+                                    replying))
+        head_len_lo = ((fsm.ongoing("TX_STATUS") & self.tx.ready) |
+                       (fsm.ongoing("TX_LEN0") & ~self.tx.ready))
+        head_len_hi = (fsm.ongoing("TX_LEN0") & self.tx.ready) | fsm.ongoing("TX_LEN1")
+        m.d.sync += tx_head.eq(Mux(head_len_lo, reply_len[:8],
+                                   Mux(head_len_hi, reply_len[8:], status)))
+
+        with m.If(~tx_valid):
             m.d.sync += [status.eq(reply_status), reply_len.eq(Mux(reply_payload, idx + 1, 0)),
                          reply_empty.eq(~reply_payload), tx_last.eq(idx)]
 
