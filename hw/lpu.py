@@ -152,8 +152,9 @@ class LPU(wiring.Component):
         m.submodules.tx_crc = tx_crc = Processor(CRC)
 
         # Registers that every path writes before it reads them have no reset (a reset is one
-        # more input to their enable logic): only the state machine, `out_count` and `job_error`
-        # (read by READ_OUT and STATUS before any RUN) need one.
+        # more input to their enable logic): only the state machine and the flags that follow
+        # it (`rx_ready`, `tx_valid`), `out_count` and `job_error` (read by READ_OUT and STATUS
+        # before any RUN) need one.
         def reg(shape, name):
             return Signal(shape, name=name, reset_less=True)
 
@@ -267,8 +268,8 @@ class LPU(wiring.Component):
 
         def idx_at(k, top=None):
             """``idx == k`` in a state whose index counts up from 0 to ``top`` (default ``k``):
-            only the bits that count that far are compared (one LUT rather than a 16-bit
-            comparison)."""
+            only the bits that count that far are compared (one LUT rather than a comparison of
+            the whole index)."""
             return idx[:max(1, (k if top is None else top).bit_length())] == k
 
         def step_idx():
@@ -356,7 +357,7 @@ class LPU(wiring.Component):
                      reply_data.error.eq(job_error), reply_data.perf.eq(st.perf)]
         nbytes = STATUS_REPLY_LAYOUT.size // 8
         status_bytes = [Value.cast(reply_data).word_select(i, 8) for i in range(nbytes)]
-        # The reply byte a state writes to the buffer (`reply_byte`, below)
+        # The reply byte a state writes to the buffer (see below)
         reply_byte = reg(8, "reply_byte")
         status_byte = reg(8, "status_byte")
         m.d.comb += job_error_next.eq(job_error)
@@ -626,7 +627,6 @@ class LPU(wiring.Component):
                         else:
                             m.next = nxt
 
-
         # The read address: idx + 1 in the states that read the next byte in the next cycle,
         # and in TX_PAYLOAD when its byte is taken; idx in those that hold the index for a state
         # that reads (EXEC, the states before WMEM_WORD and WSCALE_WORD, and the transmit states
@@ -656,6 +656,7 @@ class LPU(wiring.Component):
         run_next = Mux(fsm.ongoing("RUN_REPLY"), Mux(idx[0], out_count[8:16], out_count[:8]),
                        Value.cast(job_error_next))
         # READ_OUT: the first byte of the entry being loaded, or the entry's next byte
+
         def sign_extended(value):
             ext = Signal(signed(8 * rb))
             m.d.comb += ext.eq(Value.cast(value).as_signed())
