@@ -159,40 +159,85 @@ class LPU(wiring.Component):
         m.submodules.rx_crc = rx_crc = Processor(CRC)
         m.submodules.tx_crc = tx_crc = Processor(CRC)
 
-        cmd = Signal(8)
-        length = Signal(16)
-        idx = Signal(16)             # byte index into the buffer
-        idx_next = Signal(16)        # what idx becomes at the clock edge: the states set this
-        status = Signal(8)
-        refuse = Signal()            # a range check's verdict, registered before it is acted on
-        reply_len = Signal(16)
+        # Registers that every path writes before it reads them have no reset (a reset is one
+        # more input to their enable logic): only the state machine and the flags that follow
+        # it (`rx_ready`, `tx_valid`), `out_count` and `job_error` (read by READ_OUT and STATUS
+        # before any RUN) need one.
+        def reg(shape, name):
+            return Signal(shape, name=name, reset_less=True)
+
+        # Payloads are at most MAX_PAYLOAD (256) bytes: RX_LEN1 refuses longer ones before any
+        # state that reads `length`, so it is 9 bits wide. The byte index is the buffer's address,
+        # 8 bits, and is compared with lengths modulo 256: a state that counts bytes up to
+        # `length` starts below it and meets it (256 as 0) before it meets it again.
+        assert MAX_PAYLOAD == 256
+        cmd = reg(8, "cmd")
+        length = reg(range(MAX_PAYLOAD + 1), "length")
+        idx = reg(8, "idx")          # byte index into the buffer
+        idx_step = Signal()          # idx + 1 in a state whatever its conditions, or on a
+        idx_take = Signal()          # handshake; else idx, or 0: the states set these
+        idx_zero = Signal()
+        status = reg(8, "status")
+        reply_len = reg(range(MAX_PAYLOAD + 1), "reply_len")
+        reply_empty = reg(1, "reply_empty")
         # the index of the last payload byte of the request (length - 1) and of the reply
         # (reply_len - 1), registered with the lengths: RX_PAYLOAD and TX_PAYLOAD compare
         # `idx` with a register, not with a sum formed in the same cycle
-        rx_last = Signal(16)
-        len_lo_zero = Signal()       # the length's low byte is 0, and above MAX_PAYLOAD's
-        len_lo_over = Signal()
-        tx_last = Signal(16)
-        idle = Signal(range(self._timeout + 1))
+        rx_last = reg(len(idx), "rx_last")
+        len_lo_zero = reg(1, "len_lo_zero")   # the length's low byte is 0, and above MAX_PAYLOAD's
+        len_lo_over = reg(1, "len_lo_over")
+        tx_last = reg(len(idx), "tx_last")
+        # `idx == length`, registered from the index the state machine moves to: the states
+        # that count bytes up to the length read a flip-flop
+        at_len = reg(1, "at_len")
+        idle = reg(range(self._timeout + 1), "idle")
+        timed_out = reg(1, "timed_out")       # idle == timeout - 1, registered the same way
         desc_bytes = (JOB_LAYOUT.size + 7) // 8
         AW = max(128, 8 * N, 8 * desc_bytes, SCALE_BITS * P)
-        acc = Signal(AW)             # little-endian field assembly: newest byte on top
-        field_addr = Signal(32)
-        end_addr = Signal(33)        # WRITE_MEM: the word address past the last word
+        acc = reg(AW, "acc")         # little-endian field assembly: newest byte on top
+        acc_hold = Signal()          # the states that read `acc` after the bytes it assembles
+        field_addr = reg(32, "field_addr")
+        # WRITE_MEM: the last word address that leaves room for the payload's words (negative
+        # when none does), from the length alone; a start address above it is refused
+        wmem_limit = reg(signed(max(st.mem_words.bit_length(), len(length)) + 2), "wmem_limit")
+        # ... in two halves: an address bit above the limit's, the address's low bits above it
+        wmem_hi = reg(1, "wmem_hi")
+        wmem_lo = reg(1, "wmem_lo")
+        wmem_refuse = reg(1, "wmem_refuse")
         out_count = Signal(16)
-        out_start = Signal(16)
+        out_start = reg(16, "out_start")
         out_start_next = Signal(16)  # likewise the output buffer's read address
-        room_count = Signal(signed(18))  # READ_OUT: results present, and entries, from `start`
-        room_depth = Signal(signed(18))
-        read_none = Signal()         # READ_OUT: count 0, and count 1 left (registered flags)
-        read_last = Signal()
-        entry = Signal(data.ArrayLayout(signed(out_w), P))   # READ_OUT: the entry being sent
-        out_n = Signal(16)
-        sub = Signal(range(max(rb, word_bytes, N, 13, 2 * P) + 1))
-        scale_rem = Signal(16)       # WRITE_SCALE bytes not yet counted into whole words
-        scale_end = Signal(17)       # WRITE_SCALE: word address past the last word
-        pe_sel = Signal(range(P + 1))
+        room_count = reg(signed(18), "room_count")  # READ_OUT: results present, and entries,
+        room_depth = reg(signed(18), "room_depth")  # from `start`
+        read_over = [reg(1, f"read_over{i}") for i in range(3)]  # READ_OUT's range checks
+        read_none = reg(1, "read_none")  # READ_OUT: count 0, and count 1 left (registered flags)
+        read_last = reg(1, "read_last")
+        # READ_OUT: the bytes of the entry being sent, in order (each PE's value sign-extended to
+        # `result_bytes` bytes, PE 0 first), shifted out from the bottom
+        entry = reg(8 * rb * P, "entry")
+        entry_end = reg(1, "entry_end")  # READ_COPY: the entry's last byte (sub at the end)
+        entry_load = Signal()            # `entry` takes the output buffer's read data
+        out_n = reg(16, "out_n")
+        sub = reg(range(max(rb * P, word_bytes, N, 13, 2 * P) + 1), "sub")
+        sub_next = Signal.like(sub)
+        # WRITE_SCALE: bytes not yet counted into whole words less one word (2P bytes), so the
+        # loop's test is a sign bit; whether the bytes left are not 0, and whether the word
+        # address past the last word is past the memory, registered from the values the
+        # registers take
+        scale_rem = reg(range(-4 * P, MAX_PAYLOAD), "scale_rem")
+        scale_rem_nz = reg(1, "scale_rem_nz")
+        scale_end = reg(17, "scale_end")     # WRITE_SCALE: word address past the last word
+        scale_over = reg(1, "scale_over")
         job_error = Signal(StreamError)
+        job_error_next = Signal(StreamError)
+        reply_status = Signal(8)       # the status of the reply a state sends, if it sends one
+        reply_payload = Signal()       # the reply has a payload: bytes 0 to idx of the buffer
+        replying = Signal()            # the state moves to TX_SYNC
+        # `tx.valid` is a register: 1 in the transmit states (TX_SYNC to TX_CRC1), set and
+        # cleared with the transitions into and out of them; `tx_head` holds the header byte
+        # the transmit state sends (status, length), set a cycle ahead
+        tx_valid = Signal()
+        tx_head = reg(8, "tx_head")
         ostream = sc.o_stream
 
         # Results flow into the output buffer whenever the streamer has them.
@@ -205,46 +250,76 @@ class LPU(wiring.Component):
         with m.If(ostream.valid):
             m.d.sync += out_count.eq(out_count + 1)
 
-        m.d.comb += [idx_next.eq(idx), out_start_next.eq(out_start)]
-        m.d.sync += [idx.eq(idx_next), out_start.eq(out_start_next)]
-        m.d.comb += [buf_w.addr.eq(idx), buf_r.addr.eq(idx_next), orp.addr.eq(out_start_next)]
+        # Each state zeroes, steps or holds the index whatever its conditions where the index
+        # it leaves is of no use otherwise (before a reply, which starts from 0, or past the
+        # bytes a state reads), so that only RX_PAYLOAD and TX_PAYLOAD step it on a handshake.
+        # The buffer's read address is the index of the next cycle where the next state reads
+        # the byte there (see `read_step` below), whatever it is elsewhere.
+        m.d.comb += out_start_next.eq(out_start)
+        m.d.sync += [idx.eq(Mux(idx_zero, 0, Mux(idx_step | idx_take, idx + 1, idx))),
+                     out_start.eq(out_start_next)]
+        m.d.comb += [buf_w.addr.eq(idx), orp.addr.eq(out_start_next)]
+        m.d.sync += at_len.eq(Mux(idx_step, idx == rx_last, idx == length[:8]))
 
         rx_byte = self.rx.payload
-        rx_take = self.rx.valid & self.rx.ready
+        # `rx.ready` is a register: 1 in the receive states (RX_SYNC to RX_CRC1), set and
+        # cleared with the transitions into and out of them (below)
+        rx_ready = Signal(init=1)
+        m.d.comb += self.rx.ready.eq(rx_ready)
+        rx_take = self.rx.valid & rx_ready
+        # length > MAX_PAYLOAD, byte by byte (in RX_LEN1)
+        len_bad = ((rx_byte > MAX_PAYLOAD // 256) |
+                   ((rx_byte == MAX_PAYLOAD // 256) & len_lo_over))
         m.d.comb += rx_crc.data.eq(rx_byte)
 
         config = config_bytes(self)
-        config_rom = Array(Const(b, 8) for b in config)
 
         def idx_at(k, top=None):
             """``idx == k`` in a state whose index counts up from 0 to ``top`` (default ``k``):
-            only the bits that count that far are compared (one LUT rather than a 16-bit
-            comparison)."""
+            only the bits that count that far are compared (one LUT rather than a comparison of
+            the whole index)."""
             return idx[:max(1, (k if top is None else top).bit_length())] == k
 
-        def reply_with(code, n, last=None):
-            # (TX_SYNC sets the byte index to 0 for the payload: not here, where the many
-            # states' late decisions would drive it and the frame buffer's read address)
-            m.d.sync += [status.eq(code), reply_len.eq(n),
-                         tx_last.eq(n - 1 if last is None else last)]
+        def step_idx():
+            m.d.comb += idx_step.eq(1)
+
+        # Replies. The status, length and last byte index of the reply are registered in every
+        # cycle outside the transmit states from the values the current state would reply with
+        # (`reply_status`, `reply_payload`: set by the state whatever its conditions), so that
+        # a reply's decision only moves the state machine. A state that sends a payload has
+        # written bytes 0 to `idx` of the buffer when it replies.
+        def reply():
+            m.d.comb += replying.eq(1)
             m.next = "TX_SYNC"
+
+        def replies(code):
+            m.d.comb += reply_status.eq(code)
+
+        # `acc` assembles bytes in every state but those that read what it assembled.
+        shift_in = Cat(acc[8:], buf_r.data)
+        m.d.sync += acc.eq(Mux(acc_hold, acc, shift_in))
+
+        # `sub` counts bytes in the word-gathering states and in READ_COPY and is 0
+        # elsewhere (the ones after a state's last byte are for no use).
+        m.d.comb += sub_next.eq(0)
+        m.d.sync += [sub.eq(sub_next), entry_end.eq(sub_next == rb * P - 1)]
 
         def word_writes(name, port, nbytes, word):
             """States ``{name}_WORD`` (gather ``nbytes`` payload bytes into ``acc``) and
             ``{name}_WRITE`` (``word``, a slice of ``acc``, to ``port`` at ``field_addr``)."""
             with m.State(f"{name}_WORD"):
-                with m.If(idx == length):
-                    reply_with(Status.OK, 0)
-                with m.Else():
-                    m.d.sync += [acc.eq(shift_in), sub.eq(sub + 1)]
-                    m.d.comb += idx_next.eq(idx + 1)
-                    with m.If(sub == nbytes - 1):
-                        m.next = f"{name}_WRITE"
+                # (idx, acc and sub also advance in the cycle that finds the payload's end)
+                step_idx()
+                m.d.comb += sub_next.eq(sub + 1)
+                with m.If(at_len):
+                    reply()
+                with m.Elif(sub == nbytes - 1):
+                    m.next = f"{name}_WRITE"
             with m.State(f"{name}_WRITE"):
                 m.d.comb += [port.valid.eq(1), port.payload.addr.eq(field_addr),
-                             port.payload.data.eq(word)]
+                             port.payload.data.eq(word), acc_hold.eq(1)]
                 with m.If(port.ready):
-                    m.d.sync += [field_addr.eq(field_addr + 1), sub.eq(0)]
+                    m.d.sync += field_addr.eq(field_addr + 1)
                     m.next = f"{name}_WORD"
 
         # EXEC's dispatch, decided a cycle ahead: `cmd` and `length` hold still from RX_LEN1
@@ -261,10 +336,9 @@ class LPU(wiring.Component):
             Command.STATUS: ("STATUS", length != 0),
             Command.WRITE_SCALE: ("WSCALE_ADDR", length < 2),
         }
-        exec_go = {state: Signal(name=f"exec_{state.lower()}")
-                   for state, _ in exec_targets.values()}
-        exec_bad_len = Signal()
-        exec_bad_cmd = Signal()
+        exec_go = {state: reg(1, f"exec_{state.lower()}") for state, _ in exec_targets.values()}
+        exec_bad_len = reg(1, "exec_bad_len")
+        exec_bad_cmd = reg(1, "exec_bad_cmd")
         m.d.sync += [exec_bad_cmd.eq(1), exec_bad_len.eq(0)]
         for state in exec_go.values():
             m.d.sync += state.eq(0)
@@ -273,23 +347,50 @@ class LPU(wiring.Component):
                 with m.Case(code):
                     m.d.sync += [exec_bad_cmd.eq(0), exec_bad_len.eq(bad),
                                  exec_go[state].eq(~bad)]
+        # The same for the range checks, from the length alone (see `wmem_limit`), and the
+        # verdicts from registers in every cycle: each is read a cycle after the state that
+        # set its inputs.
+        n_words = (length - 4) >> (word_bytes.bit_length() - 1)
+        limit_bits = st.mem_words.bit_length()   # the limit is below 2 ** limit_bits
+        m.d.sync += [wmem_limit.eq(Const(st.mem_words, wmem_limit.shape()) - n_words),
+                     wmem_hi.eq(field_addr[limit_bits:].any()),
+                     wmem_lo.eq(field_addr[:limit_bits] > wmem_limit),
+                     wmem_refuse.eq(wmem_hi | wmem_lo),
+                     read_over[0].eq(out_n > MAX_PAYLOAD // (P * rb)),
+                     read_over[1].eq(out_n > room_count), read_over[2].eq(out_n > room_depth)]
 
-        with m.FSM():
+        reply_data = Signal(STATUS_REPLY_LAYOUT)
+        m.d.comb += [reply_data.busy.eq(st.status.busy | sc.status.busy),
+                     reply_data.writes_dropped.eq(self.mem_wr_dropped),
+                     reply_data.error.eq(job_error), reply_data.perf.eq(st.perf)]
+        nbytes = STATUS_REPLY_LAYOUT.size // 8
+        status_bytes = [Value.cast(reply_data).word_select(i, 8) for i in range(nbytes)]
+        # The reply byte a state writes to the buffer (see below)
+        reply_byte = reg(8, "reply_byte")
+        status_byte = reg(8, "status_byte")
+        m.d.comb += job_error_next.eq(job_error)
+        m.d.sync += job_error.eq(job_error_next)
+
+        with m.FSM() as fsm:
             # ---- receive
             with m.State("RX_SYNC"):
-                m.d.comb += self.rx.ready.eq(1)
                 with m.If(rx_take & (rx_byte == REQUEST_SYNC)):
                     m.d.comb += rx_crc.start.eq(1)
-                    m.d.sync += idle.eq(0)
                     m.next = "RX_CMD"
             for name, nxt in (("RX_CMD", "RX_LEN0"), ("RX_LEN0", "RX_LEN1"),
                               ("RX_LEN1", "RX_PAYLOAD"), ("RX_PAYLOAD", None),
                               ("RX_CRC0", "RX_CRC1"), ("RX_CRC1", "RX_CHECK")):
                 with m.State(name):
-                    m.d.comb += self.rx.ready.eq(1)
+                    if name == "RX_PAYLOAD":
+                        m.d.comb += idx_take.eq(self.rx.valid)
+                    if name == "RX_LEN1":
+                        replies(Mux(self.rx.valid, Status.BAD_LENGTH, Status.TRUNCATED))
+                    else:
+                        replies(Status.TRUNCATED)
+                    if name == "RX_LEN1":
+                        m.d.comb += idx_zero.eq(1)
                     with m.If(rx_take):
                         m.d.comb += rx_crc.valid.eq(1)
-                        m.d.sync += idle.eq(0)
                         if name == "RX_CMD":
                             m.d.sync += cmd.eq(rx_byte)
                             m.next = nxt
@@ -301,254 +402,305 @@ class LPU(wiring.Component):
                         elif name == "RX_LEN1":
                             m.d.sync += [length[8:].eq(rx_byte),
                                          rx_last.eq(Cat(length[:8], rx_byte) - 1)]
-                            m.d.comb += idx_next.eq(0)
                             m.next = nxt
                             with m.If((rx_byte == 0) & len_lo_zero):
                                 m.next = "RX_CRC0"
-                            # length > MAX_PAYLOAD, byte by byte
-                            with m.If((rx_byte > MAX_PAYLOAD // 256) |
-                                      ((rx_byte == MAX_PAYLOAD // 256) & len_lo_over)):
-                                reply_with(Status.BAD_LENGTH, 0)
+                            with m.If(len_bad):
+                                reply()
                         elif name == "RX_PAYLOAD":
-                            m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(rx_byte),
-                                         idx_next.eq(idx + 1)]
+                            m.d.comb += buf_w.en.eq(1)
                             with m.If(idx == rx_last):
                                 m.next = "RX_CRC0"
                         else:
                             m.next = nxt
-                    with m.Else():
-                        m.d.sync += idle.eq(idle + 1)
-                        with m.If(idle == self._timeout - 1):
-                            reply_with(Status.TRUNCATED, 0)
+                    with m.Elif(timed_out):
+                        reply()
             with m.State("RX_CHECK"):
+                replies(Status.BAD_CRC)
+                m.d.comb += idx_zero.eq(1)
                 with m.If(~rx_crc.match_detected):
-                    reply_with(Status.BAD_CRC, 0)
+                    reply()
                 with m.Else():
-                    m.d.sync += [sub.eq(0), acc.eq(0)]
-                    m.d.comb += idx_next.eq(0)
                     m.next = "EXEC"
 
             # ---- dispatch
             with m.State("EXEC"):
                 # every verdict a register (see `exec_go` above): no byte is decoded here
-                with m.If(exec_bad_cmd):
-                    reply_with(Status.BAD_COMMAND, 0)
-                with m.Elif(exec_bad_len):
-                    reply_with(Status.BAD_LENGTH, 0)
+                replies(Mux(exec_bad_cmd, Status.BAD_COMMAND, Status.BAD_LENGTH))
+                with m.If(exec_bad_cmd | exec_bad_len):
+                    reply()
                 for state, go in exec_go.items():
                     with m.If(go):
                         m.next = state
 
-            # Assemble little-endian fields from the frame buffer one byte per cycle.
-            shift_in = Cat(acc[8:], buf_r.data)
-
             with m.State("PING"):
-                m.d.comb += [buf_w.data.eq(config_rom[idx]), buf_w.en.eq(1),
-                             idx_next.eq(idx + 1)]
+                m.d.comb += [buf_w.en.eq(1), reply_payload.eq(1)]
+                step_idx()
                 with m.If(idx_at(len(config) - 1)):
-                    reply_with(Status.OK, len(config))
+                    reply()
 
             with m.State("WMEM_ADDR"):
-                m.d.sync += acc.eq(shift_in)
-                m.d.comb += idx_next.eq(idx + 1)
+                step_idx()
+                m.d.sync += field_addr.eq(shift_in[-32:])   # in every cycle: the last one's
                 with m.If(idx_at(3)):
-                    m.d.sync += [field_addr.eq(shift_in[-32:]), sub.eq(0)]
                     m.next = "WMEM_CHECK"
             with m.State("WMEM_CHECK"):
                 # Words past the memory would wrap around its address port: refuse them all
-                # before writing any, as WRITE_SCALE does.
-                n_words = (length - 4) >> (word_bytes.bit_length() - 1)
-                m.d.sync += end_addr.eq(field_addr + n_words)
+                # before writing any, as WRITE_SCALE does (`wmem_refuse`, registered in two
+                # steps, here and in WMEM_END, from the address now in `field_addr`).
                 m.next = "WMEM_END"
             with m.State("WMEM_END"):
-                m.d.sync += refuse.eq(end_addr > st.mem_words)
                 m.next = "WMEM_RANGE"
             with m.State("WMEM_RANGE"):
-                with m.If(refuse):
-                    reply_with(Status.BAD_LENGTH, 0)
+                replies(Status.BAD_LENGTH)
+                with m.If(wmem_refuse):
+                    reply()
                 with m.Else():
                     m.next = "WMEM_WORD"
             word_writes("WMEM", self.mem_wr, word_bytes, acc[-st.word_bits:])
 
             act_w = st.act_wr
             with m.State("WACT_ADDR"):
-                m.d.sync += acc.eq(shift_in)
-                m.d.comb += idx_next.eq(idx + 1)
+                step_idx()
+                m.d.sync += field_addr.eq(shift_in[-16:])
                 with m.If(idx_at(1)):
-                    m.d.sync += [field_addr.eq(shift_in[-16:]), sub.eq(0)]
                     m.next = "WACT_DATA"
             with m.State("WACT_DATA"):
-                with m.If(idx == length):
+                step_idx()
+                with m.If(at_len):
+                    m.d.comb += acc_hold.eq(1)
                     m.next = "WACT_WRITE"
-                with m.Else():
-                    m.d.sync += acc.eq(shift_in)
-                    m.d.comb += idx_next.eq(idx + 1)
             with m.State("WACT_WRITE"):
-                m.d.comb += [act_w.valid.eq(1), act_w.payload.addr.eq(field_addr)]
+                m.d.comb += [act_w.valid.eq(1), act_w.payload.addr.eq(field_addr),
+                             acc_hold.eq(1)]
                 for i in range(N):
                     lo = AW - 8 * N + 8 * i
                     m.d.comb += act_w.payload.data[i].eq(acc[lo:lo + 8].as_signed())
                 with m.If(act_w.ready):
-                    reply_with(Status.OK, 0)
+                    reply()
 
             scale_w = sc.scale_wr
             with m.State("WSCALE_ADDR"):
-                m.d.sync += acc.eq(shift_in)
-                m.d.comb += idx_next.eq(idx + 1)
+                step_idx()
+                m.d.sync += field_addr.eq(shift_in[-16:])
                 with m.If(idx_at(1)):
-                    m.d.sync += [field_addr.eq(shift_in[-16:]), scale_end.eq(shift_in[-16:]),
-                                 scale_rem.eq(length - 2), sub.eq(0)]
                     m.next = "WSCALE_CHECK"
+            # Count the payload's whole words (2P bytes each) by repeated subtraction, one per
+            # cycle, rather than divide by a P that need not be a power of two; refuse a partial
+            # word or words past the memory before writing any. The counters are set in every
+            # cycle of WSCALE_ADDR (its last one holds the address) and count on in every cycle
+            # of WSCALE_CHECK (the last count is for no use).
+            in_wscale_addr = fsm.ongoing("WSCALE_ADDR")
+            in_wscale_check = fsm.ongoing("WSCALE_CHECK")
+            m.d.sync += [
+                scale_rem.eq(Mux(in_wscale_check, scale_rem - 2 * P,
+                                 length - Const(2 + 2 * P, signed(16)))),
+                scale_rem_nz.eq(Mux(in_wscale_check, scale_rem != 0, length != 2)),
+                scale_end.eq(Mux(in_wscale_addr, shift_in[-16:], scale_end + 1)),
+                scale_over.eq(Mux(in_wscale_addr, shift_in[-16:] > sc.scale_depth,
+                                  scale_end >= sc.scale_depth)),
+            ]
             with m.State("WSCALE_CHECK"):
-                # Count the payload's whole words (2P bytes each) by repeated subtraction, one
-                # per cycle, rather than divide by a P that need not be a power of two; refuse a
-                # partial word or words past the memory before writing any.
-                with m.If(scale_rem >= 2 * P):
-                    m.d.sync += [scale_rem.eq(scale_rem - 2 * P), scale_end.eq(scale_end + 1)]
-                with m.Elif((scale_rem != 0) | (scale_end > sc.scale_depth)):
-                    reply_with(Status.BAD_LENGTH, 0)
-                with m.Else():
-                    m.next = "WSCALE_WORD"
+                replies(Status.BAD_LENGTH)
+                with m.If(scale_rem < 0):
+                    with m.If(scale_rem_nz | scale_over):
+                        reply()
+                    with m.Else():
+                        m.next = "WSCALE_WORD"
             # lane 0 came first, so it is the lowest of the word
             word_writes("WSCALE", scale_w, 2 * P, acc[-SCALE_BITS * P:])
 
             with m.State("RUN_DESC"):
-                with m.If(idx == length):
-                    # the reply's byte index, set now rather than in RUN_WAIT's late decisions
-                    m.d.comb += idx_next.eq(0)
+                step_idx()
+                with m.If(at_len):
+                    m.d.comb += acc_hold.eq(1)
                     m.next = "RUN_START"
-                with m.Else():
-                    m.d.sync += acc.eq(shift_in)
-                    m.d.comb += idx_next.eq(idx + 1)
             job = acc[AW - 8 * desc_bytes:]
             with m.State("RUN_START"):
                 # The scale unit checks the job's scale range before the streamer starts.
-                m.d.comb += [sc.desc.valid.eq(1), sc.desc.payload.as_value().eq(job)]
+                # (`idx` is 0 from here on, ready for RUN_REPLY: zeroed here, then held.)
+                m.d.comb += [sc.desc.valid.eq(1), sc.desc.payload.as_value().eq(job),
+                             acc_hold.eq(1), idx_zero.eq(1)]
                 with m.If(sc.desc.ready):
                     m.d.sync += out_count.eq(0)
                     m.next = "RUN_SCALE"
             with m.State("RUN_SCALE"):
+                m.d.comb += acc_hold.eq(1)
                 with m.If(~sc.status.setup):
                     with m.If(sc.status.error):
-                        m.d.sync += job_error.eq(StreamError.SCALES)
+                        m.d.comb += job_error_next.eq(StreamError.SCALES)
                         m.next = "RUN_REPLY"
                     with m.Else():
                         m.next = "RUN_STREAM"
             with m.State("RUN_STREAM"):
                 m.d.comb += [st.desc.valid.eq(1),
-                             st.desc.payload.as_value().eq(job[:DESCRIPTOR_LAYOUT.size])]
+                             st.desc.payload.as_value().eq(job[:DESCRIPTOR_LAYOUT.size]),
+                             acc_hold.eq(1)]
                 with m.If(st.desc.ready):
                     m.next = "RUN_WAIT"
             with m.State("RUN_WAIT"):
                 # The streamer is busy from the cycle after it took the descriptor; the scale
                 # unit from before and until its last result has left. A job the streamer
                 # refuses never sends sums: the scale unit drops it.
-                # (`idx` is 0 from RUN_DESC on, ready for RUN_REPLY.)
                 with m.If(~st.status.busy):
-                    m.d.sync += job_error.eq(st.status.error)
+                    m.d.comb += job_error_next.eq(st.status.error)
                     with m.If(st.status.error != StreamError.NONE):
                         m.d.comb += sc.abort.eq(1)
                         m.next = "RUN_REPLY"
                     with m.Elif(~sc.status.busy):
                         m.next = "RUN_REPLY"
             with m.State("RUN_REPLY"):
-                m.d.comb += [buf_w.en.eq(1), idx_next.eq(idx + 1),
-                             buf_w.data.eq(Mux(idx_at(0, top=2), job_error,
-                                               out_count.word_select(idx[0] ^ 1, 8)))]
+                replies(Mux(job_error == StreamError.NONE, Status.OK, Status.RUN_ERROR))
+                # job_error, then out_count, low byte first
+                m.d.comb += [buf_w.en.eq(1), reply_payload.eq(1)]
+                step_idx()
                 with m.If(idx_at(2)):
-                    reply_with(Mux(job_error == StreamError.NONE, Status.OK,
-                                   Status.RUN_ERROR), 3)
+                    reply()
 
             with m.State("READ_ARGS"):
-                m.d.sync += acc.eq(shift_in)
-                m.d.comb += idx_next.eq(idx + 1)
+                step_idx()
+                # `start` and `count` are set in every cycle; the last one has them in `acc`
+                # (bytes 0 to 2) and on the buffer's read port (byte 3)
+                m.d.sync += out_n.eq(shift_in[-16:])
+                m.d.comb += out_start_next.eq(acc[-24:-8])
                 with m.If(idx_at(2)):
                     # `start` is in `acc` (bytes 0 and 1): the room behind it, from registers
                     m.d.sync += [room_count.eq(out_count - acc[-16:]),
                                  room_depth.eq(self._out_depth - acc[-16:])]
                 with m.If(idx_at(3)):
-                    m.d.sync += [out_n.eq(shift_in[-16:]), sub.eq(0), pe_sel.eq(0)]
-                    m.d.comb += [out_start_next.eq(shift_in[-32:-16]), idx_next.eq(0)]
                     m.next = "READ_CHECK"
             with m.State("READ_CHECK"):
                 # the range check, `start + count` against the results present and the
                 # buffer's depth, as comparisons of registers (`count` against the room behind
-                # `start`); its verdict registered too
-                m.d.sync += [refuse.eq((out_n > MAX_PAYLOAD // (P * rb)) | (out_n > room_count) |
-                                       (out_n > room_depth)),
-                             read_none.eq(out_n == 0), read_last.eq(out_n == 1)]
+                # `start`): `read_over`, registered here
+                m.d.comb += idx_zero.eq(1)
+                m.d.sync += [read_none.eq(out_n == 0), read_last.eq(out_n == 1)]
                 m.next = "READ_RANGE"
             with m.State("READ_RANGE"):
-                with m.If(refuse):
-                    reply_with(Status.BAD_LENGTH, 0)
+                replies(Status.BAD_LENGTH)
+                # the first entry into a register, the next one's read started: the byte
+                # multiplexers below start from flip-flops, not from the block RAM
+                m.d.comb += [entry_load.eq(1), out_start_next.eq(out_start + 1)]
+                with m.If(Cat(read_over).any()):
+                    reply()
                 with m.Else():
-                    # the first entry into a register, the next one's read started: the byte
-                    # multiplexers below start from flip-flops, not from the block RAM
-                    m.d.sync += entry.eq(orp.data)
-                    m.d.comb += out_start_next.eq(out_start + 1)
                     m.next = "READ_COPY"
             with m.State("READ_COPY"):
-                # the entry in `entry`, PE pe_sel, byte sub of its sign-extended value; the
-                # output buffer's read port already holds the next entry
-                value = Signal(signed(8 * rb))
-                m.d.comb += value.eq(Array(Value.cast(entry[p]).as_signed()
-                                           for p in range(P))[pe_sel])
-                m.d.comb += [buf_w.en.eq(1),
-                             buf_w.data.eq(Array(value.word_select(b, 8) for b in range(rb))[sub])]
-                with m.If(read_none):
-                    reply_with(Status.OK, 0)
-                with m.Else():
-                    m.d.sync += sub.eq(sub + 1)
-                    m.d.comb += idx_next.eq(idx + 1)
-                    with m.If(sub == rb - 1):
-                        m.d.sync += [sub.eq(0), pe_sel.eq(pe_sel + 1)]
-                        with m.If(pe_sel == P - 1):
-                            m.d.sync += [pe_sel.eq(0), out_n.eq(out_n - 1), entry.eq(orp.data),
-                                         read_last.eq(out_n == 2)]
-                            m.d.comb += out_start_next.eq(out_start + 1)
-                            with m.If(read_last):
-                                reply_with(Status.OK, idx + 1, last=idx)
+                # byte sub of the entry in `entry`; the output buffer's read port already holds
+                # the next entry
+                m.d.comb += [buf_w.en.eq(1), reply_payload.eq(~read_none)]
+                step_idx()
+                m.d.comb += sub_next.eq(Mux(entry_end, 0, sub + 1))
+                with m.If(entry_end):
+                    m.d.sync += [out_n.eq(out_n - 1), read_last.eq(out_n == 2)]
+                    m.d.comb += [entry_load.eq(1), out_start_next.eq(out_start + 1)]
+                with m.If(read_none | (entry_end & read_last)):
+                    reply()
 
             with m.State("STATUS"):
-                reply = Signal(STATUS_REPLY_LAYOUT)
-                m.d.comb += [reply.busy.eq(st.status.busy | sc.status.busy),
-                             reply.writes_dropped.eq(self.mem_wr_dropped),
-                             reply.error.eq(job_error), reply.perf.eq(st.perf)]
-                words = Value.cast(reply)
-                nbytes = STATUS_REPLY_LAYOUT.size // 8
-                m.d.comb += [buf_w.en.eq(1), buf_w.data.eq(words.word_select(idx, 8)),
-                             idx_next.eq(idx + 1)]
+                m.d.comb += [buf_w.en.eq(1), reply_payload.eq(1)]
+                step_idx()
                 with m.If(idx_at(nbytes - 1)):
-                    reply_with(Status.OK, nbytes)
+                    reply()
 
             # ---- transmit
-            m.d.comb += tx_crc.data.eq(self.tx.payload)
-            tx_fire = self.tx.valid & self.tx.ready
+            m.d.comb += [self.tx.valid.eq(tx_valid),
+                         tx_crc.data.eq(Mux(fsm.ongoing("TX_PAYLOAD"), buf_r.data, tx_head))]
+            tx_fire = tx_valid & self.tx.ready
             for name, value, nxt in (("TX_SYNC", REPLY_SYNC, "TX_STATUS"),
-                                     ("TX_STATUS", status, "TX_LEN0"),
-                                     ("TX_LEN0", reply_len[:8], "TX_LEN1"),
-                                     ("TX_LEN1", reply_len[8:], "TX_PAYLOAD"),
+                                     ("TX_STATUS", tx_head, "TX_LEN0"),
+                                     ("TX_LEN0", tx_head, "TX_LEN1"),
+                                     ("TX_LEN1", tx_head, "TX_PAYLOAD"),
                                      ("TX_PAYLOAD", buf_r.data, "TX_CRC0"),
                                      ("TX_CRC0", tx_crc.crc[8:], "TX_CRC1"),
                                      ("TX_CRC1", tx_crc.crc[:8], "RX_SYNC")):
                 with m.State(name):
-                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
+                    m.d.comb += self.tx.payload.eq(value)
                     if name == "TX_SYNC":
                         # the payload's first byte is on the frame buffer's read port from
                         # TX_STATUS on (three or more cycles before TX_PAYLOAD)
-                        m.d.comb += [tx_crc.start.eq(tx_fire), idx_next.eq(0)]
+                        m.d.comb += [tx_crc.start.eq(tx_fire), idx_zero.eq(1)]
                     elif name in ("TX_STATUS", "TX_LEN0", "TX_LEN1", "TX_PAYLOAD"):
                         m.d.comb += tx_crc.valid.eq(tx_fire)
+                    if name == "TX_PAYLOAD":
+                        m.d.comb += idx_take.eq(self.tx.ready)
                     with m.If(tx_fire):
                         if name == "TX_LEN1":
                             m.next = "TX_PAYLOAD"
-                            with m.If(reply_len == 0):
+                            with m.If(reply_empty):
                                 m.next = "TX_CRC0"
                         elif name == "TX_PAYLOAD":
-                            m.d.comb += idx_next.eq(idx + 1)
                             with m.If(idx == tx_last):
                                 m.next = "TX_CRC0"
                         else:
                             m.next = nxt
+
+        # The read address: idx + 1 in the states that read the next byte in the next cycle,
+        # and in TX_PAYLOAD when its byte is taken; idx in those that hold the index for a state
+        # that reads (EXEC, the states before WMEM_WORD and WSCALE_WORD, and the transmit states
+        # before TX_PAYLOAD); in the other states no byte read is of use.
+        read_step = ("WMEM_ADDR", "WMEM_WORD", "WACT_ADDR", "WACT_DATA", "WSCALE_ADDR",
+                     "WSCALE_WORD", "RUN_DESC", "READ_ARGS")
+        read_inc = (Cat(fsm.ongoing(name) for name in read_step).any() |
+                    (fsm.ongoing("TX_PAYLOAD") & self.tx.ready))
+        m.d.comb += buf_r.addr.eq(Mux(read_inc, idx + 1, idx))
+
+        # The frame buffer's write data: the request's bytes, or the reply's from `reply_byte`,
+        # which holds the byte the state writes: it is selected a cycle ahead, by the command
+        # (`cmd` holds still while it executes), from the state and index of the next cycle (a
+        # reply state is entered with idx 0 and steps it in every cycle), so that the write data
+        # comes from flip-flops rather than from wide byte multiplexers. (Nothing in the STATUS
+        # and RUN replies changes while a command executes: the streamer and the scale unit
+        # work only within RUN, which replies after both are done.)
+        m.d.comb += buf_w.data.eq(Mux(fsm.ongoing("RX_PAYLOAD"), rx_byte,
+                                      Mux(fsm.ongoing("STATUS"), status_byte, reply_byte)))
+        sel = idx[:max(len(config), nbytes).bit_length()]
+        # PING, STATUS (a register of its own): byte 0 in the state before, then byte idx + 1
+        ping_next = Mux(fsm.ongoing("PING"), Array(Const(b, 8) for b in config[1:] + bytes(1))[sel],
+                        config[0])
+        m.d.sync += status_byte.eq(Mux(fsm.ongoing("STATUS"), Array(status_bytes[1:] + [0])[sel],
+                                       status_bytes[0]))
+        # RUN: the job's error (the value it takes on entering RUN_REPLY), then the count
+        run_next = Mux(fsm.ongoing("RUN_REPLY"), Mux(idx[0], out_count[8:16], out_count[:8]),
+                       Value.cast(job_error_next))
+        # READ_OUT: the first byte of the entry being loaded, or the entry's next byte
+
+        def sign_extended(value):
+            ext = Signal(signed(8 * rb))
+            m.d.comb += ext.eq(Value.cast(value).as_signed())
+            return ext
+        entry_bytes = Cat(sign_extended(orp.data[p]) for p in range(P))
+        m.d.sync += entry.eq(Mux(entry_load, entry_bytes, entry[8:]))
+        copy_next = Mux(entry_load, entry_bytes[:8], entry[8:16])
+        m.d.sync += reply_byte.eq(Mux(exec_go["READ_ARGS"], copy_next, 0) |
+                                  Mux(exec_go["RUN_DESC"], run_next, 0) |
+                                  Mux(exec_go["PING"], ping_next, 0))
+
+        m.d.sync += tx_valid.eq(Mux(tx_valid, ~(fsm.ongoing("TX_CRC1") & self.tx.ready),
+                                    replying))
+        head_len_lo = ((fsm.ongoing("TX_STATUS") & self.tx.ready) |
+                       (fsm.ongoing("TX_LEN0") & ~self.tx.ready))
+        head_len_hi = (fsm.ongoing("TX_LEN0") & self.tx.ready) | fsm.ongoing("TX_LEN1")
+        m.d.sync += tx_head.eq(Mux(head_len_lo, reply_len[:8],
+                                   Mux(head_len_hi, reply_len[8:], status)))
+
+        with m.If(~tx_valid):
+            m.d.sync += [status.eq(reply_status), reply_len.eq(Mux(reply_payload, idx + 1, 0)),
+                         reply_empty.eq(~reply_payload), tx_last.eq(idx)]
+
+        rx_timing = Cat(fsm.ongoing(name) for name in ("RX_CMD", "RX_LEN0", "RX_LEN1",
+                                                         "RX_PAYLOAD", "RX_CRC0", "RX_CRC1")).any()
+        rx_leave = ((fsm.ongoing("RX_CRC1") & self.rx.valid) |
+                    (fsm.ongoing("RX_LEN1") & self.rx.valid & len_bad) |
+                    (rx_timing & ~self.rx.valid & timed_out))
+        m.d.sync += rx_ready.eq(Mux(rx_ready, ~rx_leave, fsm.ongoing("TX_CRC1") & self.tx.ready))
+
+        # The idle counter counts in every cycle and restarts with every byte offered, and in
+        # RX_SYNC (the other states never read it); `timed_out` is registered from the value
+        # it takes.
+        restart = self.rx.valid | fsm.ongoing("RX_SYNC")
+        m.d.sync += [idle.eq(Mux(restart, 0, idle + 1)),
+                     timed_out.eq(Mux(restart, int(self._timeout == 1),
+                                      (idle == self._timeout - 2) if self._timeout >= 2 else 0))]
         return m
 
