@@ -108,16 +108,19 @@ class TileGearbox(wiring.Component):
         # The flags are formed likewise from each outcome's level.
         taken = Signal(range(C + self._max + 1))    # (wide enough for the comparisons)
         m.d.comb += taken.eq(level + count)
+        # (A leaving tile's T is moved into the comparisons' constants rather than subtracted
+        # first: level and taken are at least T when a tile leaves.)
         outcomes = [level, level - T, taken, taken - T]     # by (accept, emit)
-        flags = [(has_tile, lambda x: x >= T), (fits_emit, lambda x: x <= room + T),
-                 (fits, lambda x: x <= room)]
+        bases = [(level, 0), (level, T), (taken, 0), (taken, T)]
+        flags = [(has_tile, lambda x, d: x >= T + d), (fits_emit, lambda x, d: x <= room + T + d),
+                 (fits, lambda x, d: x <= room + d)]
         with m.If(self.clear):
-            m.d.sync += [level.eq(0)] + [flag.eq(test(0)) for flag, test in flags]
+            m.d.sync += [level.eq(0)] + [flag.eq(test(0, 0)) for flag, test in flags]
         with m.Else():
             def pick(values):
                 return Mux(accept, Mux(emit, values[3], values[2]),
                            Mux(emit, values[1], values[0]))
             m.d.sync += level.eq(pick(outcomes))
             for flag, test in flags:
-                m.d.sync += flag.eq(pick([test(x) for x in outcomes]))
+                m.d.sync += flag.eq(pick([test(x, d) for x, d in bases]))
         return m
