@@ -44,7 +44,7 @@ class BoardSpec:
 
 
 #: The supported boards. Default LPU sizes: the iCEBreaker's UP5K has 5280 logic cells and 30
-#: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (4678 cells after placement; a
+#: block RAMs of 512 bytes, so it gets a 16-lane, 1-PE array (4251 cells after placement; a
 #: second PE, or 8 x 2, needed about 5400 before the board build dropped yosys's read-first
 #: emulation around the block RAMs, some 500 cells, and has not been measured since) and 4 KiB
 #: of weights; the ULX3S-85F's LFE5U-85F
