@@ -129,15 +129,12 @@ def _burst_reads(m, req, resp, *, rd_en, rd_addr, rd_data, port_free=1):
         m.d.sync += [left.eq(value), left_0.eq(is_0), left_1.eq(is_1)]
 
     n = req.payload.len
-    with m.If(accept & left_0):
-        with m.If(start):
-            m.d.sync += addr.eq(req.payload.addr + 1)
-            set_left(n - 1, n == 1, n == 2)
-        with m.Else():
-            m.d.sync += addr.eq(req.payload.addr)
-            set_left(n, n == 0, n == 1)
+    with m.If(start):
+        m.d.sync += addr.eq(req.payload.addr + 1)
+        set_left(n - 1, n == 1, n == 2)
     with m.Elif(accept):
-        # the last word of the current burst is read now; the new burst follows next cycle
+        # not read yet (the output is taken, or the burst at hand reads its last word now):
+        # the new burst starts next cycle
         m.d.sync += addr.eq(req.payload.addr)
         set_left(n, n == 0, n == 1)
     with m.Elif(cont):

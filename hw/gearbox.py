@@ -110,8 +110,7 @@ class TileGearbox(wiring.Component):
         m.d.comb += taken.eq(level + count)
         # (A leaving tile's T is moved into the comparisons' constants rather than subtracted
         # first: level and taken are at least T when a tile leaves.)
-        outcomes = [level, level - T, taken, taken - T]     # by (accept, emit)
-        bases = [(level, 0), (level, T), (taken, 0), (taken, T)]
+        bases = [(level, 0), (level, T), (taken, 0), (taken, T)]    # by (accept, emit)
         flags = [(has_tile, lambda x, d: x >= T + d), (fits_emit, lambda x, d: x <= room + T + d),
                  (fits, lambda x, d: x <= room + d)]
         with m.If(self.clear):
@@ -120,7 +119,7 @@ class TileGearbox(wiring.Component):
             def pick(values):
                 return Mux(accept, Mux(emit, values[3], values[2]),
                            Mux(emit, values[1], values[0]))
-            m.d.sync += level.eq(pick(outcomes))
+            m.d.sync += level.eq(pick([x - d for x, d in bases]))
             for flag, test in flags:
                 m.d.sync += flag.eq(pick([test(x, d) for x, d in bases]))
         return m
