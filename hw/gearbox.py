@@ -12,9 +12,12 @@ __all__ = ["TileGearbox"]
 class TileGearbox(wiring.Component):
     """Collects chunks of weight codes into tiles of ``tile`` codes.
 
-    A buffer of ``tiles * tile + max_chunk`` slots holds ``level`` codes, oldest in slot 0. A
-    chunk is written behind the codes present (after a tile leaves, if one leaves in the same
-    cycle); a tile leaves from slots ``0 .. tile-1`` and the rest move down by ``tile``. The
+    A buffer of ``(tiles + 1) * tile + max_chunk`` slots holds ``level`` codes, oldest in slot
+    0. A chunk is taken while ``level <= (tiles + 1) * tile`` and written behind the codes
+    present (after a tile leaves, if one leaves in the same cycle); a tile leaves from slots
+    ``0 .. tile-1`` and the rest move down by ``tile``. Whether a chunk is taken does not depend
+    on whether a tile leaves in the same cycle: the input's ready is a flip-flop, and the extra
+    tile of slots holds the chunk when none leaves. The
     fill level only ever changes by a chunk size or by ``tile``, so it stays a multiple of
     ``g``, the greatest common divisor of those, and each slot chooses among at most
     ``max_chunk / g`` chunk positions; with the common power-of-two sizes that is a single
@@ -53,7 +56,7 @@ class TileGearbox(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         T, g = self._tile, self._g
-        room = self._tiles * T          # fill level up to which a chunk is still taken
+        room = (self._tiles + 1) * T    # fill level up to which a chunk is still taken
         C = room + self._max
         # The slots are kept ``g`` at a time: the level and every chunk size are multiples of
         # ``g``, so the slots of one cell always move and are written together. One signal per
@@ -65,21 +68,18 @@ class TileGearbox(wiring.Component):
         cells = [Signal(cell.size, name=f"cell{j}", reset_less=True) for j in range(C // g)]
         level = Signal(range(C + 1))
 
-        # The level's three comparisons are flip-flops, registered with the level: a tile is
-        # present (``level >= T``), and a chunk fits if a tile leaves (``level <= room + T``)
-        # or if none does (``level <= room``). Whether a tile leaves arrives late in the cycle
-        # (it depends on the array's handshake) and only selects between the last two, so the
-        # FIFO's read waits for no comparison behind that handshake.
+        # The level's two comparisons are flip-flops, registered with the level: a tile is
+        # present (``level >= T``) and a chunk fits (``level <= room``). The input's ready is
+        # the second, so the memory side's read waits for nothing behind the array's handshake.
         has_tile = Signal()
-        fits_emit = Signal(init=1)
         fits = Signal(init=1)
         emit = Signal()
         m.d.comb += [
             self.o_stream.valid.eq(has_tile),
             emit.eq(self.o_stream.valid & self.o_stream.ready),
             self.o_stream.payload.eq(Cat(*cells[:T // g])),
+            self.i_stream.ready.eq(fits),
         ]
-        m.d.comb += self.i_stream.ready.eq(Mux(emit, fits_emit, fits))
         accept = self.i_stream.valid & self.i_stream.ready
         count = self.i_stream.payload.count
         codes = self.i_stream.payload.codes.as_value()
@@ -111,8 +111,7 @@ class TileGearbox(wiring.Component):
         # (A leaving tile's T is moved into the comparisons' constants rather than subtracted
         # first: level and taken are at least T when a tile leaves.)
         bases = [(level, 0), (level, T), (taken, 0), (taken, T)]    # by (accept, emit)
-        flags = [(has_tile, lambda x, d: x >= T + d), (fits_emit, lambda x, d: x <= room + T + d),
-                 (fits, lambda x, d: x <= room + d)]
+        flags = [(has_tile, lambda x, d: x >= T + d), (fits, lambda x, d: x <= room + d)]
         with m.If(self.clear):
             m.d.sync += [level.eq(0)] + [flag.eq(test(0, 0)) for flag, test in flags]
         with m.Else():

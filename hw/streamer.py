@@ -423,12 +423,14 @@ class WeightStreamer(wiring.Component):
         # --- fetch: burst requests while the FIFO has room for the whole burst
         # The FIFO's entries present or requested must not exceed room_for = fifo_depth - blen
         # for the burst at hand to be requested. Their difference is kept as a register,
-        # `slack`, whose sign is the verdict: the request's valid is then a gate of three
+        # `slack`, whose sign is the verdict: the request's valid is then a gate of two
         # flip-flops, and the memory's read enable follows it closely. (A job starts with
         # nothing present or requested: the last job's every word was requested and taken.)
+        # `running` is left out: fetch_more is set with it and cleared by the job's last burst,
+        # which every job requests before its last tile, so before it stops running.
         slack = Signal(signed(len(first_room) + 2))
         m.d.comb += [
-            self.mem_req.valid.eq(running & fetch_more & ~slack[-1]),
+            self.mem_req.valid.eq(fetch_more & ~slack[-1]),
             self.mem_req.payload.addr.eq(fetch_addr),
             self.mem_req.payload.len.eq(blen),
         ]
@@ -508,35 +510,49 @@ class WeightStreamer(wiring.Component):
         v_at_last, t_at_last, g_at_last, rb_at_last, tg_at_0 = (
             Signal(reset_less=True, name=n)
             for n in ("v_at_last", "t_at_last", "g_at_last", "rb_at_last", "tg_at_0"))
+        # Which counters the next step moves past their last value, with a_valid folded in:
+        # step_v = a_valid & v_at_last, step_t = step_v & t_at_last, step_rb = step_t &
+        # rb_at_last. Registered with the flags, so that a counter's enable is the handshake
+        # and one flip-flop, not a chain of ANDs behind it.
+        step_v, step_t, step_rb = (Signal(reset_less=True, name=n)
+                                   for n in ("step_v", "step_t", "step_rb"))
+        v_at_last_next = Mux(v_at_last, v_last == 0, v == v_pen)
+        t_at_last_next = Mux(t_at_last, kt_last == 0, t == kt_pen)
+        rb_at_last_next = rb == mb_pen
         with m.If(advance):
-            m.d.sync += [b_valid.eq(a_valid), b_tile_done.eq(a_valid & v_at_last)]
-            with m.If(a_valid):
-                last_v, last_t, last_g = v_at_last, t_at_last, g_at_last
-                m.d.sync += [
-                    b_first.eq(tg_at_0),
-                    b_last.eq(last_g | last_t),
-                    b_vec.eq(v),
-                    v.eq(Mux(last_v, 0, v + 1)),
-                    v_at_last.eq(Mux(last_v, v_last == 0, v == v_pen)),
-                ]
-                with m.If(last_v):
-                    g_wrap = last_t | last_g
-                    m.d.sync += [t.eq(Mux(last_t, 0, t + 1)),
-                                 t_at_last.eq(Mux(last_t, kt_last == 0, t == kt_pen)),
-                                 tg.eq(Mux(g_wrap, 0, tg + 1)),
-                                 g_at_last.eq(Mux(g_wrap, gt_last == 0, tg == gt_pen)),
-                                 tg_at_0.eq(g_wrap)]     # tg + 1 < gt: never 0
-                    with m.If(last_t):
-                        m.d.sync += [rb.eq(rb + 1), rb_at_last.eq(rb == mb_pen)]
-                        with m.If(rb_at_last):
-                            m.d.sync += seq_done.eq(1)
+            m.d.sync += [b_valid.eq(a_valid), b_tile_done.eq(step_v)]
+        with m.If(advance & a_valid):
+            next_t = Mux(step_v, t_at_last_next, t_at_last)
+            next_rb = Mux(step_t, rb_at_last_next, rb_at_last)
+            m.d.sync += [
+                b_first.eq(tg_at_0),
+                b_last.eq(g_at_last | t_at_last),
+                b_vec.eq(v),
+                v.eq(Mux(v_at_last, 0, v + 1)),
+                v_at_last.eq(v_at_last_next),
+                seq_done.eq(step_rb),
+                step_v.eq(~step_rb & v_at_last_next),
+                step_t.eq(~step_rb & v_at_last_next & next_t),
+                step_rb.eq(~step_rb & v_at_last_next & next_t & next_rb),
+            ]
+        with m.If(advance & step_v):
+            g_wrap = t_at_last | g_at_last
+            m.d.sync += [t.eq(Mux(t_at_last, 0, t + 1)),
+                         t_at_last.eq(t_at_last_next),
+                         tg.eq(Mux(g_wrap, 0, tg + 1)),
+                         g_at_last.eq(Mux(g_wrap, gt_last == 0, tg == gt_pen)),
+                         tg_at_0.eq(g_wrap)]     # tg + 1 < gt: never 0
+        with m.If(advance & step_t):
+            m.d.sync += [rb.eq(rb + 1), rb_at_last.eq(rb_at_last_next)]
         with m.If(~running):
             # (the *_last registers are set in set-up, before `running`)
+            first_v, first_t, first_rb = v_last == 0, kt_last == 0, mb_last == 0
             m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), seq_done.eq(0), b_valid.eq(0),
                          b_tile_done.eq(0),
-                         v_at_last.eq(v_last == 0), t_at_last.eq(kt_last == 0),
-                         g_at_last.eq(gt_last == 0), rb_at_last.eq(mb_last == 0),
-                         tg_at_0.eq(1)]
+                         v_at_last.eq(first_v), t_at_last.eq(first_t),
+                         g_at_last.eq(gt_last == 0), rb_at_last.eq(first_rb),
+                         tg_at_0.eq(1), step_v.eq(first_v), step_t.eq(first_v & first_t),
+                         step_rb.eq(first_v & first_t & first_rb)]
 
         # --- results, and knowing when the last one has left
         wiring.connect(m, array=array.o_stream, out=wiring.flipped(self.o_stream))
