@@ -350,14 +350,20 @@ class LPU(wiring.Component):
         # The same for the range checks, from the length alone (see `wmem_limit`), and the
         # verdicts from registers in every cycle: each is read a cycle after the state that
         # set its inputs.
+        max_count = MAX_PAYLOAD // (P * rb)     # READ_OUT's most entries
+        cbits = max(max_count, self._out_depth).bit_length()
         n_words = (length - 4) >> (word_bytes.bit_length() - 1)
         limit_bits = st.mem_words.bit_length()   # the limit is below 2 ** limit_bits
         m.d.sync += [wmem_limit.eq(Const(st.mem_words, wmem_limit.shape()) - n_words),
                      wmem_hi.eq(field_addr[limit_bits:].any()),
                      wmem_lo.eq(field_addr[:limit_bits] > wmem_limit),
                      wmem_refuse.eq(wmem_hi | wmem_lo),
-                     read_over[0].eq(out_n > MAX_PAYLOAD // (P * rb)),
-                     read_over[1].eq(out_n > room_count), read_over[2].eq(out_n > room_depth)]
+                     read_over[0].eq(out_n > max_count),
+                     # (a count of 2 ** cbits or more is refused by read_over[0]: the room
+                     # behind `start` is compared in cbits bits, a short carry chain, once
+                     # its sign says it is not negative)
+                     read_over[1].eq(room_count[-1] | (out_n[:cbits] > room_count[:cbits])),
+                     read_over[2].eq(room_depth[-1] | (out_n[:cbits] > room_depth[:cbits]))]
 
         reply_data = Signal(STATUS_REPLY_LAYOUT)
         m.d.comb += [reply_data.busy.eq(st.status.busy | sc.status.busy),

@@ -26,7 +26,7 @@ Activation buffer: ``act_tiles`` entries of N activations per vector; tile ``t``
 ``v`` lives at address ``v * act_tiles + t`` (:func:`act_address`).
 """
 
-from amaranth.hdl import Module, Mux, Signal, Value, signed
+from amaranth.hdl import Module, Mux, Shape, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -270,7 +270,11 @@ class WeightStreamer(wiring.Component):
         gt_pen = Signal(16)
         v_pen = Signal(8)
         words = Signal(32)       # image length in words
-        end = Signal(33)         # word address past the image
+        # The word address past the image, from the low bits of base and words: a job whose
+        # base or length alone exceeds the memory is refused by `beyond`, and below that the
+        # sum fits one bit more than the memory's size (a short carry chain).
+        end = Signal(range(2 * self._mem_words + 1))
+        beyond = Signal()
         past_end = Signal()
         error = Signal(StreamError)
         running = Signal()       # sequencer and fetcher active
@@ -292,15 +296,17 @@ class WeightStreamer(wiring.Component):
         bad_zero, bad_fmt, bad_long, bad_vectors = (
             Signal(name=n) for n in ("bad_zero", "bad_fmt", "bad_long", "bad_vectors"))
 
-        # Bytes of the image: weights / weights-per-byte, rounded up. t5 needs the divider.
-        bytes_pow2 = Signal(40)
-        with m.Switch(desc.fmt):
-            with m.Case(FormatCode.T2):
-                m.d.comb += bytes_pow2.eq((weights_total + 3) >> 2)
-            with m.Case(FormatCode.B1):
-                m.d.comb += bytes_pow2.eq((weights_total + 7) >> 3)
+        # Bytes of the image: weights / weights-per-byte, rounded up. t5 needs the divider; t2
+        # and b1 a shift, registered in BYTES. Only the weight count's low `wbits` bits are
+        # used: a count of 2**wbits or more cannot fit the memory (a byte holds at most 8
+        # weights), and `w_over` has the address check refuse it. (The sums stay short carry
+        # chains.)
+        wbits = (self._word_bits * self._mem_words).bit_length()
+        w_low = weights_total[:wbits]
+        w_over = Signal()
+        bytes_pow2 = Signal(wbits)
         word_shift = (self._word_bits // 8).bit_length() - 1
-        n_bytes = Signal(40)
+        n_bytes = Signal(wbits)
 
         # A job's words lie inside the memory (the ADDRESS check), so the fetch position and
         # the words left fit the memory's size; the next burst's length is a register, so the
@@ -313,12 +319,17 @@ class WeightStreamer(wiring.Component):
         # subtracting this one. (Whether the burst fits in the FIFO is `slack`, below.)
         fetch_more = Signal()
         nxt = Signal.like(blen)  # the length of the burst after this one: burst_of(fetch_after)
+        nxt_m1 = Signal(signed(len(blen) + 1))  # nxt - 1, for `slack` (below)
         # the first burst's values, formed during the address check: its room_for (below)
         first_blen = Signal.like(blen)
         first_after = Signal.like(fetch_after)
         first_room = Signal(range(self._fifo_depth + 1))
         seq_done = Signal()
-        start_fetch = Signal()   # the first burst's values are loaded (ADDRESS_OK, no error)
+        # In ADDRESS_OK, as a flip-flop (ADDRESS_CMP always leads there): `slack` is loaded
+        # for the first burst and the gearbox cleared, whether or not the check lets the job
+        # run (a job that does not run requests nothing, and the next one does both again).
+        at_address_ok = Signal()
+        m.d.comb += gear.clear.eq(at_address_ok)
         pending = Signal(16)     # results the array owes: tiles marked last taken, not output
         no_pending = Signal(init=1)  # pending == 0, as a flip-flop set with pending
         b_valid = Signal()
@@ -379,7 +390,10 @@ class WeightStreamer(wiring.Component):
                     with m.Else():
                         m.next = "BYTES"
             with m.State("BYTES"):
-                m.d.comb += [div5.start.eq(1), div5.num.eq(weights_total + 4), div5.den.eq(5)]
+                m.d.comb += [div5.start.eq(1), div5.num.eq(w_low + 4), div5.den.eq(5)]
+                m.d.sync += [bytes_pow2.eq(Mux(desc.fmt == FormatCode.B1,
+                                               (w_low + 7) >> 3, (w_low + 3) >> 2)),
+                             w_over.eq(weights_total[wbits:] != 0)]
                 m.next = "DIV_T5"
             with m.State("DIV_T5"):
                 with m.If(~div5.busy):
@@ -395,10 +409,14 @@ class WeightStreamer(wiring.Component):
                 m.next = "ADDRESS"
             with m.State("ADDRESS"):
                 # the address check in three steps (sum, comparison, verdict), each a short path
-                m.d.sync += [end.eq(desc.base + words), first_blen.eq(burst_of(words))]
+                low = Shape.cast(range(self._mem_words + 1)).width
+                m.d.sync += [end.eq(desc.base[:low] + words[:low]),
+                             beyond.eq((desc.base > self._mem_words) |
+                                       (words > self._mem_words) | w_over),
+                             first_blen.eq(burst_of(words))]
                 m.next = "ADDRESS_CMP"
             with m.State("ADDRESS_CMP"):
-                m.d.sync += [past_end.eq(end > self._mem_words),
+                m.d.sync += [past_end.eq(beyond | (end > self._mem_words)),
                              first_after.eq(words - first_blen),
                              first_room.eq(self._fifo_depth - first_blen)]
                 m.next = "ADDRESS_OK"
@@ -410,8 +428,8 @@ class WeightStreamer(wiring.Component):
                     # (a job has at least one word: rows and columns are not zero)
                     m.d.sync += [fetch_addr.eq(desc.base), fetch_after.eq(first_after),
                                  blen.eq(first_blen), running.eq(1), fetch_more.eq(1),
-                                 nxt.eq(burst_of(first_after))]
-                    m.d.comb += [gear.clear.eq(1), start_fetch.eq(1)]
+                                 nxt.eq(burst_of(first_after)),
+                                 nxt_m1.eq(burst_of(first_after) - 1)]
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(seq_done & ~b_valid & no_pending):
@@ -440,20 +458,22 @@ class WeightStreamer(wiring.Component):
         # request's acceptance (the memory's ready) are known late: the sums are formed
         # beforehand and the two handshakes only select one. A request adds blen entries and
         # makes room_for the next burst's, fifo_depth - nxt, where it was fifo_depth - blen:
-        # slack loses nxt. A pop gives one back.
-        less = Signal.like(slack)
-        # burst_of(fetch_after - nxt), given nxt = burst_of(fetch_after): two comparisons with
-        # constants rather than a subtraction and a comparison
+        # slack loses nxt. A pop gives one back. (Each outcome is one adder: slack - nxt + 1 is
+        # slack - nxt_m1.)
+        # burst_of(fetch_after - nxt) - d, given nxt = burst_of(fetch_after): two comparisons
+        # with constants rather than a subtraction and a comparison
         mb_ = self._max_burst
-        after_nxt = Mux(fetch_after >= 2 * mb_, mb_,
-                        Mux(fetch_after >= mb_, fetch_after - mb_, 0))
-        m.d.comb += less.eq(slack - nxt)
-        m.d.sync += slack.eq(Mux(req_fire, Mux(pop, less + 1, less),
-                                 Mux(pop, slack + 1, Mux(start_fetch, first_room, slack))))
+
+        def after_nxt(d):
+            return Mux(fetch_after >= 2 * mb_, mb_ - d,
+                       Mux(fetch_after >= mb_, fetch_after - (mb_ + d), -d))
+        m.d.sync += slack.eq(Mux(req_fire, Mux(pop, slack - nxt_m1, slack - nxt),
+                                 Mux(pop, slack + 1, Mux(at_address_ok, first_room, slack))))
+        m.d.sync += at_address_ok.eq(fsm.ongoing("ADDRESS_CMP"))
         with m.If(req_fire):
             m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_after.eq(fetch_after - nxt),
                          blen.eq(nxt), fetch_more.eq(fetch_after != 0),
-                         nxt.eq(after_nxt)]
+                         nxt.eq(after_nxt(0)), nxt_m1.eq(after_nxt(1))]
         # A word is requested only with room reserved for it, so the FIFO always has room
         # for the word the memory offers: the response is always ready (the memory's read
         # enable then waits for no FIFO level).
