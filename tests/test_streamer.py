@@ -140,6 +140,10 @@ def test_descriptor_errors_host_side(kwargs, msg):
     ({"vectors": 3}, StreamError.VECTORS),
     ({"group": 6}, StreamError.GROUP),
     ({"base": 60}, StreamError.ADDRESS),
+    # 36 x 8 is 72 words at base 0, of 64: past the memory by its length alone; 66 x 8 is 132
+    # words, whose low 7 bits (4) would fit: the length itself is compared with the memory
+    ({"rows": 36}, StreamError.ADDRESS),
+    ({"rows": 66}, StreamError.ADDRESS),
 ])
 def test_descriptor_errors_hardware_status(kwargs, error):
     # the same descriptors, sent unchecked: the hardware reports and goes idle, no hang
