@@ -7,9 +7,10 @@ module runs the commands itself, one by one, so that it can stop between them:
    runs ``abc -lut 4`` as :mod:`lpu.boards.area` does (YoWASP's ``abc9`` exits silently);
 2. the fit check: the cells yosys produced against the board's :class:`BoardSpec` resources.
    A design that cannot fit stops here with the resource named, before place and route;
-3. nextpnr with ``--report`` (JSON: achieved and constrained frequency per clock, BELs used and
-   available) and ``--timing-allow-fail``, so a design that misses timing still produces a
-   report, and the check below names the clock;
+3. nextpnr with ``--report`` (JSON: achieved and constrained frequency per clock, each clock's
+   critical path, BELs used and available) and ``--timing-allow-fail``, so a design that
+   misses timing still produces a report, and the check below names the clock and the cells
+   its critical path runs between;
 4. icepack/ecppack: the bitstream.
 
 Tools come from the environment variables Amaranth uses (``YOSYS``, ``NEXTPNR_ICE40``, ...)
@@ -33,7 +34,8 @@ from .pll import pll_config
 from .top import BoardTop, board_spec, lpu_for
 
 __all__ = ["BuildError", "FitError", "TimingError", "build_board", "tool_path", "board_config",
-           "board_platform", "board_pll", "bitstream_name", "default_build_dir"]
+           "board_platform", "board_pll", "bitstream_name", "default_build_dir",
+           "critical_paths", "check_timing"]
 
 
 class BuildError(RuntimeError):
@@ -291,8 +293,11 @@ def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
         utilization["lc"] = {"used": bels["ICESTORM_LC"]["used"],
                              "available": bels["ICESTORM_LC"]["available"]}
     clocks = {}
+    paths = critical_paths(report)
     for clk, f in report.get("fmax", {}).items():
         clocks[clk] = {"fmax_mhz": round(f["achieved"], 2), "target_mhz": round(f["constraint"], 2)}
+        if clk in paths:
+            clocks[clk]["critical_path"] = paths[clk]
     return {
         "clocks": clocks,
         "timing_met": all(c["fmax_mhz"] >= c["target_mhz"] for c in clocks.values()),
@@ -301,6 +306,31 @@ def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
         "bitstream_bytes": bitstream.stat().st_size if bitstream.exists() else 0,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+
+
+def critical_paths(report):
+    """Each clock's critical path from register to register of that clock, from nextpnr's
+    ``--report`` JSON: ``{clock: {"ns", "logic_ns", "routing_ns", "from", "to", "nets"}}``.
+
+    ``ns`` is the path's delay, clock-to-output and setup included, split into the cells'
+    (``logic_ns``) and the routing's; ``from`` and ``to`` are the placed cells it starts and
+    ends at (``to`` with the input port, e.g. ``CEN`` for an enable), ``nets`` the nets it runs
+    through. The names are nextpnr's, derived from the design's signal names.
+    """
+    paths = {}
+    for cp in report.get("critical_paths", []):
+        src, dst, segs = cp.get("from", ""), cp.get("to", ""), cp.get("path", [])
+        if not src.startswith("posedge ") or dst != src or not segs:
+            continue
+        routing = sum(seg["delay"] for seg in segs if seg["type"] == "routing")
+        logic = sum(seg["delay"] for seg in segs if seg["type"] != "routing")
+        end = segs[-1]["to"]
+        paths[src[len("posedge "):]] = {
+            "ns": round(logic + routing, 2), "logic_ns": round(logic, 2),
+            "routing_ns": round(routing, 2), "from": segs[0]["from"]["cell"],
+            "to": f"{end['cell']}.{end['port']}",
+            "nets": [seg["net"] for seg in segs if seg["type"] == "routing"]}
+    return paths
 
 
 def build_board(board, *, out_dir, name="top", **overrides):
@@ -357,6 +387,9 @@ def check_timing(spec, result, report_path):
     if not result["timing_met"]:
         clocks = result["clocks"]
         worst = min(clocks.items(), key=lambda kv: kv[1]["fmax_mhz"] / kv[1]["target_mhz"])
+        path = worst[1].get("critical_path")
+        where = (f"; critical path {path['ns']} ns from {path['from']} to {path['to']}"
+                 if path else "")
         raise TimingError(f"Timing not met on {spec.name}: clock {worst[0]} reaches "
-                         f"{worst[1]['fmax_mhz']} MHz, target {worst[1]['target_mhz']} MHz "
-                         f"(report: {report_path})")
+                         f"{worst[1]['fmax_mhz']} MHz, target {worst[1]['target_mhz']} MHz"
+                         f"{where} (report: {report_path})")

@@ -88,6 +88,10 @@ def _cmd_build(args):
               f"(divisor {report['baud_divisor']})")
         for clk, c in report["clocks"].items():
             print(f"  clock {clk}: {c['fmax_mhz']} MHz (target {c['target_mhz']} MHz)")
+            if "critical_path" in c:
+                path = c["critical_path"]
+                print(f"    critical path {path['ns']} ns ({path['logic_ns']} logic, "
+                      f"{path['routing_ns']} routing): {path['from']} -> {path['to']}")
         for res, u in report["utilization"].items():
             print(f"  {res:>5}: {u['used']} / {u['available']}")
     return 0

@@ -370,8 +370,8 @@ def test_build_icebreaker_tiny_writes_bitstream_and_report(capsys, tmp_path):
     from lpu.boards.uart import baud_divisor
     from lpu.cli import main
 
-    # The tiny LPU reaches about 22 MHz on the UP5K; it is built at 18 MHz, with margin for
-    # placement noise (12 MHz x 48 / 32).
+    # The tiny LPU reaches 46-48 MHz on the UP5K placed for 48 MHz; it is built at 18 MHz
+    # (12 MHz x 48 / 32), far below that, so that placement cannot make the test fail.
     assert main(["build", "--board", "icebreaker", *_TINY, "--freq", "18", "--json",
                  "-o", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -384,6 +384,11 @@ def test_build_icebreaker_tiny_writes_bitstream_and_report(capsys, tmp_path):
     (clock,) = report["clocks"].values()
     assert abs(clock["target_mhz"] - 18) < 0.02
     assert clock["fmax_mhz"] >= clock["target_mhz"] and report["timing_met"] is True
+    # the clock's critical path is the one nextpnr's fmax comes from
+    path = clock["critical_path"]
+    assert path["ns"] == pytest.approx(1000 / clock["fmax_mhz"], abs=0.02)
+    assert path["ns"] == pytest.approx(path["logic_ns"] + path["routing_ns"], abs=0.02)
+    assert path["from"] and path["to"] and path["nets"]
     util = report["utilization"]
     assert util["pll"] == {"used": 1, "available": 1}
     assert 0 < util["lut"]["used"] <= util["lc"]["used"] <= util["lc"]["available"] == 5280
@@ -415,6 +420,7 @@ def test_build_ulx3s_tiny_writes_bitstream_and_report(capsys, tmp_path):
     assert abs(clock["target_mhz"] - report["clk_mhz"]) < 0.02
     assert clock["fmax_mhz"] > clock["target_mhz"]
     assert report["timing_met"] is True
+    assert clock["critical_path"]["ns"] == pytest.approx(1000 / clock["fmax_mhz"], abs=0.02)
     util = report["utilization"]
     assert set(util) == {"lut", "ff", "bram", "spram", "dsp", "pll"}
     assert util["pll"] == {"used": 1, "available": 4}
@@ -423,3 +429,50 @@ def test_build_ulx3s_tiny_writes_bitstream_and_report(capsys, tmp_path):
     assert Path(report["bitstream"]) == tmp_path / "top.bit"
     assert (tmp_path / "top.bit").stat().st_size == report["bitstream_bytes"] > 0
     assert report["build_seconds"] >= sum(report["seconds"].values()) - 1
+
+
+def _segment(kind, delay, cell_from, cell_to, port="O", net=None):
+    seg = {"type": kind, "delay": delay, "from": {"cell": cell_from, "port": "O"},
+           "to": {"cell": cell_to, "port": port}}
+    if net is not None:
+        seg["net"] = net
+    return seg
+
+
+_NEXTPNR_REPORT = {
+    "fmax": {"clk": {"achieved": 40.0, "constraint": 48.0}},
+    "critical_paths": [
+        # a path into the clock's domain from outside it: not the clock's own critical path
+        {"from": "<async>", "to": "posedge clk",
+         "path": [_segment("source", 0.0, "rx_pin", "rx_pin"),
+                  _segment("routing", 3.0, "rx_pin", "sync0", "I3", "rx")]},
+        {"from": "posedge clk", "to": "posedge clk",
+         "path": [_segment("clk-to-q", 1.25, "a_DFFLC", "a_DFFLC"),
+                  _segment("routing", 10.0, "a_DFFLC", "lut_LC", "I1", "a"),
+                  _segment("logic", 1.25, "lut_LC", "lut_LC"),
+                  _segment("routing", 12.25, "lut_LC", "b_LC", "CEN", "b_en"),
+                  _segment("setup", 0.25, "b_LC", "b_LC", "CEN")]},
+    ],
+}
+
+
+def test_build_report_names_each_clocks_critical_path():
+    from lpu.boards.build import critical_paths
+    assert critical_paths(_NEXTPNR_REPORT) == {"clk": {
+        "ns": 25.0, "logic_ns": 2.75, "routing_ns": 22.25, "from": "a_DFFLC", "to": "b_LC.CEN",
+        "nets": ["a", "b_en"]}}
+    assert critical_paths({"fmax": {}}) == {}
+
+
+def test_timing_error_names_the_clock_and_its_critical_path(tmp_path):
+    from lpu.boards.build import TimingError, check_timing, critical_paths
+    from lpu.boards.top import board_spec
+    clocks = {"clk": {"fmax_mhz": 40.0, "target_mhz": 48.0,
+                      "critical_path": critical_paths(_NEXTPNR_REPORT)["clk"]}}
+    with pytest.raises(TimingError, match=(
+            r"^Timing not met on icebreaker: clock clk reaches 40.0 MHz, target 48.0 MHz; "
+            r"critical path 25.0 ns from a_DFFLC to b_LC.CEN \(report: .*build_report.json\)$")):
+        check_timing(board_spec("icebreaker"), {"timing_met": False, "clocks": clocks},
+                     tmp_path / "build_report.json")
+    check_timing(board_spec("icebreaker"), {"timing_met": True, "clocks": clocks},
+                 tmp_path / "build_report.json")
