@@ -402,7 +402,7 @@ def test_build_ulx3s_tiny_writes_bitstream_and_report(capsys, tmp_path):
     from lpu.boards.uart import baud_divisor
     from lpu.cli import main
 
-    # The tiny LPU reaches about 80 MHz, short of the ECP5 target of 150 MHz; 50 MHz (the
+    # The tiny LPU reaches about 99 MHz, short of the ECP5 target of 150 MHz; 50 MHz (the
     # board's default) is the 25 MHz oscillator doubled by the PLL.
     assert main(["build", "--board", "ulx3s-85f", *_TINY, "--freq", "50", "--json",
                  "-o", str(tmp_path)]) == 0
