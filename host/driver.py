@@ -26,6 +26,7 @@ from lpu.hw.protocol import (
     decode_reply,
     encode_request,
     frame_length,
+    read_out_entries,
 )
 from lpu.hw.scale import JOB_LAYOUT, scale_groups, scale_image, scale_words
 from lpu.hw.streamer import StreamError, act_tiles_for
@@ -303,7 +304,7 @@ class LPUDriver:
     def read_out(self, count, start=0):
         """Results ``start .. start+count`` as an int64 array (count, P)."""
         pes, nb = self.config["pes"], self.config["result_bytes"]
-        per = MAX_PAYLOAD // (nb * pes)
+        per = read_out_entries(pes, nb)
         spans = [(i, min(per, start + count - i)) for i in range(start, start + count, per)]
         replies = self.request_many(Command.READ_OUT,
                                     (struct.pack("<HH", i, n) for i, n in spans))

@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from .formats import WeightFormat
 from .params import check_positive
-from .protocol import CRC, MAX_PAYLOAD, REPLY_SYNC, REQUEST_SYNC, Command, Status
+from .protocol import CRC, MAX_PAYLOAD, REPLY_SYNC, REQUEST_SYNC, Command, Status, read_out_entries
 from .scale import JOB_LAYOUT, SCALE_BITS, ScaleUnit
 from .streamer import DESCRIPTOR_LAYOUT, PERF_LAYOUT, StreamError, WeightStreamer
 
@@ -350,7 +350,7 @@ class LPU(wiring.Component):
         # The same for the range checks, from the length alone (see `wmem_limit`), and the
         # verdicts from registers in every cycle: each is read a cycle after the state that
         # set its inputs.
-        max_count = MAX_PAYLOAD // (P * rb)     # READ_OUT's most entries
+        max_count = read_out_entries(P, rb)
         cbits = max(max_count, self._out_depth).bit_length()
         n_words = (length - 4) >> (word_bytes.bit_length() - 1)
         limit_bits = st.mem_words.bit_length()   # the limit is below 2 ** limit_bits
@@ -377,15 +377,18 @@ class LPU(wiring.Component):
         m.d.comb += job_error_next.eq(job_error)
         m.d.sync += job_error.eq(job_error_next)
 
+        # The receive states after RX_SYNC, each with the next (RX_PAYLOAD's depends on the
+        # length); each times out while waiting for its byte.
+        rx_states = (("RX_CMD", "RX_LEN0"), ("RX_LEN0", "RX_LEN1"), ("RX_LEN1", "RX_PAYLOAD"),
+                     ("RX_PAYLOAD", None), ("RX_CRC0", "RX_CRC1"), ("RX_CRC1", "RX_CHECK"))
+
         with m.FSM() as fsm:
             # ---- receive
             with m.State("RX_SYNC"):
                 with m.If(rx_take & (rx_byte == REQUEST_SYNC)):
                     m.d.comb += rx_crc.start.eq(1)
                     m.next = "RX_CMD"
-            for name, nxt in (("RX_CMD", "RX_LEN0"), ("RX_LEN0", "RX_LEN1"),
-                              ("RX_LEN1", "RX_PAYLOAD"), ("RX_PAYLOAD", None),
-                              ("RX_CRC0", "RX_CRC1"), ("RX_CRC1", "RX_CHECK")):
+            for name, nxt in rx_states:
                 with m.State(name):
                     if name == "RX_PAYLOAD":
                         m.d.comb += idx_take.eq(self.rx.valid)
@@ -694,8 +697,7 @@ class LPU(wiring.Component):
             m.d.sync += [status.eq(reply_status), reply_len.eq(Mux(reply_payload, idx + 1, 0)),
                          reply_empty.eq(~reply_payload), tx_last.eq(idx)]
 
-        rx_timing = Cat(fsm.ongoing(name) for name in ("RX_CMD", "RX_LEN0", "RX_LEN1",
-                                                         "RX_PAYLOAD", "RX_CRC0", "RX_CRC1")).any()
+        rx_timing = Cat(fsm.ongoing(name) for name, _ in rx_states).any()
         rx_leave = ((fsm.ongoing("RX_CRC1") & self.rx.valid) |
                     (fsm.ongoing("RX_LEN1") & self.rx.valid & len_bad) |
                     (rx_timing & ~self.rx.valid & timed_out))

@@ -24,7 +24,8 @@ from amaranth.lib.crc import catalog
 
 __all__ = ["Command", "Status", "REQUEST_SYNC", "REPLY_SYNC", "CRC", "MAX_PAYLOAD",
            "HEADER_BYTES", "FRAME_OVERHEAD", "frame_length",
-           "encode_request", "encode_reply", "decode_reply", "FrameError", "crc16"]
+           "encode_request", "encode_reply", "decode_reply", "FrameError", "crc16",
+           "read_out_entries"]
 
 REQUEST_SYNC = 0xA5
 REPLY_SYNC = 0x5A
@@ -35,6 +36,12 @@ MAX_PAYLOAD = 256
 HEADER_BYTES = 4
 FRAME_OVERHEAD = HEADER_BYTES + 2
 CRC = catalog.CRC16_CCITT_FALSE(8)
+
+
+def read_out_entries(pes, result_bytes):
+    """Most output-buffer entries one READ_OUT returns: ``pes`` values of ``result_bytes`` bytes
+    each, whole entries in a payload."""
+    return MAX_PAYLOAD // (pes * result_bytes)
 
 
 class Command(enum.Enum, shape=8):
