@@ -333,13 +333,14 @@ def critical_paths(report):
     return paths
 
 
-def build_board(board, *, out_dir, name="top", **overrides):
+def build_board(board, *, out_dir, name="top", seed=None, **overrides):
     """Build ``board``'s bitstream into ``out_dir`` and return the report (a dict).
 
     ``overrides`` change the board's default LPU parameters (``lanes``, ``pes``,
     ``mem_words``, ``max_k``, ...), the ``baud`` rate, the weight ``memory``
     (:data:`lpu.boards.memory.MEMORY_KINDS`) or the clock frequency ``freq`` (MHz; the PLL
-    setting nearest it is used).
+    setting nearest it is used). ``seed`` is nextpnr's placement seed (None: nextpnr's
+    default), recorded in the report.
 
     Raises
     ------
@@ -359,7 +360,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
                          f"{spec.name} ({spec.family})")
     top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
     start = time.monotonic()
-    impl = implement(spec, platform, top, out_dir=out_dir, name=name, pll=pll)
+    impl = implement(spec, platform, top, out_dir=out_dir, name=name, pll=pll, seed=seed)
     result = {
         "board": spec.name,
         "device": device_name(platform),
@@ -370,6 +371,7 @@ def build_board(board, *, out_dir, name="top", **overrides):
         "pll": pll.report(),
         "baud": baud,
         "baud_divisor": top.divisor,
+        "seed": seed,
         **impl,
         "build_seconds": round(time.monotonic() - start, 1),
     }

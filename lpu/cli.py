@@ -73,7 +73,7 @@ def _cmd_build(args):
     board_spec(args.board)
     out_dir = args.output or default_build_dir(args.board)
     try:
-        report = build_board(args.board, out_dir=out_dir, **overrides)
+        report = build_board(args.board, out_dir=out_dir, seed=args.seed, **overrides)
     except BuildError as exc:
         print(f"lpu: error: {exc}", file=sys.stderr)
         return 1
@@ -324,6 +324,8 @@ def build_parser():
                         "one data line or four (default: the board's)")
     p.add_argument("--freq", type=float, default=None, metavar="MHZ",
                    help="LPU clock: the PLL output nearest this (default: the board's)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="nextpnr placement seed (default: nextpnr's)")
     p.add_argument("-o", "--output", default=None,
                    help="build directory (default: $LPU_BUILD_DIR/BOARD, else build/BOARD)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")

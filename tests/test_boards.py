@@ -370,13 +370,15 @@ def test_build_icebreaker_tiny_writes_bitstream_and_report(capsys, tmp_path):
     from lpu.boards.uart import baud_divisor
     from lpu.cli import main
 
-    # The tiny LPU reaches 46-48 MHz on the UP5K placed for 48 MHz; it is built at 18 MHz
+    # The tiny LPU reaches 44-48 MHz on the UP5K placed for 48 MHz; it is built at 18 MHz
     # (12 MHz x 48 / 32), far below that, so that placement cannot make the test fail.
-    assert main(["build", "--board", "icebreaker", *_TINY, "--freq", "18", "--json",
-                 "-o", str(tmp_path)]) == 0
+    assert main(["build", "--board", "icebreaker", *_TINY, "--freq", "18", "--seed", "3",
+                 "--json", "-o", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "build_report.json").read_text())
     assert report["board"] == "icebreaker" and report["device"] == "iCE40UP5K"
+    # the placement seed reaches nextpnr and the report
+    assert report["seed"] == 3 and " --seed 3" in (tmp_path / "build_top.sh").read_text()
     pll = ice40_pll(12_000_000, 18_000_000)
     assert report["pll"] == pll.report() and report["clk_mhz"] == 18.0
     assert report["baud_divisor"] == baud_divisor(18_000_000, 115200)
@@ -409,6 +411,7 @@ def test_build_ulx3s_tiny_writes_bitstream_and_report(capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "build_report.json").read_text())
     assert report["board"] == "ulx3s-85f" and report["device"] == "LFE5U-85F"
+    assert report["seed"] is None          # nextpnr's default placement
     assert report["lpu"]["lanes"] == 4 and report["lpu"]["pes"] == 1
     pll = ecp5_pll(25_000_000, 50_000_000)
     assert report["pll"] == pll.report() and report["clk_mhz"] == float(pll.out_hz) / 1e6

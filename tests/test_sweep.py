@@ -286,7 +286,7 @@ def test_no_row_built_still_writes_the_files(tmp_path):
 def test_sweep_quick_builds_one_tiny_icebreaker(tmp_path, monkeypatch, capsys):
     # One place-and-route of the tiny LPU (about a minute): the sweep's whole path with the
     # real build_board, its report and the written files. At 36 MHz, as the tiny LPU is not
-    # placed for the board's 48 (it reaches 46-48 MHz there, depending on the placement).
+    # placed for the board's 48 (it reaches 44-48 MHz there, depending on the placement).
     monkeypatch.setenv("LPU_BUILD_DIR", str(tmp_path))
     assert main(["sweep", "--board", "icebreaker", "--quick", "--freq", "36", "--jobs", "1",
                  "--json"]) == 0
