@@ -86,7 +86,9 @@ class PysimTransport(Transport):
     The simulation waits (in simulated time, not at all) while the host has nothing to send.
     ``corrupt`` may map a request frame to the bytes actually sent, and ``corrupt_reply`` a
     reply to the bytes received (tests of a bad link). ``monitors`` are more ``async def
-    (ctx)`` processes to run beside the host, in the background (tests that watch signals).
+    (ctx)`` processes to run beside the host, in the background (tests that watch signals); an
+    exception in one stops the simulation, and the exchange waiting for a reply raises
+    :class:`RuntimeError` from it.
     """
 
     def __init__(self, system, *, reply_cycles=2_000_000, monitors=()):
@@ -130,14 +132,26 @@ class PysimTransport(Transport):
         sim.add_testbench(bench)
         for monitor in monitors:
             sim.add_process(monitor)
-        self._thread = threading.Thread(target=sim.run, daemon=True)
+        self._error = None
+
+        def run():
+            try:
+                sim.run()
+            except Exception as exc:        # a process failed: no reply will come
+                self._error = exc
+                self._resp.put(None)
+
+        self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
 
     def exchange(self, frame):
         if self.corrupt is not None:
             frame = self.corrupt(frame)
-        self._req.put(bytes(frame))
-        got = self._resp.get()
+        if self._error is None:
+            self._req.put(bytes(frame))
+        got = self._resp.get() if self._error is None else None
+        if got is None:
+            raise RuntimeError(f"The simulation stopped: {self._error}") from self._error
         if self.corrupt_reply is not None:
             got = self.corrupt_reply(got)
         if not _complete(list(got)):

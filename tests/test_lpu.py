@@ -304,20 +304,39 @@ def test_a_batch_with_a_bad_reply_is_resent(rng, device, damage, resent):
     assert np.array_equal(out, golden.matvec(w, entries[0][1]))
 
 
+def test_pysim_transport_raises_when_the_simulation_stops():
+    # a background process that fails stops the simulation: the exchange waiting for its reply
+    # raises (it once waited forever), and so does the next
+    async def fail(ctx):
+        await ctx.tick().repeat(5)
+        raise ValueError("planted")
+
+    transport = PysimTransport(LPUSystem(small_lpu()), monitors=[fail])
+    try:
+        with pytest.raises(RuntimeError, match=r"^The simulation stopped: planted$"):
+            LPUDriver(transport)            # its first exchange, a PING
+        with pytest.raises(RuntimeError, match=r"^The simulation stopped: planted$"):
+            transport.exchange(encode_request(Command.PING))
+    finally:
+        transport.close()
+
+
 def test_scale_unit_is_ready_for_every_sum(rng):
     """The LPU ties the streamer's output ready high (hw/lpu.py): the scale unit must be ready
     in every cycle the streamer offers a sum, from the shortest job (one tile per row: its
     first sum comes soonest after the start) to several vectors and groups."""
     lpu = small_lpu(timeout=200)
-    offered, unready = [], []
+    offered = []
 
     async def watch(ctx):
+        # (an exception here stops the simulation, and the driver's exchange raises it)
         async for _, _, valid, ready in ctx.tick().sample(lpu._streamer.o_stream.valid,
                                                            lpu._scale.i_stream.ready):
             if valid:
                 offered.append(1)
                 if not ready:
-                    unready.append(1)
+                    raise AssertionError(f"sum {len(offered)} offered while the scale unit "
+                                         f"is not ready")
 
     transport = PysimTransport(LPUSystem(lpu), monitors=[watch], reply_cycles=50_000)
     drv = LPUDriver(transport)
@@ -332,4 +351,4 @@ def test_scale_unit_is_ready_for_every_sum(rng):
             assert np.array_equal(y, golden.scaled_matvec(w, x, mant, group=group))
     finally:
         transport.close()
-    assert offered and not unready
+    assert offered
