@@ -230,8 +230,10 @@ def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
             # bypass multiplexer on the read data: about 300 flip-flops in the iCEBreaker
             # build, on the FIFO's and the activation buffer's read paths). No memory of the
             # design uses the data of such a read (docs/boards.md, "What limits the clock"),
-            # so collisions are declared don't-care.
-            "setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 r:TRANSPARENCY_MASK=1'0 %i",
+            # so collisions are declared don't-care. (Only on clocked read ports: an
+            # asynchronous one, as a SyncFIFO's, has no collision to declare.)
+            "setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 r:TRANSPARENCY_MASK=1'0 %i "
+            "r:CLK_ENABLE=1 %i",
         ]),
         script_after_synth="\n".join(script + ["tee -q -o stat.json stat -json"]),
         nextpnr_opts="--report report.json --timing-allow-fail" +
@@ -358,7 +360,8 @@ def build_board(board, *, out_dir, name="top", seed=None, **overrides):
         # only (the Gowin bitstream is the packer's text file, not the flash image).
         raise ValueError(f"Flash weight memory is built for iCE40 and ECP5 boards, not "
                          f"{spec.name} ({spec.family})")
-    top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
+    top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory,
+                   pipelined_memory=spec.pipelined_memory)
     start = time.monotonic()
     impl = implement(spec, platform, top, out_dir=out_dir, name=name, pll=pll, seed=seed)
     result = {

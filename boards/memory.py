@@ -23,6 +23,7 @@ Every memory here is a component with the ports of
 
 from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -31,7 +32,8 @@ from lpu.hw.streamer import mem_request_layout
 
 __all__ = ["MEMORY_KINDS", "BurstRAM", "SPRAMBurstRAM", "SPIFlashReader", "SPI_SIGNATURE",
            "FLASH_COMMANDS", "FLASH_OFFSET", "flash_command_clocks", "flash_cycles_per_word",
-           "memory_ports", "connect_memory", "weight_memory"]
+           "memory_ports", "connect_memory", "weight_memory", "BANK_WORDS", "BANK_GROUP",
+           "READ_AHEAD"]
 
 #: Memory kinds of :func:`weight_memory` (and of ``BoardSpec.memory``).
 MEMORY_KINDS = ("bram", "spram", "flash", "qspi")
@@ -97,16 +99,30 @@ def _burst_reads(m, req, resp, *, rd_en, rd_addr, rd_data, port_free=1):
     emptied, so a word once offered stays offered until taken. ``port_free`` low holds off a
     new burst (the port is being written). Returns ``busy``: a burst is in progress or a word
     is offered."""
+    have = Signal()              # rd_data holds a word not yet taken
+    taken = resp.valid & resp.ready
+    m.d.comb += [resp.valid.eq(have), resp.payload.eq(rd_data)]
+    read, active = _burst_walk(m, req, free=~have | resp.ready, rd_addr=rd_addr,
+                               port_free=port_free)
+    m.d.comb += rd_en.eq(read)
+    with m.If(read):
+        m.d.sync += have.eq(1)
+    with m.Elif(taken):
+        m.d.sync += have.eq(0)
+    return active | have
+
+
+def _burst_walk(m, req, *, free, rd_addr, port_free=1):
+    """The word addresses of the bursts ``req`` asks for: ``rd_addr`` is read in each cycle
+    the returned ``read`` is high, which is when ``free`` is (the word has somewhere to go);
+    the first word of a burst in the cycle its request is accepted. Returns ``(read,
+    active)``: ``active`` while a burst has words left."""
     addr = Signal.like(req.payload.addr)
     left = Signal.like(req.payload.len)
     # left == 0 and left == 1 as flip-flops, set with `left`: the read enable and the request's
     # ready are then gates of flip-flops and the handshakes.
     left_0 = Signal(init=1)
     left_1 = Signal()
-    have = Signal()              # rd_data holds a word not yet taken
-    taken = resp.valid & resp.ready
-    free = ~have | resp.ready
-    m.d.comb += [resp.valid.eq(have), resp.payload.eq(rd_data)]
 
     accept = req.valid & req.ready
     start = accept & left_0 & free & (req.payload.len != 0)
@@ -116,14 +132,8 @@ def _burst_reads(m, req, resp, *, rd_en, rd_addr, rd_data, port_free=1):
     # the read enable follows the handshakes into the RAMs.
     m.d.comb += [
         req.ready.eq((left_0 & port_free) | (left_1 & cont)),
-        rd_en.eq(start | cont),
         rd_addr.eq(Mux(left_0, req.payload.addr, addr)),
     ]
-
-    with m.If(start | cont):
-        m.d.sync += have.eq(1)
-    with m.Elif(taken):
-        m.d.sync += have.eq(0)
 
     def set_left(value, is_0, is_1):
         m.d.sync += [left.eq(value), left_0.eq(is_0), left_1.eq(is_1)]
@@ -140,7 +150,16 @@ def _burst_reads(m, req, resp, *, rd_en, rd_addr, rd_data, port_free=1):
     with m.Elif(cont):
         m.d.sync += addr.eq(addr + 1)
         set_left(left - 1, left_1, left == 2)
-    return ~left_0 | have
+    return start | cont, ~left_0
+
+
+#: Words in one bank of a pipelined :class:`BurstRAM`: an ECP5 DP16KD holds 1024 words of 18
+#: bits (a 32-bit word takes two side by side), a Gowin BSRAM 1024 of 16.
+BANK_WORDS = 1024
+#: Banks whose words the first multiplexer stage of a pipelined :class:`BurstRAM` selects among.
+BANK_GROUP = 4
+#: Words read ahead by a pipelined :class:`BurstRAM`: its output FIFO's depth.
+READ_AHEAD = 8
 
 
 class BurstRAM(wiring.Component):
@@ -150,11 +169,26 @@ class BurstRAM(wiring.Component):
     word one cycle after the request, then one word per cycle, a request queued behind a burst
     starting without a gap -- but with a synchronous read port, so it maps to block RAM.
 
+    Pipelined (``pipelined=True``), for a large RAM at a high clock: the RAM is banks of
+    :data:`BANK_WORDS` words, every path between the request and the words is a register
+    stage, and the words wait in a FIFO of :data:`READ_AHEAD`:
+
+    1. the word address (and the decision to read it) is registered;
+    2. every bank reads that address, every cycle (no read enable reaches the block RAMs);
+    3. a multiplexer per :data:`BANK_GROUP` banks into a register;
+    4. a multiplexer of the groups into the FIFO.
+
+    A word is read only while fewer than :data:`READ_AHEAD` words are read and not taken, so
+    the FIFO never overflows and the stages never stall. The first word of a burst is offered
+    four cycles after its request (one without pipelining); then one word per cycle while they
+    are taken. Writes pass a register stage (the bank's write enable is a flip-flop).
+
     Parameters
     ----------
     words, word_bits : int
     request_layout : StructLayout
         ``{"addr", "len"}``, as :func:`lpu.hw.streamer.mem_request_layout`.
+    pipelined : bool
 
     Attributes
     ----------
@@ -164,18 +198,30 @@ class BurstRAM(wiring.Component):
         Always ready; a write to an address beyond ``words`` is ignored.
     """
 
-    def __init__(self, *, words, word_bits, request_layout):
+    def __init__(self, *, words, word_bits, request_layout, pipelined=False):
         check_positive("Memory size in words", words)
         check_positive("Word width", word_bits)
         _check_layout(request_layout)
+        if not isinstance(pipelined, bool):
+            raise TypeError(f"Pipelined must be a bool, not {pipelined!r}")
         self._words = words
-        self._mem = Memory(shape=word_bits, depth=words, init=[])
+        self._word_bits = word_bits
+        self._pipelined = pipelined
+        if pipelined:
+            self._banks = [Memory(shape=word_bits, depth=min(BANK_WORDS, words - b), init=[])
+                           for b in range(0, words, BANK_WORDS)]
+        else:
+            self._mem = Memory(shape=word_bits, depth=words, init=[])
         super().__init__(memory_ports(request_layout, word_bits))
 
     words = property(lambda self: self._words)
+    pipelined = property(lambda self: self._pipelined)
 
     def elaborate(self, platform):
         m = Module()
+        if self._pipelined:
+            self._elaborate_pipelined(m)
+            return m
         m.submodules.mem = mem = self._mem
         wp = mem.write_port()
         rd = mem.read_port()
@@ -184,6 +230,59 @@ class BurstRAM(wiring.Component):
                      self.wr.ready.eq(1)]
         _burst_reads(m, self.req, self.resp, rd_en=rd.en, rd_addr=rd.addr, rd_data=rd.data)
         return m
+
+    def _elaborate_pipelined(self, m):
+        banks = self._banks
+        low = (BANK_WORDS - 1).bit_length()
+        addr_w = len(self.req.payload.addr)
+
+        def bank_of(addr):
+            return addr[low:] if addr_w > low else Const(0, 1)
+
+        # Writes: registered, with each bank's write enable decoded into a flip-flop.
+        w_addr = Signal(low, reset_less=True)
+        w_data = Signal(self._word_bits, reset_less=True)
+        w_en = Signal(len(banks))
+        wr = self.wr.payload
+        m.d.comb += self.wr.ready.eq(1)
+        m.d.sync += [w_addr.eq(wr.addr[:low]), w_data.eq(wr.data)]
+        m.d.sync += w_en.eq(0)
+        with m.If(self.wr.valid & (wr.addr < self._words)):
+            m.d.sync += w_en.bit_select(bank_of(wr.addr), 1).eq(1)
+
+        # Read credits: `pending` words read and not yet taken, at most READ_AHEAD.
+        m.submodules.fifo = fifo = SyncFIFO(width=self._word_bits, depth=READ_AHEAD)
+        pending = Signal(range(READ_AHEAD + 1))
+        room = Signal(init=1)
+        rd_addr = Signal(addr_w)
+        read, _ = _burst_walk(m, self.req, free=room, rd_addr=rd_addr)
+        taken = fifo.r_en & fifo.r_rdy
+        after = pending + read - taken
+        m.d.sync += [pending.eq(after), room.eq(after < READ_AHEAD)]
+        m.d.comb += [self.resp.valid.eq(fifo.r_rdy), self.resp.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(self.resp.ready)]
+
+        # 1: the address; 2: the banks' read registers; 3: a word per group; 4: the FIFO.
+        a_valid, b_valid, c_valid = Signal(), Signal(), Signal()
+        a_addr = Signal(addr_w, reset_less=True)
+        b_bank = Signal(len(bank_of(a_addr)), reset_less=True)
+        c_group = Signal(len(b_bank), reset_less=True)
+        m.d.sync += [a_valid.eq(read), a_addr.eq(rd_addr),
+                     b_valid.eq(a_valid), b_bank.eq(bank_of(a_addr)),
+                     c_valid.eq(b_valid), c_group.eq(b_bank // BANK_GROUP)]
+        outs = []
+        for b, mem in enumerate(banks):
+            m.submodules[f"bank{b}"] = mem
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en[b]),
+                         rp.addr.eq(a_addr[:low])]
+            outs.append(rp.data)
+        groups = []
+        for g in range(0, len(banks), BANK_GROUP):
+            word = Signal(self._word_bits, name=f"group{g // BANK_GROUP}", reset_less=True)
+            m.d.sync += word.eq(Array(outs[g:g + BANK_GROUP])[b_bank % BANK_GROUP])
+            groups.append(word)
+        m.d.comb += [fifo.w_en.eq(c_valid), fifo.w_data.eq(Array(groups)[c_group])]
 
 
 class SPRAMBurstRAM(wiring.Component):
@@ -539,10 +638,11 @@ class SPIFlashReader(wiring.Component):
         return m
 
 
-def weight_memory(kind, streamer, **kwargs):
+def weight_memory(kind, streamer, *, pipelined=False, **kwargs):
     """The weight memory ``kind`` (one of :data:`MEMORY_KINDS`) shaped for ``streamer``'s
     memory port (its ``mem_words``, ``word_bits``, ``addr_width`` and ``max_burst``);
-    ``kwargs`` go to :class:`SPIFlashReader` (``offset``)."""
+    ``pipelined`` goes to :class:`BurstRAM`, ``kwargs`` to :class:`SPIFlashReader`
+    (``offset``)."""
     classes = {"bram": BurstRAM, "spram": SPRAMBurstRAM, "flash": SPIFlashReader,
                "qspi": SPIFlashReader}
     if kind not in classes:
@@ -550,6 +650,10 @@ def weight_memory(kind, streamer, **kwargs):
     if kwargs and classes[kind] is not SPIFlashReader:
         raise ValueError(f"Options {', '.join(sorted(kwargs))} apply only to flash, not to "
                          f"{kind!r}")
+    if pipelined:
+        if kind != "bram":
+            raise ValueError(f"Only block RAM ('bram') is pipelined, not {kind!r}")
+        kwargs["pipelined"] = True
     if kind == "qspi":
         kwargs["width"] = 4
     return classes[kind](words=streamer.mem_words, word_bits=streamer.word_bits,

@@ -35,6 +35,9 @@ class BoardSpec:
     resources: dict
     #: Weight memory: ``bram``, ``spram``, ``flash`` or ``qspi`` (:mod:`lpu.boards.memory`).
     memory: str = "bram"
+    #: Block RAM weights read through a pipelined :class:`BurstRAM` (its first word three
+    #: cycles later, for a large RAM at a high clock).
+    pipelined_memory: bool = False
     #: Keyword arguments of :func:`lpu_for` (LPU parameters and memory size).
     lpu: dict = field(default_factory=dict)
     #: Baud rate of the UART.
@@ -68,7 +71,7 @@ BOARDS = {
         resources={"lut": 83640, "ff": 83640, "bram": 208, "spram": 0, "dsp": 156},
         lpu=dict(lanes=64, pes=4, mem_words=40960, max_k=1024, max_vectors=16, max_burst=32,
                  out_depth=256, scale_depth=1024),
-        freq_mhz=50),
+        pipelined_memory=True, freq_mhz=50),
     "tang-nano-9k": BoardSpec(
         name="tang-nano-9k", platform="amaranth_boards.tang_nano_9k:TangNano9kPlatform",
         family="gowin",
@@ -116,6 +119,9 @@ class BoardTop(wiring.Component):
     memory : str
         Weight memory kind, one of :data:`lpu.boards.memory.MEMORY_KINDS` (block RAM, the
         UP5K's SPRAM, the configuration flash on one or four data lines).
+    pipelined_memory : bool
+        Block RAM (``memory="bram"``) read through a pipelined :class:`BurstRAM`; ignored by
+        the other kinds.
 
     Raises
     ------
@@ -132,7 +138,8 @@ class BoardTop(wiring.Component):
     uart_rx: In(1, init=1)
     uart_tx: Out(1, init=1)
 
-    def __init__(self, *, lpu, clk_hz=None, baud, pll=None, memory="bram"):
+    def __init__(self, *, lpu, clk_hz=None, baud, pll=None, memory="bram",
+                 pipelined_memory=False):
         if not isinstance(lpu, LPU):
             raise TypeError(f"LPU must be an LPU, not {lpu!r}")
         if pll is not None:
@@ -148,7 +155,8 @@ class BoardTop(wiring.Component):
         self._clk_hz = check_positive("Clock frequency", clk_hz)
         self._baud = baud
         self._divisor = baud_divisor(clk_hz, baud)
-        self._ram = weight_memory(memory, lpu.streamer)
+        self._ram = weight_memory(memory, lpu.streamer,
+                                  pipelined=pipelined_memory and memory == "bram")
         super().__init__()
 
     lpu = property(lambda self: self._lpu)

@@ -2,6 +2,7 @@
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .formats import weight_vector_layout
@@ -242,12 +243,26 @@ class PEArray(wiring.Component):
                                fresh_next.bit_select(vec_next, 1) if vec_next is not None
                                else None)
             for p, (value, carry) in enumerate(sums):
-                accs = [Signal(signed(self._acc_width), name=f"acc{p}_v{v}")
-                        for v in range(self._vectors)]
-                acc = Array(accs)[vec]
-                total = _total(m, restart, acc, value, carry, fuse, f"total{p}")
-                with m.If(step):
-                    m.d.sync += acc.eq(total)
+                if vec_next is None:
+                    accs = [Signal(signed(self._acc_width), name=f"acc{p}_v{v}")
+                            for v in range(self._vectors)]
+                    acc = Array(accs)[vec]
+                    total = _total(m, restart, acc, value, carry, fuse, f"total{p}")
+                    with m.If(step):
+                        m.d.sync += acc.eq(total)
+                else:
+                    # With a stage before the last, the accumulators are a small memory (on an
+                    # FPGA, distributed RAM) read a cycle ahead at the next tile's vector: the
+                    # adder takes a register, not a V-way multiplexer of them. The read port is
+                    # transparent, so a tile of the same vector as the one before it reads the
+                    # total written in the same cycle.
+                    m.submodules[f"accs{p}"] = accs = Memory(
+                        shape=signed(self._acc_width), depth=self._vectors, init=[])
+                    wr = accs.write_port()
+                    rd = accs.read_port(transparent_for=(wr,))
+                    total = _total(m, restart, rd.data, value, carry, fuse, f"total{p}")
+                    m.d.comb += [rd.addr.eq(vec_next), wr.addr.eq(vec), wr.data.eq(total),
+                                 wr.en.eq(step)]
                 with m.If(step & last):
                     m.d.sync += self.o_stream.payload[p].eq(total)
         with m.If(enable):

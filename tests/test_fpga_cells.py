@@ -44,10 +44,11 @@ def _prove(make, tmp_path, family="ecp5"):
     (tmp_path / "gate.il").write_text(gate)
     (tmp_path / "models.v").write_text(_models())
     script = "; ".join([
-        "read_rtlil gold.il", "hierarchy -top gold", "proc", "flatten", "async2sync",
+        "read_rtlil gold.il", "hierarchy -top gold", "proc", "flatten", "memory",
+        "async2sync",
         "design -stash gold",
         "read_verilog models.v", "read_rtlil gate.il", "hierarchy -top gate", "proc", "flatten",
-        "async2sync", "design -stash gate",
+        "memory", "async2sync", "design -stash gate",
         "design -copy-from gold -as gold gold", "design -copy-from gate -as gate gate",
         "equiv_make gold gate equiv", "hierarchy -top equiv",
         "equiv_simple -seq 3", "equiv_induct -seq 3", "equiv_status -assert",

@@ -8,6 +8,7 @@ from test_transformer import tiny_model
 
 from lpu.boards.build import _platform_class
 from lpu.boards.memory import (
+    BANK_WORDS,
     BurstRAM,
     SPIFlashReader,
     SPRAMBurstRAM,
@@ -352,3 +353,50 @@ def test_flash_image_command(tmp_path, capsys):
     assert out.read_bytes() == img
     assert info["layout"] == layout and info["offset"] == 0x200000
     assert info["words"] == len(img) // 4 <= 32768
+
+
+@pytest.mark.parametrize("ready_prob", [1.0, 0.6])
+def test_pipelined_burstram_reads_across_banks(rng, ready_prob):
+    """A pipelined BurstRAM of three banks (the last one short) returns every burst's words,
+    in order, whatever the reader's ready; a reader always ready gets the first word four
+    cycles after the first request and then one word per cycle, across bursts and banks."""
+    words = 2 * BANK_WORDS + 100
+    layout = mem_request_layout(12, 16)
+    addrs = [0, 1, BANK_WORDS - 3, BANK_WORDS, 2 * BANK_WORDS - 5, 2 * BANK_WORDS + 90,
+             *rng.integers(0, words, 40)]
+    writes = [(int(a), int(rng.integers(1 << 32))) for a in dict.fromkeys(addrs)]
+    bursts = [(BANK_WORDS - 6, 16), (2 * BANK_WORDS - 7, 9), (0, 1), (5, 3),
+              *_bursts(rng, 20, words, 16)]
+    dut = BurstRAM(words=words, word_bits=32, request_layout=layout, pipelined=True)
+    taken, expect = _run_port(dut, writes=writes, bursts=bursts, rng=rng, ready_prob=ready_prob)
+    assert [w for _, w in taken] == expect
+    if ready_prob == 1.0:
+        cycles = [c for c, _ in taken]
+        assert cycles == list(range(cycles[0], cycles[0] + len(cycles)))
+
+
+def test_pipelined_burstram_first_word_latency():
+    """One burst into an idle pipelined BurstRAM: its first word is offered in the fourth
+    cycle after the request's handshake, the unpipelined RAM's in the first."""
+    layout = mem_request_layout(10, 8)
+    firsts = []
+    for pipelined in (False, True):
+        dut = BurstRAM(words=64, word_bits=32, request_layout=layout, pipelined=pipelined)
+
+        async def bench(ctx, dut=dut):
+            ctx.set(dut.resp.ready, 1)
+            ctx.set(dut.req.payload, {"addr": 3, "len": 2})
+            ctx.set(dut.req.valid, 1)
+            await ctx.tick().until(dut.req.ready)
+            ctx.set(dut.req.valid, 0)
+            for n in range(1, 10):
+                if ctx.get(dut.resp.valid):
+                    firsts.append(n)
+                    return
+                await ctx.tick()
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-6)
+        sim.add_testbench(bench)
+        sim.run()
+    assert firsts == [1, 4]
