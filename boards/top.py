@@ -70,7 +70,7 @@ BOARDS = {
         family="ecp5",
         resources={"lut": 83640, "ff": 83640, "bram": 208, "spram": 0, "dsp": 156},
         lpu=dict(lanes=64, pes=4, mem_words=40960, max_k=1024, max_vectors=16, max_burst=32,
-                 out_depth=256, scale_depth=1024),
+                 out_depth=256, scale_depth=1024, registered_ram=True),
         pipelined_memory=True, freq_mhz=50),
     "tang-nano-9k": BoardSpec(
         name="tang-nano-9k", platform="amaranth_boards.tang_nano_9k:TangNano9kPlatform",
@@ -90,13 +90,15 @@ def board_spec(name):
 
 
 def lpu_for(*, lanes, pes, mem_words, max_k, max_vectors, max_burst, out_depth, scale_depth,
-            word_bits=32, formats=("t2",)):
-    """An LPU whose memory port addresses ``mem_words`` words of on-chip RAM."""
+            word_bits=32, formats=("t2",), registered_ram=False):
+    """An LPU whose memory port addresses ``mem_words`` words of on-chip RAM
+    (``registered_ram``: :class:`~lpu.hw.streamer.WeightStreamer`'s)."""
     check_positive("Memory size in words", mem_words)
     addr_width = max(1, (mem_words - 1).bit_length())
     return LPU(lanes=lanes, pes=pes, word_bits=word_bits, addr_width=addr_width,
                mem_words=mem_words, max_k=max_k, max_vectors=max_vectors, max_burst=max_burst,
-               formats=list(formats), out_depth=out_depth, scale_depth=scale_depth)
+               formats=list(formats), out_depth=out_depth, scale_depth=scale_depth,
+               registered_ram=registered_ram)
 
 
 class BoardTop(wiring.Component):

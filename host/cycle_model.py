@@ -67,7 +67,9 @@ def predict_cycles(streamer, timing, *, rows, cols, fmt, vectors=1, base=0):
                              word_bits=streamer.word_bits)
     memory = memory_cycles(words, timing=timing, max_burst=streamer.max_burst, base=base)
     drain = streamer.array.latency + 1
-    total = SETUP_CYCLES + FILL_CYCLES + max(compute, memory) + drain
+    # (a streamer with registered RAM outputs has a register between its FIFO and decoder)
+    fill = FILL_CYCLES + streamer.registered_ram
+    total = SETUP_CYCLES + fill + max(compute, memory) + drain
     return CyclePrediction(cycles=total, compute_cycles=compute, memory_cycles=memory,
                            words=words, tiles=tiles,
                            bound="memory" if memory > compute else "compute")

@@ -62,6 +62,10 @@ class PEArray(wiring.Component):
         the input carries a ``vector`` index and every PE keeps V accumulators; the tiles of a
         row block arrive as tile 0 for vectors 0..V-1, tile 1 for vectors 0..V-1, and so on,
         and the V results of a row block leave in vector order.
+    input_register : bool
+        A register stage in front of the tree for the activations, weights and framing (one
+        more cycle of latency): the tree's first adders then take flip-flops, not the block RAM
+        or the buffer that feeds the array (an ECP5 block RAM's output alone takes 5.6 ns).
 
     Attributes
     ----------
@@ -79,7 +83,7 @@ class PEArray(wiring.Component):
     """
 
     def __init__(self, *, lanes, pes, act_bits=8, weights="ternary", pipeline=1, max_k=4096,
-                 negation="carry", vectors=1):
+                 negation="carry", vectors=1, input_register=False):
         self._mode = check_pe_params(lanes, act_bits, weights, pipeline, negation)
         check_positive("PE count", pes)
         check_positive("Maximum row length", max_k)
@@ -94,6 +98,9 @@ class PEArray(wiring.Component):
         self._max_k = max_k
         self._negation = negation
         self._vectors = vectors
+        if not isinstance(input_register, bool):
+            raise TypeError(f"Input register must be a bool, not {input_register!r}")
+        self._input_register = input_register
         self._acc_width = signed_width(*accumulator_range(max_k, act_bits))
         super().__init__({
             "i_stream": In(stream.Signature(self.input_layout)),
@@ -108,6 +115,7 @@ class PEArray(wiring.Component):
     max_k = property(lambda self: self._max_k)
     negation = property(lambda self: self._negation)
     vectors = property(lambda self: self._vectors)
+    input_register = property(lambda self: self._input_register)
     acc_width = property(lambda self: self._acc_width)
 
     @property
@@ -126,7 +134,7 @@ class PEArray(wiring.Component):
 
     @property
     def latency(self):
-        return pipeline_latency(self._lanes, self._pipeline) + 1
+        return pipeline_latency(self._lanes, self._pipeline) + 1 + self._input_register
 
     def elaborate(self, platform):
         m = Module()
@@ -137,6 +145,17 @@ class PEArray(wiring.Component):
             enable.eq(~o_valid | self.o_stream.ready),
             self.i_stream.ready.eq(enable),
         ]
+
+        in_valid = self.i_stream.valid
+        if self._input_register:
+            # (in simulation, as the tree's stages below, it takes a value only with a tile)
+            pay_r = Signal(self.input_layout, name="in_r", reset_less=True)
+            in_valid = Signal(name="valid_in")
+            with m.If(enable):
+                m.d.sync += in_valid.eq(self.i_stream.valid)
+            with m.If(enable & (self.i_stream.valid if platform is None else 1)):
+                m.d.sync += pay_r.eq(pay)
+            pay = pay_r
 
         acts = [pay.act[i] for i in range(self._lanes)]
         negs = None
@@ -150,7 +169,7 @@ class PEArray(wiring.Component):
         # each stage with its valid bit as well put a second LUT level on the stall's path, the
         # array's slowest. The sums are the same: a stage's data matter only with its valid bit.
         vec_in = pay.vector if self._vectors > 1 else Const(0, 1)
-        ctrl = Cat(self.i_stream.valid, pay.first, pay.last, vec_in)
+        ctrl = Cat(in_valid, pay.first, pay.last, vec_in)
         ctrl_prev = None
         stage_enables = []
         stages = pipeline_latency(self._lanes, self._pipeline)

@@ -2,7 +2,7 @@
 
 from math import gcd
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -84,11 +84,18 @@ class TileGearbox(wiring.Component):
         count = self.i_stream.payload.count
         codes = self.i_stream.payload.codes.as_value()
 
-        # One-hot decode of the write position (the level once a leaving tile is gone), shared
-        # by all cells.
+        # The level also as a one-hot register, `oh[k]` for level == k * g, kept beside the
+        # binary level (below): the write position (the level once a leaving tile is gone),
+        # shared by all cells, is then one gate of two of its bits and the handshakes.
+        K = C // g
+        oh = Signal(K + 1, init=1)
+
+        def oh_at(k):
+            return oh[k] if 0 <= k <= K else Const(0)
+
         at = {pos: Signal(name=f"at{pos}") for pos in range(0, room + 1, g)}
         for pos, sig in at.items():
-            m.d.comb += sig.eq(accept & Mux(emit, level == pos + T, level == pos))
+            m.d.comb += sig.eq(accept & Mux(emit, oh_at((pos + T) // g), oh_at(pos // g)))
 
         for j, c in enumerate(cells):
             i = j * g                   # first slot of the cell
@@ -113,12 +120,22 @@ class TileGearbox(wiring.Component):
         bases = [(level, 0), (level, T), (taken, 0), (taken, T)]    # by (accept, emit)
         flags = [(has_tile, lambda x, d: x >= T + d), (fits, lambda x, d: x <= room + d)]
         with m.If(self.clear):
-            m.d.sync += [level.eq(0)] + [flag.eq(test(0, 0)) for flag, test in flags]
+            m.d.sync += [level.eq(0), oh.eq(1)] + [flag.eq(test(0, 0)) for flag, test in flags]
         with m.Else():
             def pick(values):
                 return Mux(accept, Mux(emit, values[3], values[2]),
                            Mux(emit, values[1], values[0]))
             m.d.sync += level.eq(pick([x - d for x, d in bases]))
+            # the one-hot level moves by the same amounts: down T / g for a leaving tile, up a
+            # chunk's size / g for a chunk taken
+            def grown(k):
+                if len(self._chunks) == 1:
+                    return oh_at(k - self._chunks[0] // g)
+                return Cat(*[(count == c) & oh_at(k - c // g) for c in self._chunks]).any()
+
+            for k in range(K + 1):
+                m.d.sync += oh[k].eq(pick([oh_at(k), oh_at(k + T // g), grown(k),
+                                           grown(k + T // g)]))
             for flag, test in flags:
                 m.d.sync += flag.eq(pick([test(x, d) for x, d in bases]))
         return m

@@ -43,9 +43,11 @@ def _matrix(rng, rows, cols, act_bits, mode):
     (1, 1, 8, "ternary", 1, "carry", 2, 5),
 ])
 @pytest.mark.parametrize("cls", [PEArray, _OnFPGA, _OnECP5])
-def test_array_matvec(rng, cls, lanes, pes, act_bits, mode, pipeline, negation, rows, cols):
+@pytest.mark.parametrize("input_register", [False, True])
+def test_array_matvec(rng, cls, lanes, pes, act_bits, mode, pipeline, negation, rows, cols,
+                      input_register):
     arr = cls(lanes=lanes, pes=pes, act_bits=act_bits, weights=mode, pipeline=pipeline,
-              max_k=max(cols, lanes), negation=negation)
+              max_k=max(cols, lanes), negation=negation, input_register=input_register)
     for _ in range(env_int("LPU_REPEATS", 2)):
         w, x = _matrix(rng, rows, cols, act_bits, mode)
         tiles = golden.tile_matvec(w, x, lanes=lanes, pes=pes, mode=mode)
@@ -70,8 +72,9 @@ def test_array_accumulator_holds_worst_case():
     assert out.tolist() == [[1536, -1536]]
 
 
-def test_array_full_throughput(rng):
-    arr = PEArray(lanes=4, pes=2, pipeline=1, max_k=64)
+@pytest.mark.parametrize("input_register", [False, True])
+def test_array_full_throughput(rng, input_register):
+    arr = PEArray(lanes=4, pes=2, pipeline=1, max_k=64, input_register=input_register)
     w, x = _matrix(rng, 8, 16, 8, "ternary")
     tiles = golden.tile_matvec(w, x, lanes=4, pes=2)
     out, cycles = pysim.run_array(arr, tiles)
@@ -101,17 +104,22 @@ def test_row_block_without_first_restarts_after_last():
     ({"lanes": 16, "pes": 2, "max_k": 8}, ValueError,
      r"^Maximum row length \(8\) must be at least the lane count \(16\)$"),
     ({"lanes": -3, "pes": 2}, ValueError, r"^Lane count must be a positive integer, not -3$"),
+    ({"lanes": 4, "pes": 2, "input_register": 1}, TypeError,
+     r"^Input register must be a bool, not 1$"),
 ])
 def test_array_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
         PEArray(**kwargs)
 
 
-@pytest.mark.parametrize("vectors, group, pipeline", [(3, None, 1), (2, 8, 0), (4, 4, 2)])
+@pytest.mark.parametrize("vectors, group, pipeline, input_register", [
+    (3, None, 1, False), (2, 8, 0, False), (4, 4, 2, False), (3, 8, 1, True),
+    (2, None, 0, True)])
 @pytest.mark.parametrize("cls", [PEArray, _OnFPGA, _OnECP5])
-def test_array_matrix_matrix_and_groups(rng, cls, vectors, group, pipeline):
+def test_array_matrix_matrix_and_groups(rng, cls, vectors, group, pipeline, input_register):
     lanes, pes, rows, cols = 4, 2, 5, 14
-    arr = cls(lanes=lanes, pes=pes, pipeline=pipeline, max_k=16, vectors=vectors)
+    arr = cls(lanes=lanes, pes=pes, pipeline=pipeline, max_k=16, vectors=vectors,
+              input_register=input_register)
     w, _ = _matrix(rng, rows, cols, 8, "ternary")
     x = rng.integers(-128, 128, size=(cols, vectors))
     tiles = golden.tile_matvec(w, x, lanes=lanes, pes=pes, group=group)

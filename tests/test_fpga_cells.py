@@ -59,11 +59,14 @@ def _prove(make, tmp_path, family="ecp5"):
     return proc.returncode, proc.stdout + proc.stderr, gate.count(cell)
 
 
-@pytest.mark.parametrize("lanes, pes, vectors, pipeline", [
-    (5, 2, 1, 1), (4, 1, 3, 1), (6, 2, 1, 0), (7, 1, 2, 2)])
-def test_ecp5_array_is_equivalent_to_the_generic_one(tmp_path, lanes, pes, vectors, pipeline):
+@pytest.mark.parametrize("lanes, pes, vectors, pipeline, input_register", [
+    (5, 2, 1, 1, False), (4, 1, 3, 1, False), (6, 2, 1, 0, False), (7, 1, 2, 2, False),
+    (4, 2, 4, 1, True)])
+def test_ecp5_array_is_equivalent_to_the_generic_one(tmp_path, lanes, pes, vectors, pipeline,
+                                                     input_register):
     rc, log, cells = _prove(lambda: PEArray(lanes=lanes, pes=pes, vectors=vectors,
-                                            pipeline=pipeline, max_k=64), tmp_path)
+                                            pipeline=pipeline, max_k=64,
+                                            input_register=input_register), tmp_path)
     assert cells > 0
     assert rc == 0, log
 

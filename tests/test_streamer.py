@@ -49,11 +49,12 @@ def _job(rng, st, *, rows, cols, fmt, vectors=1, group=0, mem="bram", stall=0.0,
     ("b1", 16, 8, 2, 3, 20, "sdram"),
     ("b1", 8, 3, 4, 9, 7, "qspi"),
 ])
-def test_streamer_matvec(rng, fmt, word_bits, lanes, pes, rows, cols, mem):
+@pytest.mark.parametrize("registered_ram", [False, True])
+def test_streamer_matvec(rng, fmt, word_bits, lanes, pes, rows, cols, mem, registered_ram):
     fmts = ["b1"] if fmt == "b1" else ["t2", "t5"]
     st = WeightStreamer(lanes=lanes, pes=pes, weights=WeightFormat(fmt).mode.value,
                         formats=fmts, word_bits=word_bits, addr_width=10, max_k=32,
-                        max_burst=4)
+                        max_burst=4, registered_ram=registered_ram)
     res, ref, w, x = _job(rng, st, rows=rows, cols=cols, fmt=fmt, mem=mem, stall=0.3,
                           ready_prob=0.6)
     assert res["error"] == StreamError.NONE
@@ -63,10 +64,11 @@ def test_streamer_matvec(rng, fmt, word_bits, lanes, pes, rows, cols, mem):
     assert res["perf"]["tiles"] == len(ref) * -(-cols // lanes)
 
 
-@pytest.mark.parametrize("vectors, group", [(3, 0), (2, 8), (1, 4)])
-def test_streamer_vectors_and_groups(rng, vectors, group):
+@pytest.mark.parametrize("vectors, group, registered_ram", [
+    (3, 0, False), (2, 8, False), (1, 4, False), (3, 8, True), (1, 0, True)])
+def test_streamer_vectors_and_groups(rng, vectors, group, registered_ram):
     st = WeightStreamer(lanes=4, pes=2, word_bits=16, addr_width=10, max_k=32, max_vectors=4,
-                        max_burst=8, pipeline=2)
+                        max_burst=8, pipeline=2, registered_ram=registered_ram)
     res, ref, _, _ = _job(rng, st, rows=5, cols=14, fmt="t5", vectors=vectors, group=group,
                           mem="sdram", stall=0.2, ready_prob=0.7, base=3)
     assert res["error"] == StreamError.NONE
@@ -88,16 +90,18 @@ def test_streamer_back_to_back_jobs_share_no_state(rng):
         assert np.array_equal(res["outputs"], ref)
 
 
-@pytest.mark.parametrize("fmt, word_bits, mem, vectors, exact", [
-    ("t2", 32, "bram", 1, True),      # a word carries a whole tile: compute-bound
-    ("t2", 32, "bram", 3, True),
-    ("t2", 8, "bram", 4, False),      # memory and compute balanced: the next tile streams in
-    ("t5", 8, "bram", 1, True),       # a byte per cycle: memory-bound
-    ("t5", 8, "qspi", 1, True),
+@pytest.mark.parametrize("fmt, word_bits, mem, vectors, exact, registered_ram", [
+    ("t2", 32, "bram", 1, True, False),     # a word carries a whole tile: compute-bound
+    ("t2", 32, "bram", 3, True, False),
+    ("t2", 8, "bram", 4, False, False),     # memory and compute balanced: the next tile streams in
+    ("t5", 8, "bram", 1, True, False),      # a byte per cycle: memory-bound
+    ("t5", 8, "qspi", 1, True, False),
+    ("t2", 32, "bram", 3, True, True),
+    ("t5", 8, "bram", 1, True, True),
 ])
-def test_streamer_cycles_match_model(rng, fmt, word_bits, mem, vectors, exact):
+def test_streamer_cycles_match_model(rng, fmt, word_bits, mem, vectors, exact, registered_ram):
     st = WeightStreamer(lanes=8, pes=2, word_bits=word_bits, addr_width=12, max_k=64,
-                        max_vectors=4, max_burst=16)
+                        max_vectors=4, max_burst=16, registered_ram=registered_ram)
     res, ref, _, _ = _job(rng, st, rows=16, cols=64, fmt=fmt, mem=mem, vectors=vectors)
     assert np.array_equal(res["outputs"], ref)
     assert res["perf"]["tiles"] == 64 * vectors
@@ -110,7 +114,7 @@ def test_streamer_cycles_match_model(rng, fmt, word_bits, mem, vectors, exact):
         assert abs(res["cycles"] - pred.cycles) <= 0.01 * pred.cycles
     # once running, the array waits on memory only for the fill, unless memory is the bound
     if pred.bound == "compute" and pred.memory_cycles < pred.compute_cycles:
-        assert res["perf"]["mem_stall"] <= FILL_CYCLES
+        assert res["perf"]["mem_stall"] <= FILL_CYCLES + registered_ram
 
 
 @pytest.mark.parametrize("kwargs, msg", [
@@ -182,6 +186,7 @@ def test_largest_image_is_sized_without_wrapping(fmt):
      r"^Memory size \(32 words\) exceeds the address width \(4 bits\)$"),
     ({"max_vectors": 0}, ValueError,
      r"^Maximum vector count must be an integer from 1 to 255, not 0$"),
+    ({"registered_ram": "yes"}, TypeError, r"^Registered RAM must be a bool, not 'yes'$"),
 ])
 def test_streamer_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
