@@ -175,12 +175,13 @@ class BurstRAM(wiring.Component):
 
     1. the word address (and the decision to read it) is registered;
     2. every bank reads that address, every cycle (no read enable reaches the block RAMs);
-    3. a multiplexer per :data:`BANK_GROUP` banks into a register;
-    4. a multiplexer of the groups into the FIFO.
+    3. each bank's word into a register of its own;
+    4. a multiplexer per :data:`BANK_GROUP` banks into a register;
+    5. a multiplexer of the groups into the FIFO.
 
     A word is read only while fewer than :data:`READ_AHEAD` words are read and not taken, so
     the FIFO never overflows and the stages never stall. The first word of a burst is offered
-    four cycles after its request (one without pipelining); then one word per cycle while they
+    five cycles after its request (one without pipelining); then one word per cycle while they
     are taken. Writes pass a register stage (the bank's write enable is a flip-flop).
 
     Parameters
@@ -262,27 +263,32 @@ class BurstRAM(wiring.Component):
         m.d.comb += [self.resp.valid.eq(fifo.r_rdy), self.resp.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.resp.ready)]
 
-        # 1: the address; 2: the banks' read registers; 3: a word per group; 4: the FIFO.
-        a_valid, b_valid, c_valid = Signal(), Signal(), Signal()
+        # 1: the address; 2: the banks' read registers; 3: a register behind each bank (a
+        # block RAM's output is slow: an ECP5's takes 5.6 ns); 4: a word per group; 5: the FIFO.
+        a_valid, b_valid, c_valid, d_valid = Signal(), Signal(), Signal(), Signal()
         a_addr = Signal(addr_w, reset_less=True)
         b_bank = Signal(len(bank_of(a_addr)), reset_less=True)
-        c_group = Signal(len(b_bank), reset_less=True)
+        c_bank = Signal(len(b_bank), reset_less=True)
+        d_group = Signal(len(b_bank), reset_less=True)
         m.d.sync += [a_valid.eq(read), a_addr.eq(rd_addr),
                      b_valid.eq(a_valid), b_bank.eq(bank_of(a_addr)),
-                     c_valid.eq(b_valid), c_group.eq(b_bank // BANK_GROUP)]
+                     c_valid.eq(b_valid), c_bank.eq(b_bank),
+                     d_valid.eq(c_valid), d_group.eq(c_bank // BANK_GROUP)]
         outs = []
         for b, mem in enumerate(banks):
             m.submodules[f"bank{b}"] = mem
             wp, rp = mem.write_port(), mem.read_port()
+            out = Signal(self._word_bits, name=f"out{b}", reset_less=True)
             m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en[b]),
                          rp.addr.eq(a_addr[:low])]
-            outs.append(rp.data)
+            m.d.sync += out.eq(rp.data)
+            outs.append(out)
         groups = []
         for g in range(0, len(banks), BANK_GROUP):
             word = Signal(self._word_bits, name=f"group{g // BANK_GROUP}", reset_less=True)
-            m.d.sync += word.eq(Array(outs[g:g + BANK_GROUP])[b_bank % BANK_GROUP])
+            m.d.sync += word.eq(Array(outs[g:g + BANK_GROUP])[c_bank % BANK_GROUP])
             groups.append(word)
-        m.d.comb += [fifo.w_en.eq(c_valid), fifo.w_data.eq(Array(groups)[c_group])]
+        m.d.comb += [fifo.w_en.eq(d_valid), fifo.w_data.eq(Array(groups)[d_group])]
 
 
 class SPRAMBurstRAM(wiring.Component):

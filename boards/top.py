@@ -35,7 +35,7 @@ class BoardSpec:
     resources: dict
     #: Weight memory: ``bram``, ``spram``, ``flash`` or ``qspi`` (:mod:`lpu.boards.memory`).
     memory: str = "bram"
-    #: Block RAM weights read through a pipelined :class:`BurstRAM` (its first word three
+    #: Block RAM weights read through a pipelined :class:`BurstRAM` (its first word four
     #: cycles later, for a large RAM at a high clock).
     pipelined_memory: bool = False
     #: Keyword arguments of :func:`lpu_for` (LPU parameters and memory size).

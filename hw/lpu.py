@@ -77,6 +77,10 @@ class LPU(wiring.Component):
         Idle cycles after which a request that stopped arriving is dropped (``TRUNCATED``).
     **streamer_args
         Passed to :class:`WeightStreamer` (``lanes``, ``pes``, ``act_bits`` up to 8, ...).
+        With its ``registered_ram`` the LPU's own buffers also feed registers before any
+        logic: the output buffer's read data passes a register (an entry is read at least two
+        cycles before it is loaded) and the byte buffer is distributed RAM, its read register
+        a flip-flop of the fabric.
 
     Attributes
     ----------
@@ -151,7 +155,10 @@ class LPU(wiring.Component):
         # duplex, and every command has consumed the payload bytes it reads before it writes
         # reply bytes over them. Reads are synchronous (block RAM): the read address is the
         # byte index of the next cycle, so the byte at ``idx`` is on ``buf_r.data`` in each cycle.
-        m.submodules.buf = buf = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
+        registered = st.registered_ram
+        m.submodules.buf = buf = Memory(
+            shape=8, depth=MAX_PAYLOAD, init=[],
+            attrs={"ram_style": "distributed"} if registered else None)
         m.submodules.outbuf = outbuf = Memory(shape=data.ArrayLayout(signed(out_w), P),
                                               depth=self._out_depth, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
@@ -678,7 +685,15 @@ class LPU(wiring.Component):
             ext = Signal(signed(8 * rb))
             m.d.comb += ext.eq(Value.cast(value).as_signed())
             return ext
-        entry_bytes = Cat(sign_extended(orp.data[p]) for p in range(P))
+        out_data = orp.data
+        if registered:
+            # The read port holds an entry from the cycle after its address is set until the
+            # next address, at least `rb * P` >= 4 cycles (an entry is loaded in READ_RANGE
+            # from the address set in READ_ARGS' last cycle, then every `rb * P` cycles): a
+            # copy a cycle later is loaded just the same.
+            out_data = Signal.like(orp.data, name="out_data", reset_less=True)
+            m.d.sync += out_data.eq(orp.data)
+        entry_bytes = Cat(sign_extended(out_data[p]) for p in range(P))
         m.d.sync += entry.eq(Mux(entry_load, entry_bytes, entry[8:]))
         copy_next = Mux(entry_load, entry_bytes[:8], entry[8:16])
         m.d.sync += reply_byte.eq(Mux(exec_go["READ_ARGS"], copy_next, 0) |

@@ -378,12 +378,13 @@ class ScaleUnit(wiring.Component):
         with m.Elif(s1_adv):
             m.d.sync += s1_valid.eq(0)
 
-        # Stage 1: the mantissas into a register (zero for the padding rows of the last block).
+        # Stage 1: the mantissas into a register, straight from the block RAM; the padding
+        # rows of the last block get a zero sum instead (the same product, zero).
         with m.If(s1_adv):
             m.d.sync += [s1b_valid.eq(1), s1b_first.eq(s1_first), s1b_last.eq(s1_last),
-                         s1b_v.eq(s1_v), s1b_beat.eq(s1_beat)]
+                         s1b_v.eq(s1_v), s1b_mant.eq(s_r.data)]
             for p in range(P):
-                m.d.sync += s1b_mant[p].eq(Mux(s1_ok[p], s_r.data[p], 0))
+                m.d.sync += s1b_beat[p].eq(Mux(s1_ok[p], s1_beat[p], 0))
         with m.Elif(s1b_adv):
             m.d.sync += s1b_valid.eq(0)
 

