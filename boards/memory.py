@@ -251,15 +251,16 @@ class BurstRAM(wiring.Component):
         with m.If(self.wr.valid & (wr.addr < self._words)):
             m.d.sync += w_en.bit_select(bank_of(wr.addr), 1).eq(1)
 
-        # Read credits: `pending` words read and not yet taken, at most READ_AHEAD.
+        # Read credits: `pending` words read and not yet taken, at most READ_AHEAD. `room`
+        # (a word may be read) is registered from `pending` alone: it rises at most one a
+        # cycle, so `pending < READ_AHEAD - 1` leaves room for the read of the cycle after.
         m.submodules.fifo = fifo = SyncFIFO(width=self._word_bits, depth=READ_AHEAD)
         pending = Signal(range(READ_AHEAD + 1))
         room = Signal(init=1)
         rd_addr = Signal(addr_w)
         read, _ = _burst_walk(m, self.req, free=room, rd_addr=rd_addr)
         taken = fifo.r_en & fifo.r_rdy
-        after = pending + read - taken
-        m.d.sync += [pending.eq(after), room.eq(after < READ_AHEAD)]
+        m.d.sync += [pending.eq(pending + read - taken), room.eq(pending < READ_AHEAD - 1)]
         m.d.comb += [self.resp.valid.eq(fifo.r_rdy), self.resp.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.resp.ready)]
 

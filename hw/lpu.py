@@ -162,6 +162,7 @@ class LPU(wiring.Component):
         m.submodules.outbuf = outbuf = Memory(shape=data.ArrayLayout(signed(out_w), P),
                                               depth=self._out_depth, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
+        buf_data = Signal(8)      # the byte read: buf_r.data (see `read_inc` below)
         ow, orp = outbuf.write_port(), outbuf.read_port()
         m.submodules.rx_crc = rx_crc = Processor(CRC)
         m.submodules.tx_crc = tx_crc = Processor(CRC)
@@ -303,7 +304,7 @@ class LPU(wiring.Component):
             m.d.comb += reply_status.eq(code)
 
         # `acc` assembles bytes in every state but those that read what it assembled.
-        shift_in = Cat(acc[8:], buf_r.data)
+        shift_in = Cat(acc[8:], buf_data)
         m.d.sync += acc.eq(Mux(acc_hold, acc, shift_in))
 
         # `sub` counts bytes in the word-gathering states and in READ_COPY and is 0
@@ -621,13 +622,13 @@ class LPU(wiring.Component):
 
             # ---- transmit
             m.d.comb += [self.tx.valid.eq(tx_valid),
-                         tx_crc.data.eq(Mux(fsm.ongoing("TX_PAYLOAD"), buf_r.data, tx_head))]
+                         tx_crc.data.eq(Mux(fsm.ongoing("TX_PAYLOAD"), buf_data, tx_head))]
             tx_fire = tx_valid & self.tx.ready
             for name, value, nxt in (("TX_SYNC", REPLY_SYNC, "TX_STATUS"),
                                      ("TX_STATUS", tx_head, "TX_LEN0"),
                                      ("TX_LEN0", tx_head, "TX_LEN1"),
                                      ("TX_LEN1", tx_head, "TX_PAYLOAD"),
-                                     ("TX_PAYLOAD", buf_r.data, "TX_CRC0"),
+                                     ("TX_PAYLOAD", buf_data, "TX_CRC0"),
                                      ("TX_CRC0", tx_crc.crc[8:], "TX_CRC1"),
                                      ("TX_CRC1", tx_crc.crc[:8], "RX_SYNC")):
                 with m.State(name):
@@ -659,7 +660,16 @@ class LPU(wiring.Component):
                      "WSCALE_WORD", "RUN_DESC", "READ_ARGS")
         read_inc = (Cat(fsm.ongoing(name) for name in read_step).any() |
                     (fsm.ongoing("TX_PAYLOAD") & self.tx.ready))
-        m.d.comb += buf_r.addr.eq(Mux(read_inc, idx + 1, idx))
+        if registered:
+            # Both bytes read, from the index's flip-flops (a read port each), and the
+            # choice made after the read: the address no longer waits for the state's decode.
+            buf_r1 = buf.read_port()
+            inc_q = Signal()
+            m.d.sync += inc_q.eq(read_inc)
+            m.d.comb += [buf_r.addr.eq(idx), buf_r1.addr.eq(idx + 1),
+                         buf_data.eq(Mux(inc_q, buf_r1.data, buf_r.data))]
+        else:
+            m.d.comb += [buf_r.addr.eq(Mux(read_inc, idx + 1, idx)), buf_data.eq(buf_r.data)]
 
         # The frame buffer's write data: the request's bytes, or the reply's from `reply_byte`,
         # which holds the byte the state writes: it is selected a cycle ahead, by the command
