@@ -80,7 +80,8 @@ class LPU(wiring.Component):
         With its ``registered_ram`` the LPU's own buffers also feed registers before any
         logic: the output buffer's read data passes a register (an entry is read at least two
         cycles before it is loaded) and the byte buffer is distributed RAM, its read register
-        a flip-flop of the fabric.
+        a flip-flop of the fabric; the scale unit splits its products
+        (:class:`~lpu.hw.scale.ScaleUnit` ``split_product``).
 
     Attributes
     ----------
@@ -107,7 +108,8 @@ class LPU(wiring.Component):
         self._out_depth = out_depth
         self._timeout = timeout
         self._scale = ScaleUnit(pes=self._streamer.pes, acc_width=self._streamer.array.acc_width,
-                                scale_depth=scale_depth, max_vectors=self._streamer.max_vectors)
+                                scale_depth=scale_depth, max_vectors=self._streamer.max_vectors,
+                                split_product=self._streamer.registered_ram)
         s = self._streamer.signature.members
         super().__init__({
             "rx": In(stream.Signature(8)),

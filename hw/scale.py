@@ -65,6 +65,10 @@ __all__ = ["ScaleUnit", "JOB_LAYOUT", "SCALE_BITS", "SCALE_STATUS_LAYOUT", "scal
 #: Width of a signed scale mantissa (as :data:`lpu.sim.golden.SCALE_BITS`).
 SCALE_BITS = 16
 
+#: Low bits of a sum multiplied apart from the rest with ``split_product``: unsigned, they and
+#: the 16-bit mantissa fit an 18 x 18 signed multiplier.
+PRODUCT_SPLIT = 17
+
 #: A ``RUN`` job: the streamer's descriptor followed by the word address of its mantissas in the
 #: scale memory. The streamer's descriptor is the low :data:`DESCRIPTOR_LAYOUT` bits.
 JOB_LAYOUT = data.StructLayout({
@@ -136,6 +140,12 @@ class ScaleUnit(wiring.Component):
         Words (of P mantissas) the scale memory holds, 1 to 65536.
     max_vectors : int
         Most activation vectors per job, 1 to 255.
+    split_product : bool
+        A fifth pipeline stage (one more cycle of :attr:`latency`): stage 1b forms each
+        product as two registered partial products, of the sum's low
+        :data:`PRODUCT_SPLIT` bits (unsigned) and of the rest, so each fits one 18 x 18
+        multiplier, and the next stage adds them. Also the mantissas' register after the
+        scale memory then feeds no multiplier directly.
 
     Attributes
     ----------
@@ -158,8 +168,11 @@ class ScaleUnit(wiring.Component):
         For parameters of the wrong type or value.
     """
 
-    def __init__(self, *, pes, acc_width, scale_depth=1024, max_vectors=1):
+    def __init__(self, *, pes, acc_width, scale_depth=1024, max_vectors=1, split_product=False):
         check_positive("PE count", pes)
+        if not isinstance(split_product, bool):
+            raise TypeError(f"Split product must be a bool, not {split_product!r}")
+        self._split = split_product
         check_range("Accumulator width", acc_width, 2, 48)
         check_range("Scale memory depth", scale_depth, 1, 65536)
         check_range("Maximum vector count", max_vectors, 1, 255)
@@ -203,7 +216,7 @@ class ScaleUnit(wiring.Component):
     @property
     def latency(self):
         """Cycles from accepting a row block's last beat to its results being offered."""
-        return 4
+        return 4 + self._split
 
     def elaborate(self, platform):
         m = Module()
@@ -278,7 +291,18 @@ class ScaleUnit(wiring.Component):
         o_valid = self.o_stream.valid
         out_free = ~o_valid | self.o_stream.ready
         s2_adv = s2_valid & (~s2_last | out_free)
-        s1b_adv = s1b_valid & (~s2_valid | s2_adv)
+        # With split products, stage 1c (the partial products) between 1b and 2; `pre_*` is
+        # the stage that moves into stage 2: 1c, or 1b without it.
+        s1c_valid = Signal()
+        if self._split:
+            s1c_first, s1c_last = Signal(), Signal()
+            s1c_v = Signal(range(self._max_vectors))
+            s1c_adv = s1c_valid & (~s2_valid | s2_adv)
+            s1b_adv = s1b_valid & (~s1c_valid | s1c_adv)
+            pre_first, pre_last, pre_v, pre_adv = s1c_first, s1c_last, s1c_v, s1c_adv
+        else:
+            s1b_adv = s1b_valid & (~s2_valid | s2_adv)
+            pre_first, pre_last, pre_v, pre_adv = s1b_first, s1b_last, s1b_v, s1b_adv
         s1_adv = s1_valid & (~s1b_valid | s1b_adv)
         accept = self.i_stream.valid & self.i_stream.ready
 
@@ -367,7 +391,7 @@ class ScaleUnit(wiring.Component):
         # (state tests: one flip-flop each with one-hot state coding).
         idle = fsm.ongoing("IDLE")
         m.d.comb += [
-            self.status.busy.eq(~idle | s1_valid | s1b_valid | s2_valid | o_valid),
+            self.status.busy.eq(~idle | s1_valid | s1b_valid | s1c_valid | s2_valid | o_valid),
             self.status.setup.eq(~idle & ~fsm.ongoing("RUN")),
         ]
 
@@ -388,12 +412,33 @@ class ScaleUnit(wiring.Component):
         with m.Elif(s1b_adv):
             m.d.sync += s1b_valid.eq(0)
 
-        # Stage 1b: P products of registers.
-        with m.If(s1b_adv):
-            m.d.sync += [s2_valid.eq(1), s2_first.eq(s1b_first), s2_last.eq(s1b_last),
-                         s2_v.eq(s1b_v)]
+        # Stage 1b: P products of registers (split: P pairs of partial products, and stage 1c
+        # adds each pair).
+        if self._split:
+            k = PRODUCT_SPLIT
+            hi_w = max(1, len(s1b_beat[0]) - k)
+            s1c_lo = [Signal(signed(SCALE_BITS + k + 1), name=f"s1c_lo{p}") for p in range(P)]
+            s1c_hi = [Signal(signed(SCALE_BITS + hi_w), name=f"s1c_hi{p}") for p in range(P)]
+            with m.If(s1b_adv):
+                m.d.sync += [s1c_valid.eq(1), s1c_first.eq(s1b_first), s1c_last.eq(s1b_last),
+                             s1c_v.eq(s1b_v)]
+                for p in range(P):
+                    beat = s1b_beat[p]
+                    if len(beat) > k:
+                        m.d.sync += [s1c_lo[p].eq(s1b_mant[p] * beat[:k]),
+                                     s1c_hi[p].eq(s1b_mant[p] * beat[k:].as_signed())]
+                    else:
+                        m.d.sync += [s1c_lo[p].eq(s1b_mant[p] * beat), s1c_hi[p].eq(0)]
+            with m.Elif(s1c_adv):
+                m.d.sync += s1c_valid.eq(0)
+            products = [(s1c_hi[p] << k) + s1c_lo[p] for p in range(P)]
+        else:
+            products = [s1b_mant[p] * s1b_beat[p] for p in range(P)]
+        with m.If(pre_adv):
+            m.d.sync += [s2_valid.eq(1), s2_first.eq(pre_first), s2_last.eq(pre_last),
+                         s2_v.eq(pre_v)]
             for p in range(P):
-                m.d.sync += s2_prod[p].eq(s1b_mant[p] * s1b_beat[p])
+                m.d.sync += s2_prod[p].eq(products[p])
         with m.Elif(s2_adv):
             m.d.sync += s2_valid.eq(0)
 
@@ -421,7 +466,7 @@ class ScaleUnit(wiring.Component):
                                               depth=self._max_vectors, init=[])
             a_w = sums.write_port()
             a_r = sums.read_port(transparent_for=(a_w,))
-            m.d.comb += [a_r.addr.eq(s1b_v), a_r.en.eq(s1b_adv)]
+            m.d.comb += [a_r.addr.eq(pre_v), a_r.en.eq(pre_adv)]
             for p in range(P):
                 m.d.comb += total[p].eq(Mux(s2_first, 0, a_r.data[p]) + s2_prod[p])
             m.d.comb += [a_w.addr.eq(s2_v), a_w.data.eq(total), a_w.en.eq(s2_valid & ~s2_last)]
@@ -431,5 +476,6 @@ class ScaleUnit(wiring.Component):
             m.d.sync += [self.o_stream.payload.eq(total), o_valid.eq(1)]
 
         with m.If(self.abort):
-            m.d.sync += [o_valid.eq(0), s1_valid.eq(0), s1b_valid.eq(0), s2_valid.eq(0)]
+            m.d.sync += [o_valid.eq(0), s1_valid.eq(0), s1b_valid.eq(0), s1c_valid.eq(0),
+                         s2_valid.eq(0)]
         return m

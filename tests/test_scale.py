@@ -50,10 +50,13 @@ def _random(rng, rows, cols, v, act_bits=8):
     (4, 64, 3, [(7, 40, 0, 3), (9, 64, 16, 2), (4, 19, 8, 1), (5, 64, 8, 3)]),
     (1, 32, 1, [(3, 32, 0, 1), (2, 32, 4, 1)]),
     (3, 48, 2, [(8, 48, 48, 2), (6, 48, 12, 2), (1, 5, 0, 1)]),
+    (2, 2048, 2, [(3, 2048, 0, 2), (4, 1000, 256, 1)]),      # 20-bit sums: split in two
 ])
-def test_scale_unit_matches_golden(rng, pes, max_k, vectors, shapes):
+@pytest.mark.parametrize("split", [False, True])
+def test_scale_unit_matches_golden(rng, pes, max_k, vectors, shapes, split):
     acc_w = signed_width(*accumulator_range(max_k, 8))
-    unit = ScaleUnit(pes=pes, acc_width=acc_w, scale_depth=400, max_vectors=vectors)
+    unit = ScaleUnit(pes=pes, acc_width=acc_w, scale_depth=400, max_vectors=vectors,
+                     split_product=split)
     for _ in range(env_int("LPU_REPEATS", 2)):
         jobs, wants = [], []
         for rows, cols, group, v in shapes:
@@ -74,11 +77,13 @@ def test_scale_unit_matches_golden(rng, pes, max_k, vectors, shapes):
 
 @pytest.mark.parametrize("group", [0, 8, 32])
 @pytest.mark.parametrize("sign", [1, -1])
-def test_scale_unit_extremes(rng, group, sign):
+@pytest.mark.parametrize("max_k, split", [(64, False), (2048, True)])
+def test_scale_unit_extremes(rng, group, sign, max_k, split):
     """The largest legal sums times the largest mantissas (both signs): no overflow."""
-    max_k, pes, v = 64, 2, 2
+    pes, v = 2, 2
     acc_w = signed_width(*accumulator_range(max_k, 8))
-    unit = ScaleUnit(pes=pes, acc_width=acc_w, scale_depth=64, max_vectors=v)
+    unit = ScaleUnit(pes=pes, acc_width=acc_w, scale_depth=1024, max_vectors=v,
+                     split_product=split)
     w = np.full((3, max_k), sign)
     w[1] = -sign
     x = np.full((max_k, v), -128)
@@ -94,11 +99,14 @@ def test_scale_unit_extremes(rng, group, sign):
     assert np.array_equal(got["outputs"], want)
 
 
-@pytest.mark.parametrize("pes, v", [(4, 1), (4, 2), (4, 3), (1, 1), (3, 2)])
-def test_scale_unit_throughput(rng, pes, v):
+@pytest.mark.parametrize("pes, v, split", [(4, 1, False), (4, 2, False), (4, 3, False),
+                                           (1, 1, False), (3, 2, False), (4, 1, True),
+                                           (3, 2, True)])
+def test_scale_unit_throughput(rng, pes, v, split):
     """Groups of one tile: beats back to back, those of one vector V beats apart (V = 1: the
     next beat reads the running sums the one ahead writes in the same cycle)."""
-    unit = ScaleUnit(pes=pes, acc_width=16, scale_depth=128, max_vectors=v)
+    unit = ScaleUnit(pes=pes, acc_width=20 if split else 16, scale_depth=128, max_vectors=v,
+                     split_product=split)
     w, x = _random(rng, 10, 64, v)
     mant = rng.integers(-TOP - 1, TOP + 1, size=(10, 8))
     job, want = _case(rng, unit, w, x, mant, 8, 3)
