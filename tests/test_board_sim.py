@@ -251,8 +251,8 @@ def test_board_transport_needs_a_board_system():
      "A board is used by the board backend only, not by 'sim'"),
     (["--backend", "board", "--board", "nexys"],
      "Board must be one of icebreaker, ulx3s-85f, tang-nano-9k, not 'nexys'"),
-    (["--backend", "board", "--board", "ulx3s-85f", "--baud", "16000000"],
-     "Baud rate 16000000 is too fast for a 50 MHz clock (at most 12500000)"),
+    (["--backend", "board", "--board", "ulx3s-85f", "--baud", "32000000"],
+     "Baud rate 32000000 is too fast for a 100 MHz clock (at most 25000000)"),
 ])
 def test_run_board_errors_exit_2(capsys, args, msg):
     from lpu.cli import main
