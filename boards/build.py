@@ -360,8 +360,7 @@ def build_board(board, *, out_dir, name="top", seed=None, **overrides):
         # only (the Gowin bitstream is the packer's text file, not the flash image).
         raise ValueError(f"Flash weight memory is built for iCE40 and ECP5 boards, not "
                          f"{spec.name} ({spec.family})")
-    top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory,
-                   pipelined_memory=spec.pipelined_memory)
+    top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
     start = time.monotonic()
     impl = implement(spec, platform, top, out_dir=out_dir, name=name, pll=pll, seed=seed)
     result = {

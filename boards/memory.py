@@ -27,7 +27,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from lpu.hw.params import check_positive, check_range
+from lpu.hw.params import check_bool, check_positive, check_range
 from lpu.hw.streamer import mem_request_layout
 
 __all__ = ["MEMORY_KINDS", "BurstRAM", "SPRAMBurstRAM", "SPIFlashReader", "SPI_SIGNATURE",
@@ -179,8 +179,9 @@ class BurstRAM(wiring.Component):
     4. a multiplexer per :data:`BANK_GROUP` banks into a register;
     5. a multiplexer of the groups into the FIFO.
 
-    A word is read only while fewer than :data:`READ_AHEAD` words are read and not taken, so
-    the FIFO never overflows and the stages never stall. The first word of a burst is offered
+    A word is read only in a cycle after one with fewer than ``READ_AHEAD - 1`` words read and
+    not taken (at most one more is read a cycle), so the FIFO never overflows and the stages
+    never stall. The first word of a burst is offered
     five cycles after its request (one without pipelining); then one word per cycle while they
     are taken. Writes pass a register stage (the bank's write enable is a flip-flop).
 
@@ -203,8 +204,7 @@ class BurstRAM(wiring.Component):
         check_positive("Memory size in words", words)
         check_positive("Word width", word_bits)
         _check_layout(request_layout)
-        if not isinstance(pipelined, bool):
-            raise TypeError(f"Pipelined must be a bool, not {pipelined!r}")
+        check_bool("Pipelined", pipelined)
         self._words = words
         self._word_bits = word_bits
         self._pipelined = pipelined

@@ -35,9 +35,6 @@ class BoardSpec:
     resources: dict
     #: Weight memory: ``bram``, ``spram``, ``flash`` or ``qspi`` (:mod:`lpu.boards.memory`).
     memory: str = "bram"
-    #: Block RAM weights read through a pipelined :class:`BurstRAM` (its first word four
-    #: cycles later, for a large RAM at a high clock).
-    pipelined_memory: bool = False
     #: Keyword arguments of :func:`lpu_for` (LPU parameters and memory size).
     lpu: dict = field(default_factory=dict)
     #: Baud rate of the UART.
@@ -71,7 +68,7 @@ BOARDS = {
         resources={"lut": 83640, "ff": 83640, "bram": 208, "spram": 0, "dsp": 156},
         lpu=dict(lanes=64, pes=4, mem_words=40960, max_k=1024, max_vectors=16, max_burst=32,
                  out_depth=256, scale_depth=1024, registered_ram=True),
-        pipelined_memory=True, freq_mhz=95),
+        freq_mhz=95),
     "tang-nano-9k": BoardSpec(
         name="tang-nano-9k", platform="amaranth_boards.tang_nano_9k:TangNano9kPlatform",
         family="gowin",
@@ -92,7 +89,8 @@ def board_spec(name):
 def lpu_for(*, lanes, pes, mem_words, max_k, max_vectors, max_burst, out_depth, scale_depth,
             word_bits=32, formats=("t2",), registered_ram=False):
     """An LPU whose memory port addresses ``mem_words`` words of on-chip RAM
-    (``registered_ram``: :class:`~lpu.hw.streamer.WeightStreamer`'s)."""
+    (``registered_ram``: :class:`~lpu.hw.streamer.WeightStreamer`'s; a :class:`BoardTop`
+    then also pipelines its block RAM weights)."""
     check_positive("Memory size in words", mem_words)
     addr_width = max(1, (mem_words - 1).bit_length())
     return LPU(lanes=lanes, pes=pes, word_bits=word_bits, addr_width=addr_width,
@@ -120,10 +118,9 @@ class BoardTop(wiring.Component):
         the ``sync`` domain is the simulator's either way.
     memory : str
         Weight memory kind, one of :data:`lpu.boards.memory.MEMORY_KINDS` (block RAM, the
-        UP5K's SPRAM, the configuration flash on one or four data lines).
-    pipelined_memory : bool
-        Block RAM (``memory="bram"``) read through a pipelined :class:`BurstRAM`; ignored by
-        the other kinds.
+        UP5K's SPRAM, the configuration flash on one or four data lines). Block RAM is a
+        pipelined :class:`BurstRAM` (its first word four cycles later) for an LPU built with
+        ``registered_ram``, as the rest of its block RAMs.
 
     Raises
     ------
@@ -140,8 +137,7 @@ class BoardTop(wiring.Component):
     uart_rx: In(1, init=1)
     uart_tx: Out(1, init=1)
 
-    def __init__(self, *, lpu, clk_hz=None, baud, pll=None, memory="bram",
-                 pipelined_memory=False):
+    def __init__(self, *, lpu, clk_hz=None, baud, pll=None, memory="bram"):
         if not isinstance(lpu, LPU):
             raise TypeError(f"LPU must be an LPU, not {lpu!r}")
         if pll is not None:
@@ -158,7 +154,7 @@ class BoardTop(wiring.Component):
         self._baud = baud
         self._divisor = baud_divisor(clk_hz, baud)
         self._ram = weight_memory(memory, lpu.streamer,
-                                  pipelined=pipelined_memory and memory == "bram")
+                                  pipelined=memory == "bram" and lpu.streamer.registered_ram)
         super().__init__()
 
     lpu = property(lambda self: self._lpu)
@@ -166,6 +162,7 @@ class BoardTop(wiring.Component):
     baud = property(lambda self: self._baud)
     divisor = property(lambda self: self._divisor)
     pll = property(lambda self: self._pll)
+    ram = property(lambda self: self._ram)
 
     def elaborate(self, platform):
         m = Module()

@@ -6,7 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .formats import weight_vector_layout
-from .params import check_positive, signed_width
+from .params import check_bool, check_positive, signed_width
 from .pe import (
     build_dot,
     ccu2c_accumulate,
@@ -98,9 +98,7 @@ class PEArray(wiring.Component):
         self._max_k = max_k
         self._negation = negation
         self._vectors = vectors
-        if not isinstance(input_register, bool):
-            raise TypeError(f"Input register must be a bool, not {input_register!r}")
-        self._input_register = input_register
+        self._input_register = check_bool("Input register", input_register)
         self._acc_width = signed_width(*accumulator_range(max_k, act_bits))
         super().__init__({
             "i_stream": In(stream.Signature(self.input_layout)),

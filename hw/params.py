@@ -6,7 +6,8 @@ can print it on one line.
 
 from .formats import WeightMode
 
-__all__ = ["check_positive", "check_range", "check_mode", "check_choice", "signed_width"]
+__all__ = ["check_positive", "check_range", "check_mode", "check_choice", "check_bool",
+           "signed_width"]
 
 
 def _is_int(value):
@@ -34,6 +35,13 @@ def check_range(what, value, lo, hi=None):
         raise TypeError(msg)
     if value < lo or (hi is not None and value > hi):
         raise ValueError(msg)
+    return value
+
+
+def check_bool(what, value):
+    """``value`` must be True or False."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, not {value!r}")
     return value
 
 

@@ -56,7 +56,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .arith import SequentialDivider, SequentialMultiplier
-from .params import check_positive, check_range
+from .params import check_bool, check_positive, check_range
 from .streamer import DESCRIPTOR_LAYOUT
 
 __all__ = ["ScaleUnit", "JOB_LAYOUT", "SCALE_BITS", "SCALE_STATUS_LAYOUT", "scale_address",
@@ -170,9 +170,7 @@ class ScaleUnit(wiring.Component):
 
     def __init__(self, *, pes, acc_width, scale_depth=1024, max_vectors=1, split_product=False):
         check_positive("PE count", pes)
-        if not isinstance(split_product, bool):
-            raise TypeError(f"Split product must be a bool, not {split_product!r}")
-        self._split = split_product
+        self._split = check_bool("Split product", split_product)
         check_range("Accumulator width", acc_width, 2, 48)
         check_range("Scale memory depth", scale_depth, 1, 65536)
         check_range("Maximum vector count", max_vectors, 1, 255)

@@ -37,7 +37,7 @@ from .array import PEArray
 from .decoder import WeightDecoder, check_word_bits, weights_per_word
 from .formats import FormatCode, WeightFormat
 from .gearbox import TileGearbox
-from .params import check_mode, check_positive, check_range
+from .params import check_bool, check_mode, check_positive, check_range
 
 __all__ = ["WeightStreamer", "StreamError", "DESCRIPTOR_LAYOUT", "SETUP_CYCLES",
            "act_address", "mem_request_layout", "PERF_LAYOUT", "STATUS_LAYOUT"]
@@ -182,8 +182,7 @@ class WeightStreamer(wiring.Component):
         if fifo_depth < max_burst:
             raise ValueError(f"FIFO depth ({fifo_depth}) must be at least the maximum burst "
                              f"({max_burst})")
-        if not isinstance(registered_ram, bool):
-            raise TypeError(f"Registered RAM must be a bool, not {registered_ram!r}")
+        check_bool("Registered RAM", registered_ram)
         self._array = PEArray(lanes=lanes, pes=pes, act_bits=act_bits, weights=mode,
                               pipeline=pipeline, max_k=max_k, negation=negation,
                               vectors=max_vectors, input_register=registered_ram)

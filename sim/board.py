@@ -171,7 +171,7 @@ class BoardLinkSystem(wiring.Component):
         self._spec = spec
         self._clk_hz = board_clock_hz(spec) if clk_hz is None else clk_hz
         self._top = BoardTop(lpu=lpu_for(**cfg), clk_hz=self._clk_hz, baud=baud,
-                             memory=spec.memory, pipelined_memory=spec.pipelined_memory)
+                             memory=spec.memory)
         self._faults = {}
         for name, fault in (("request", garble_request), ("reply", garble_reply)):
             if fault is not None:

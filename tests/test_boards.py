@@ -317,12 +317,15 @@ def test_build_rejects_bad_parameters(capsys, tmp_path):
 def test_board_table_is_consistent():
     from lpu.boards.build import _platform_class, board_pll
     from lpu.boards.pll import PLL_FAMILIES
-    from lpu.boards.top import BOARDS, board_spec, lpu_for
+    from lpu.boards.top import BOARDS, BoardTop, board_spec, lpu_for
     for name, spec in BOARDS.items():
         assert spec.name == name and spec.family in PLL_FAMILIES
         assert set(spec.resources) == {"lut", "ff", "bram", "spram", "dsp"}
         lpu = lpu_for(**spec.lpu)
         assert lpu.streamer.mem_words == spec.lpu["mem_words"]
+        # block RAM weights are pipelined with the rest of an LPU's registered RAM (ULX3S)
+        top = BoardTop(lpu=lpu, clk_hz=spec.freq_mhz * 1_000_000, baud=spec.baud)
+        assert top.ram.pipelined == lpu.streamer.registered_ram == (name == "ulx3s-85f")
         # every board's default clock is a frequency its PLL makes exactly
         pll = board_pll(spec, _platform_class(spec)())
         assert pll.family == spec.family and pll.out_hz == spec.freq_mhz * 1_000_000

@@ -305,6 +305,8 @@ def test_board_tops_instantiate_the_memories():
     (lambda: _rtlil("ulx3s-85f", "spram"), ValueError,
      r"^SPRAM \(SB_SPRAM256KA\) exists only on iCE40 UP devices, not on platform "
      r"ULX3S_85F_Platform$"),
+    (lambda: BurstRAM(words=16, word_bits=32, request_layout=LAYOUT, pipelined="yes"),
+     TypeError, r"^Pipelined must be a bool, not 'yes'$"),
 ])
 def test_memory_errors(make, exc, msg):
     with pytest.raises(exc, match=msg):

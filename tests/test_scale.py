@@ -202,6 +202,7 @@ def test_scale_image_errors(mant, msg):
                                        r"255, not 256$"),
     ({"acc_width": 1.5}, TypeError, r"^Accumulator width must be an integer from 2 to 48, not "
                                     r"1\.5$"),
+    ({"split_product": 0}, TypeError, r"^Split product must be a bool, not 0$"),
 ])
 def test_scale_unit_parameter_errors(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
