@@ -140,6 +140,11 @@ _CELLS = {
               "spram": (), "dsp": ("MULT9X9", "MULT18X18", "MULT36X36", "MULTALU18X18",
                                    "MULTALU36X18", "MULTADDALU18X18", "ALU54D")},
 }
+#: The yosys command that declares read-during-write collisions don't-care on every clocked
+#: read port that asks for old data (see ``build``).
+COLLISIONS_DONT_CARE = ("setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 r:TRANSPARENCY_MASK=1'0 "
+                        "%i r:CLK_ENABLE=1 %i")
+
 # nextpnr BEL types for each resource of the report.
 _BELS = {
     "ice40": {"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "bram": "ICESTORM_RAM",
@@ -232,8 +237,7 @@ def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
             # design uses the data of such a read (docs/boards.md, "What limits the clock"),
             # so collisions are declared don't-care. (Only on clocked read ports: an
             # asynchronous one, as a SyncFIFO's, has no collision to declare.)
-            "setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 r:TRANSPARENCY_MASK=1'0 %i "
-            "r:CLK_ENABLE=1 %i",
+            COLLISIONS_DONT_CARE,
         ]),
         script_after_synth="\n".join(script + ["tee -q -o stat.json stat -json"]),
         nextpnr_opts="--report report.json --timing-allow-fail" +

@@ -27,6 +27,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from lpu.hw.bram import RegisteredRAM
 from lpu.hw.params import check_bool, check_positive, check_range
 from lpu.hw.streamer import mem_request_layout
 
@@ -209,7 +210,7 @@ class BurstRAM(wiring.Component):
         self._word_bits = word_bits
         self._pipelined = pipelined
         if pipelined:
-            self._banks = [Memory(shape=word_bits, depth=min(BANK_WORDS, words - b), init=[])
+            self._banks = [RegisteredRAM(shape=word_bits, depth=min(BANK_WORDS, words - b))
                            for b in range(0, words, BANK_WORDS)]
         else:
             self._mem = Memory(shape=word_bits, depth=words, init=[])
@@ -276,14 +277,12 @@ class BurstRAM(wiring.Component):
                      c_valid.eq(b_valid), c_bank.eq(b_bank),
                      d_valid.eq(c_valid), d_group.eq(c_bank // BANK_GROUP)]
         outs = []
-        for b, mem in enumerate(banks):
-            m.submodules[f"bank{b}"] = mem
-            wp, rp = mem.write_port(), mem.read_port()
-            out = Signal(self._word_bits, name=f"out{b}", reset_less=True)
-            m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en[b]),
-                         rp.addr.eq(a_addr[:low])]
-            m.d.sync += out.eq(rp.data)
-            outs.append(out)
+        for b, ram in enumerate(banks):
+            # (on an ECP5 the register behind the bank is the block RAM's output register)
+            m.submodules[f"bank{b}"] = ram
+            m.d.comb += [ram.w_addr.eq(w_addr), ram.w_data.eq(w_data), ram.w_en.eq(w_en[b]),
+                         ram.r_addr.eq(a_addr[:low]), ram.r_en.eq(1), ram.r_oe.eq(1)]
+            outs.append(ram.r_data)
         groups = []
         for g in range(0, len(banks), BANK_GROUP):
             word = Signal(self._word_bits, name=f"group{g // BANK_GROUP}", reset_less=True)

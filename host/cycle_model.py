@@ -66,8 +66,9 @@ def predict_cycles(streamer, timing, *, rows, cols, fmt, vectors=1, base=0):
     words = image_word_count(rows, cols, fmt, lanes=streamer.lanes, pes=streamer.pes,
                              word_bits=streamer.word_bits)
     memory = memory_cycles(words, timing=timing, max_burst=streamer.max_burst, base=base)
-    drain = streamer.array.latency + 1
-    # (a streamer with registered RAM outputs has a register between its FIFO and decoder)
+    # (a streamer with registered RAM outputs has a register between its FIFO and decoder,
+    # and one, stage C, in front of the array)
+    drain = streamer.array.latency + 1 + streamer.registered_ram
     fill = FILL_CYCLES + streamer.registered_ram
     total = SETUP_CYCLES + fill + max(compute, memory) + drain
     return CyclePrediction(cycles=total, compute_cycles=compute, memory_cycles=memory,

@@ -15,6 +15,7 @@ from amaranth.lib.crc import Processor
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .bram import RegisteredRAM
 from .formats import WeightFormat
 from .params import check_positive
 from .protocol import CRC, MAX_PAYLOAD, REPLY_SYNC, REQUEST_SYNC, Command, Status, read_out_entries
@@ -161,11 +162,23 @@ class LPU(wiring.Component):
         m.submodules.buf = buf = Memory(
             shape=8, depth=MAX_PAYLOAD, init=[],
             attrs={"ram_style": "distributed"} if registered else None)
-        m.submodules.outbuf = outbuf = Memory(shape=data.ArrayLayout(signed(out_w), P),
-                                              depth=self._out_depth, init=[])
+        # The output buffer's entry at `out_start_next` is on `out_data` the cycle after (two
+        # with registered RAM: a copy a cycle later serves as well, see READ_OUT below).
+        out_layout = data.ArrayLayout(signed(out_w), P)
+        if registered:
+            m.submodules.outbuf = outbuf = RegisteredRAM(shape=out_layout,
+                                                         depth=self._out_depth)
+            m.d.comb += [outbuf.r_en.eq(1), outbuf.r_oe.eq(1)]
+            ow_addr, ow_data, ow_en, or_addr, out_data = (
+                outbuf.w_addr, outbuf.w_data, outbuf.w_en, outbuf.r_addr, outbuf.r_data)
+        else:
+            m.submodules.outbuf = outbuf = Memory(shape=out_layout, depth=self._out_depth,
+                                                  init=[])
+            ow, orp = outbuf.write_port(), outbuf.read_port()
+            ow_addr, ow_data, ow_en, or_addr, out_data = (
+                ow.addr, ow.data, ow.en, orp.addr, orp.data)
         buf_w, buf_r = buf.write_port(), buf.read_port()
         buf_data = Signal(8)      # the byte read: buf_r.data (see `read_inc` below)
-        ow, orp = outbuf.write_port(), outbuf.read_port()
         m.submodules.rx_crc = rx_crc = Processor(CRC)
         m.submodules.tx_crc = tx_crc = Processor(CRC)
 
@@ -252,9 +265,9 @@ class LPU(wiring.Component):
 
         # Results flow into the output buffer whenever the streamer has them.
         m.d.comb += [
-            ow.addr.eq(out_count),
-            ow.data.eq(ostream.payload),
-            ow.en.eq(ostream.valid & (out_count < self._out_depth)),
+            ow_addr.eq(out_count),
+            ow_data.eq(ostream.payload),
+            ow_en.eq(ostream.valid & (out_count < self._out_depth)),
             ostream.ready.eq(1),
         ]
         with m.If(ostream.valid):
@@ -268,7 +281,7 @@ class LPU(wiring.Component):
         m.d.comb += out_start_next.eq(out_start)
         m.d.sync += [idx.eq(Mux(idx_zero, 0, Mux(idx_step | idx_take, idx + 1, idx))),
                      out_start.eq(out_start_next)]
-        m.d.comb += [buf_w.addr.eq(idx), orp.addr.eq(out_start_next)]
+        m.d.comb += [buf_w.addr.eq(idx), or_addr.eq(out_start_next)]
         m.d.sync += at_len.eq(Mux(idx_step, idx == rx_last, idx == length[:8]))
 
         rx_byte = self.rx.payload
@@ -697,14 +710,10 @@ class LPU(wiring.Component):
             ext = Signal(signed(8 * rb))
             m.d.comb += ext.eq(Value.cast(value).as_signed())
             return ext
-        out_data = orp.data
-        if registered:
-            # The read port holds an entry from the cycle after its address is set until the
-            # next address, at least `rb * P` >= 4 cycles (an entry is loaded in READ_RANGE
-            # from the address set in READ_ARGS' last cycle, then every `rb * P` cycles): a
-            # copy a cycle later is loaded just the same.
-            out_data = Signal.like(orp.data, name="out_data", reset_less=True)
-            m.d.sync += out_data.eq(orp.data)
+        # `out_data` holds an entry from the cycle after its address is set (two with
+        # registered RAM) until the next address, at least `rb * P` >= 4 cycles (an entry is
+        # loaded in READ_RANGE from the address set in READ_ARGS' last cycle, then every
+        # `rb * P` cycles): the registered RAM's copy a cycle later is loaded just the same.
         entry_bytes = Cat(sign_extended(out_data[p]) for p in range(P))
         m.d.sync += entry.eq(Mux(entry_load, entry_bytes, entry[8:]))
         copy_next = Mux(entry_load, entry_bytes[:8], entry[8:16])

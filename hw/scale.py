@@ -56,6 +56,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .arith import SequentialDivider, SequentialMultiplier
+from .bram import RegisteredRAM
 from .params import check_bool, check_positive, check_range
 from .streamer import DESCRIPTOR_LAYOUT
 
@@ -141,11 +142,12 @@ class ScaleUnit(wiring.Component):
     max_vectors : int
         Most activation vectors per job, 1 to 255.
     split_product : bool
-        A fifth pipeline stage (one more cycle of :attr:`latency`): stage 1b forms each
-        product as two registered partial products, of the sum's low
+        Two more pipeline stages (two more cycles of :attr:`latency`), for a fast clock:
+        stage 1m copies the mantissas from the scale memory's output register (on an ECP5
+        the block RAM's own, far from the multipliers) into flip-flops with their beat; it
+        forms each product as two registered partial products, of the sum's low
         :data:`PRODUCT_SPLIT` bits (unsigned) and of the rest, so each fits one 18 x 18
-        multiplier, and the next stage adds them. Also the mantissas' register after the
-        scale memory then feeds no multiplier directly.
+        multiplier, and stage 1c adds them.
 
     Attributes
     ----------
@@ -214,7 +216,7 @@ class ScaleUnit(wiring.Component):
     @property
     def latency(self):
         """Cycles from accepting a row block's last beat to its results being offered."""
-        return 4 + self._split
+        return 4 + 2 * self._split
 
     def elaborate(self, platform):
         m = Module()
@@ -222,13 +224,13 @@ class ScaleUnit(wiring.Component):
         # The divisor is the 16-bit group, so the remainder (below it) is 16 bits too.
         m.submodules.div = div = SequentialDivider(_GROUP_DIV_WIDTH, den_width=16)
         m.submodules.mul = mul = SequentialMultiplier(16)
-        m.submodules.scales = scales = Memory(
-            shape=data.ArrayLayout(signed(SCALE_BITS), P), depth=self._scale_depth, init=[])
-        s_w, s_r = scales.write_port(), scales.read_port()
+        # (the mantissas' register, s1b_mant below, is the RAM's output register)
+        m.submodules.scales = scales = RegisteredRAM(
+            shape=data.ArrayLayout(signed(SCALE_BITS), P), depth=self._scale_depth)
         m.d.comb += [
-            s_w.addr.eq(self.scale_wr.payload.addr),
-            s_w.data.eq(self.scale_wr.payload.data),
-            s_w.en.eq(self.scale_wr.valid),
+            scales.w_addr.eq(self.scale_wr.payload.addr),
+            scales.w_data.eq(self.scale_wr.payload.data),
+            scales.w_en.eq(self.scale_wr.valid),
             self.scale_wr.ready.eq(1),
         ]
 
@@ -280,7 +282,7 @@ class ScaleUnit(wiring.Component):
         # Stage 1b: the beat with its mantissas in a register (block RAM output is slow).
         s1b_valid, s1b_first, s1b_last = Signal(), Signal(), Signal()
         s1b_beat = Signal(self.i_stream.payload.shape())
-        s1b_mant = Signal(data.ArrayLayout(signed(SCALE_BITS), P))
+        s1b_mant = scales.r_data
         s1b_v = Signal(range(self._max_vectors))
         s2_valid, s2_first, s2_last = Signal(), Signal(), Signal()
         s2_prod = Signal(data.ArrayLayout(signed(W), P))
@@ -289,14 +291,17 @@ class ScaleUnit(wiring.Component):
         o_valid = self.o_stream.valid
         out_free = ~o_valid | self.o_stream.ready
         s2_adv = s2_valid & (~s2_last | out_free)
-        # With split products, stage 1c (the partial products) between 1b and 2; `pre_*` is
-        # the stage that moves into stage 2: 1c, or 1b without it.
+        # With split products, stages 1m (the mantissas beside the multipliers) and 1c (the
+        # partial products) between 1b and 2; `pre_*` is the stage that moves into stage 2:
+        # 1c, or 1b without them.
         s1c_valid = Signal()
+        s1m_valid = Signal()
         if self._split:
             s1c_first, s1c_last = Signal(), Signal()
             s1c_v = Signal(range(self._max_vectors))
             s1c_adv = s1c_valid & (~s2_valid | s2_adv)
-            s1b_adv = s1b_valid & (~s1c_valid | s1c_adv)
+            s1m_adv = s1m_valid & (~s1c_valid | s1c_adv)
+            s1b_adv = s1b_valid & (~s1m_valid | s1m_adv)
             pre_first, pre_last, pre_v, pre_adv = s1c_first, s1c_last, s1c_v, s1c_adv
         else:
             s1b_adv = s1b_valid & (~s2_valid | s2_adv)
@@ -389,12 +394,14 @@ class ScaleUnit(wiring.Component):
         # (state tests: one flip-flop each with one-hot state coding).
         idle = fsm.ongoing("IDLE")
         m.d.comb += [
-            self.status.busy.eq(~idle | s1_valid | s1b_valid | s1c_valid | s2_valid | o_valid),
+            self.status.busy.eq(~idle | s1_valid | s1b_valid | s1m_valid | s1c_valid | s2_valid |
+                               o_valid),
             self.status.setup.eq(~idle & ~fsm.ongoing("RUN")),
         ]
 
         # Stage 0 reads the mantissa word of the beat it accepts.
-        m.d.comb += [s_r.addr.eq(block_addr + g), s_r.en.eq(accept)]
+        m.d.comb += [scales.r_addr.eq(block_addr + g), scales.r_en.eq(accept),
+                     scales.r_oe.eq(s1_adv)]
         with m.If(accept):
             m.d.sync += s1_valid.eq(1)
         with m.Elif(s1_adv):
@@ -404,29 +411,39 @@ class ScaleUnit(wiring.Component):
         # rows of the last block get a zero sum instead (the same product, zero).
         with m.If(s1_adv):
             m.d.sync += [s1b_valid.eq(1), s1b_first.eq(s1_first), s1b_last.eq(s1_last),
-                         s1b_v.eq(s1_v), s1b_mant.eq(s_r.data)]
+                         s1b_v.eq(s1_v)]
             for p in range(P):
                 m.d.sync += s1b_beat[p].eq(Mux(s1_ok[p], s1_beat[p], 0))
         with m.Elif(s1b_adv):
             m.d.sync += s1b_valid.eq(0)
 
-        # Stage 1b: P products of registers (split: P pairs of partial products, and stage 1c
-        # adds each pair).
+        # Stage 1b: P products of registers (split: stage 1m forms P pairs of partial
+        # products, and stage 1c adds each pair).
         if self._split:
+            # Stage 1m: the mantissas and the beat in flip-flops beside the multipliers.
+            s1m_first, s1m_last = Signal(), Signal()
+            s1m_v = Signal(range(self._max_vectors))
+            s1m_beat = Signal.like(s1b_beat)
+            s1m_mant = Signal.like(s1b_mant)
+            with m.If(s1b_adv):
+                m.d.sync += [s1m_valid.eq(1), s1m_first.eq(s1b_first), s1m_last.eq(s1b_last),
+                             s1m_v.eq(s1b_v), s1m_beat.eq(s1b_beat), s1m_mant.eq(s1b_mant)]
+            with m.Elif(s1m_adv):
+                m.d.sync += s1m_valid.eq(0)
             k = PRODUCT_SPLIT
-            hi_w = max(1, len(s1b_beat[0]) - k)
+            hi_w = max(1, len(s1m_beat[0]) - k)
             s1c_lo = [Signal(signed(SCALE_BITS + k + 1), name=f"s1c_lo{p}") for p in range(P)]
             s1c_hi = [Signal(signed(SCALE_BITS + hi_w), name=f"s1c_hi{p}") for p in range(P)]
-            with m.If(s1b_adv):
-                m.d.sync += [s1c_valid.eq(1), s1c_first.eq(s1b_first), s1c_last.eq(s1b_last),
-                             s1c_v.eq(s1b_v)]
+            with m.If(s1m_adv):
+                m.d.sync += [s1c_valid.eq(1), s1c_first.eq(s1m_first), s1c_last.eq(s1m_last),
+                             s1c_v.eq(s1m_v)]
                 for p in range(P):
-                    beat = s1b_beat[p]
+                    beat = s1m_beat[p]
                     if len(beat) > k:
-                        m.d.sync += [s1c_lo[p].eq(s1b_mant[p] * beat[:k]),
-                                     s1c_hi[p].eq(s1b_mant[p] * beat[k:].as_signed())]
+                        m.d.sync += [s1c_lo[p].eq(s1m_mant[p] * beat[:k]),
+                                     s1c_hi[p].eq(s1m_mant[p] * beat[k:].as_signed())]
                     else:
-                        m.d.sync += [s1c_lo[p].eq(s1b_mant[p] * beat), s1c_hi[p].eq(0)]
+                        m.d.sync += [s1c_lo[p].eq(s1m_mant[p] * beat), s1c_hi[p].eq(0)]
             with m.Elif(s1c_adv):
                 m.d.sync += s1c_valid.eq(0)
             products = [(s1c_hi[p] << k) + s1c_lo[p] for p in range(P)]
@@ -474,6 +491,6 @@ class ScaleUnit(wiring.Component):
             m.d.sync += [self.o_stream.payload.eq(total), o_valid.eq(1)]
 
         with m.If(self.abort):
-            m.d.sync += [o_valid.eq(0), s1_valid.eq(0), s1b_valid.eq(0), s1c_valid.eq(0),
-                         s2_valid.eq(0)]
+            m.d.sync += [o_valid.eq(0), s1_valid.eq(0), s1b_valid.eq(0), s1m_valid.eq(0),
+                         s1c_valid.eq(0), s2_valid.eq(0)]
         return m

@@ -34,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import SequentialDivider, SequentialMultiplier
 from .array import PEArray
+from .bram import RegisteredFIFO, RegisteredRAM
 from .decoder import WeightDecoder, check_word_bits, weights_per_word
 from .formats import FormatCode, WeightFormat
 from .gearbox import TileGearbox
@@ -185,7 +186,7 @@ class WeightStreamer(wiring.Component):
         check_bool("Registered RAM", registered_ram)
         self._array = PEArray(lanes=lanes, pes=pes, act_bits=act_bits, weights=mode,
                               pipeline=pipeline, max_k=max_k, negation=negation,
-                              vectors=max_vectors, input_register=registered_ram)
+                              vectors=max_vectors)
         self._registered_ram = registered_ram
         self._mode = mode
         self._formats = formats
@@ -234,8 +235,13 @@ class WeightStreamer(wiring.Component):
         m = Module()
         N, P, T = self.lanes, self.pes, self.tile_weights
         m.submodules.array = array = self._array
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=self._word_bits,
-                                                    depth=self._fifo_depth)
+        if self._registered_ram:
+            # (its words pass a register before the decoder: the RAM's output register)
+            m.submodules.fifo = fifo = RegisteredFIFO(width=self._word_bits,
+                                                      depth=self._fifo_depth)
+        else:
+            m.submodules.fifo = fifo = SyncFIFOBuffered(width=self._word_bits,
+                                                        depth=self._fifo_depth)
         m.submodules.decoder = dec = WeightDecoder(word_bits=self._word_bits,
                                                    formats=self._formats)
         chunks = [weights_per_word(f, self._word_bits) for f in self._formats]
@@ -247,16 +253,24 @@ class WeightStreamer(wiring.Component):
         m.submodules.div = div = SequentialDivider(SIZE_DIV_WIDTH)
         m.submodules.div5 = div5 = SequentialDivider(BYTE_DIV_WIDTH, den_width=3)  # by 5
         m.submodules.mul = mul = SequentialMultiplier(SIZE_DIV_WIDTH - 1)
-        m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(self.act_bits), N),
-                                          depth=self._act_depth, init=[])
-        act_w = acts.write_port()
-        act_r = acts.read_port()
+        act_layout = data.ArrayLayout(signed(self.act_bits), N)
+        if self._registered_ram:
+            # (stage C below: the activations' register is the RAM's output register)
+            m.submodules.acts = act_w = act_r = RegisteredRAM(shape=act_layout,
+                                                              depth=self._act_depth)
+            act_w_addr, act_w_data, act_w_en = act_w.w_addr, act_w.w_data, act_w.w_en
+            act_r_addr, act_r_en, act_r_data = act_r.r_addr, act_r.r_en, act_r.r_data
+        else:
+            m.submodules.acts = acts = Memory(shape=act_layout, depth=self._act_depth, init=[])
+            act_w, act_r = acts.write_port(), acts.read_port()
+            act_w_addr, act_w_data, act_w_en = act_w.addr, act_w.data, act_w.en
+            act_r_addr, act_r_en, act_r_data = act_r.addr, act_r.en, act_r.data
 
         # --- activation buffer writes
         m.d.comb += [
-            act_w.addr.eq(self.act_wr.payload.addr),
-            act_w.data.eq(self.act_wr.payload.data),
-            act_w.en.eq(self.act_wr.valid),
+            act_w_addr.eq(self.act_wr.payload.addr),
+            act_w_data.eq(self.act_wr.payload.data),
+            act_w_en.eq(self.act_wr.valid),
             self.act_wr.ready.eq(1),
         ]
 
@@ -461,7 +475,7 @@ class WeightStreamer(wiring.Component):
             self.mem_req.payload.len.eq(blen),
         ]
         req_fire = self.mem_req.valid & self.mem_req.ready
-        pop = fifo.r_rdy & fifo.r_en
+        pop = fifo.pop if self._registered_ram else fifo.r_rdy & fifo.r_en
         # The FIFO's pop (it follows the array's handshake through the gearbox) and the
         # request's acceptance (the memory's ready) are known late: the sums are formed
         # beforehand and the two handshakes only select one. A request adds blen entries and
@@ -492,15 +506,13 @@ class WeightStreamer(wiring.Component):
         ]
 
         # --- decode into the gearbox
-        word, word_valid = fifo.r_data, fifo.r_rdy
         if self._registered_ram:
-            # (no word is left here at a job's end: the job's tiles take all its words)
-            word = Signal.like(fifo.r_data, name="word_r", reset_less=True)
-            word_valid = Signal(name="word_r_valid")
-            with m.If(fifo.r_en):
-                m.d.sync += [word.eq(fifo.r_data), word_valid.eq(fifo.r_rdy)]
-            m.d.comb += fifo.r_en.eq(~word_valid | gear.i_stream.ready)
+            # (no word is left in the output register at a job's end: the job's tiles take
+            # all its words)
+            word, word_valid = fifo.o_data, fifo.o_valid
+            m.d.comb += fifo.o_ready.eq(gear.i_stream.ready)
         else:
+            word, word_valid = fifo.r_data, fifo.r_rdy
             m.d.comb += fifo.r_en.eq(gear.i_stream.ready)
         m.d.comb += [
             dec.word.eq(word),
@@ -519,6 +531,8 @@ class WeightStreamer(wiring.Component):
         t = Signal(16, reset_less=True)
         tg = Signal(16, reset_less=True)
         v = Signal(8, reset_less=True)
+        # the activation buffer's address of (v, t), v * act_tiles + t, kept with them
+        act_addr = Signal(range(self._act_depth), reset_less=True)
         b_first = Signal(reset_less=True)
         b_last = Signal(reset_less=True)
         b_vec = Signal(8, reset_less=True)
@@ -527,21 +541,39 @@ class WeightStreamer(wiring.Component):
         # gearbox's ready waits only for the array's.
         b_tile_done = Signal()
         a_valid = running & ~seq_done
-        arr_in = array.i_stream
-        fire_b = arr_in.valid & arr_in.ready
+        # Stage B's tile: `b_out` (framing and weights; the activations are on the buffer's
+        # read port) goes to the array, or with registered RAM first to stage C, a register
+        # stage that advances with the array's ready (as a PEArray input register does) and
+        # whose activations are the buffer's output register.
+        b_out = stream.Signature(array.input_layout).create(path=("b_out",))
+        fire_b = b_out.valid & b_out.ready
         advance = ~b_valid | fire_b
         m.d.comb += [
-            act_r.en.eq(advance),
-            act_r.addr.eq(v * self._act_tiles + t),
-            arr_in.valid.eq(b_valid & gear.o_stream.valid),
-            arr_in.payload.act.eq(act_r.data),
-            Value.cast(arr_in.payload.weight).eq(Value.cast(gear.o_stream.payload)),
-            arr_in.payload.first.eq(b_first),
-            arr_in.payload.last.eq(b_last),
-            gear.o_stream.ready.eq(b_tile_done & arr_in.ready),
+            act_r_en.eq(advance),
+            act_r_addr.eq(act_addr),
+            b_out.valid.eq(b_valid & gear.o_stream.valid),
+            Value.cast(b_out.payload.weight).eq(Value.cast(gear.o_stream.payload)),
+            b_out.payload.first.eq(b_first),
+            b_out.payload.last.eq(b_last),
+            gear.o_stream.ready.eq(b_tile_done & b_out.ready),
         ]
         if self.max_vectors > 1:
-            m.d.comb += arr_in.payload.vector.eq(b_vec)
+            m.d.comb += b_out.payload.vector.eq(b_vec)
+        arr_in = array.i_stream
+        if self._registered_ram:
+            c_enable = arr_in.ready
+            # (in simulation, as the array's stages, stage C takes a value only with a tile)
+            c_take = c_enable & (b_out.valid if platform is None else 1)
+            c_pay = Signal(array.input_layout, name="c_pay", reset_less=True)
+            with m.If(c_enable):
+                m.d.sync += arr_in.valid.eq(b_out.valid)
+            with m.If(c_take):
+                m.d.sync += c_pay.eq(b_out.payload)
+            m.d.comb += [b_out.ready.eq(c_enable), act_r.r_oe.eq(c_take),
+                         arr_in.payload.eq(c_pay), arr_in.payload.act.eq(act_r_data)]
+        else:
+            m.d.comb += [arr_in.valid.eq(b_out.valid), b_out.ready.eq(arr_in.ready),
+                         arr_in.payload.eq(b_out.payload), arr_in.payload.act.eq(act_r_data)]
         # Whether each counter is at its last value (and tg at 0): flags registered with the
         # counters, so that the walk's decisions wait for no comparison behind the handshake.
         v_at_last, t_at_last, g_at_last, rb_at_last, tg_at_0 = (
@@ -559,6 +591,9 @@ class WeightStreamer(wiring.Component):
         with m.If(advance):
             m.d.sync += [b_valid.eq(a_valid), b_tile_done.eq(step_v)]
         with m.If(advance & a_valid):
+            # the next step's activations: v + 1 with this t, else vector 0 of the next t
+            m.d.sync += act_addr.eq(Mux(v_at_last, Mux(t_at_last, 0, t + 1),
+                                        act_addr + self._act_tiles))
             next_t = Mux(step_v, t_at_last_next, t_at_last)
             next_rb = Mux(step_t, rb_at_last_next, rb_at_last)
             m.d.sync += [
@@ -584,8 +619,8 @@ class WeightStreamer(wiring.Component):
         with m.If(~running):
             # (the *_last registers are set in set-up, before `running`)
             first_v, first_t, first_rb = v_last == 0, kt_last == 0, mb_last == 0
-            m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), seq_done.eq(0), b_valid.eq(0),
-                         b_tile_done.eq(0),
+            m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), act_addr.eq(0), seq_done.eq(0),
+                         b_valid.eq(0), b_tile_done.eq(0),
                          v_at_last.eq(first_v), t_at_last.eq(first_t),
                          g_at_last.eq(gt_last == 0), rb_at_last.eq(first_rb),
                          tg_at_0.eq(1), step_v.eq(first_v), step_t.eq(first_v & first_t),
@@ -594,7 +629,7 @@ class WeightStreamer(wiring.Component):
         # --- results, and knowing when the last one has left
         wiring.connect(m, array=array.o_stream, out=wiring.flipped(self.o_stream))
         out_fire = self.o_stream.valid & self.o_stream.ready
-        owed, paid = fire_b & arr_in.payload.last, out_fire
+        owed, paid = fire_b & b_out.payload.last, out_fire
         m.d.sync += [pending.eq(pending + owed - paid),
                      no_pending.eq(Mux(owed & ~paid, 0,
                                        Mux(paid & ~owed, pending == 1, no_pending)))]

@@ -1,0 +1,200 @@
+"""hw/bram.py: RegisteredRAM (simulated, and its ECP5 DP16KDs against yosys's own mapping of the
+same memory) and RegisteredFIFO."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from amaranth.back import rtlil
+from amaranth.sim import Simulator
+
+from lpu.boards.area import TargetFamily, yosys_command
+from lpu.boards.build import COLLISIONS_DONT_CARE
+from lpu.hw.bram import RegisteredFIFO, RegisteredRAM, dp16kd_mode
+
+
+@pytest.mark.parametrize("depth, width", [(16, 8), (5, 33)])
+def test_registered_ram_reads_through_its_output_register(rng, depth, width):
+    """Random writes and reads with random read and output enables: each cycle ``r_data`` is
+    the word the read stage held before the last edge with ``r_oe``; the read stage takes the
+    RAM's word at ``r_addr`` at each edge with ``r_en``."""
+    dut = RegisteredRAM(shape=width, depth=depth)
+    mem = [0] * depth
+    seen = []
+
+    async def bench(ctx):
+        stage = out = 0
+        for _ in range(600):
+            w_addr, r_addr = (int(a) for a in rng.integers(0, depth, 2))
+            w_en = int(rng.random() < 0.4) and w_addr != r_addr   # (no read of a word written)
+            r_en, r_oe = int(rng.random() < 0.7), int(rng.random() < 0.7)
+            w_data = int(rng.integers(0, 1 << width, dtype=np.uint64))
+            for sig, val in ((dut.w_addr, w_addr), (dut.w_data, w_data), (dut.w_en, w_en),
+                             (dut.r_addr, r_addr), (dut.r_en, r_en), (dut.r_oe, r_oe)):
+                ctx.set(sig, val)
+            await ctx.tick()
+            if r_oe:
+                out = stage
+            if r_en:
+                stage = mem[r_addr]
+            if w_en:
+                mem[w_addr] = w_data
+            seen.append((ctx.get(dut.r_data), out))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    got, want = zip(*seen, strict=True)
+    assert got == want
+    assert len(set(want)) > 50
+
+
+@pytest.mark.parametrize("ready_prob", [1.0, 0.5, 0.1])
+def test_registered_fifo_keeps_every_word_in_order(rng, ready_prob):
+    """Words written while ``w_rdy`` leave in order, whatever the reader's ready; ``pop``
+    counts each word leaving the FIFO for the output register."""
+    depth = 6
+    dut = RegisteredFIFO(width=16, depth=depth)
+    sent, got = [], []
+    pops = [0]
+
+    async def bench(ctx):
+        nxt = 0
+        for _ in range(1500):
+            w_en = int(rng.random() < 0.6)
+            ctx.set(dut.w_en, w_en)
+            ctx.set(dut.w_data, nxt)
+            ctx.set(dut.o_ready, int(rng.random() < ready_prob))
+            await ctx.delay(1e-9)
+            if w_en and ctx.get(dut.w_rdy):
+                sent.append(nxt)
+                nxt = (nxt + 1) & 0xFFFF
+            if ctx.get(dut.o_valid) and ctx.get(dut.o_ready):
+                got.append(ctx.get(dut.o_data))
+            pops[0] += ctx.get(dut.pop)
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(got) > 100
+    assert got == sent[:len(got)]
+    held = len(sent) - len(got)
+    assert pops[0] in (len(got), len(got) + 1) and held <= depth + 1
+
+
+def test_registered_fifo_holds_its_depth_and_the_output_register():
+    dut = RegisteredFIFO(width=8, depth=4)
+    accepted = []
+
+    async def bench(ctx):
+        ctx.set(dut.o_ready, 0)
+        ctx.set(dut.w_en, 1)
+        for n in range(12):
+            ctx.set(dut.w_data, n)
+            await ctx.delay(1e-9)
+            if ctx.get(dut.w_rdy):
+                accepted.append(n)
+            await ctx.tick()
+        ctx.set(dut.w_en, 0)
+        ctx.set(dut.o_ready, 1)
+        out = []
+        for _ in range(12):
+            await ctx.delay(1e-9)
+            if ctx.get(dut.o_valid):
+                out.append(ctx.get(dut.o_data))
+            await ctx.tick()
+        assert out == accepted
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert accepted == list(range(5))
+
+
+@pytest.mark.parametrize("depth", [0, 1, "4"])
+def test_registered_fifo_refuses_a_bad_depth(depth):
+    with pytest.raises(ValueError, match=r"^FIFO depth must be an integer of at least 2, not "):
+        RegisteredFIFO(width=8, depth=depth)
+
+
+def test_registered_ram_refuses_a_bad_depth():
+    with pytest.raises(ValueError, match="RAM depth"):
+        RegisteredRAM(shape=8, depth=0)
+
+
+def _dp16kds(il_text, tmp_path, name):
+    """Synthesize ``il_text`` for the ECP5 and return its DP16KD cells, each as its data widths
+    and the top-level signal bit (or constant) on each of its read port's address and data
+    pins and its write port's address and data pins (through the flip-flop that yosys puts
+    behind a read port whose block RAM has no output register). Read-during-write collisions
+    are declared don't-care, as ``lpu build`` does."""
+    (tmp_path / f"{name}.il").write_text(il_text)
+    subprocess.run(yosys_command() + ["-q", "-p", f"read_rtlil {name}.il; {COLLISIONS_DONT_CARE}; "
+                                      f"synth_ecp5 -top top; "
+                                      f"write_json {name}.json"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    mod = json.loads((tmp_path / f"{name}.json").read_text())["modules"]["top"]
+    names = {}
+    for net, info in mod["netnames"].items():
+        if net.split(".")[-1] in ("w_addr", "w_data", "r_addr", "r_data") and "." not in net:
+            for i, b in enumerate(info["bits"]):
+                names.setdefault(b, f"{net}[{i}]")
+    ff_q = {c["connections"]["DI"][0]: c["connections"]["Q"][0]
+            for c in mod["cells"].values() if c["type"] == "TRELLIS_FF"}
+
+    def logical(bit):
+        # a bit of a top-level signal, a constant, or "-": a pin left unused (undefined, or a
+        # net that reaches no signal of the RAM's)
+        if isinstance(bit, str):
+            return "-" if bit == "x" else bit
+        return names.get(bit, names.get(ff_q.get(bit), "-"))
+
+    cells = []
+    for c in mod["cells"].values():
+        if c["type"] != "DP16KD":
+            continue
+        conn = c["connections"]
+        read = "B" if any(not isinstance(b, str) and b in names or b in ff_q
+                          for p in range(18) for b in conn[f"DOB{p}"]) else "A"
+        write = "A" if read == "B" else "B"
+        width = int(c["parameters"][f"DATA_WIDTH_{read}"], 2) \
+            if set(str(c["parameters"][f"DATA_WIDTH_{read}"])) <= {"0", "1"} \
+            else int(c["parameters"][f"DATA_WIDTH_{read}"])
+        low = dict((w, lo) for _, w, lo in [(0, 18, 4), (0, 9, 3), (0, 4, 2), (0, 2, 1),
+                                            (0, 1, 0)])[width]
+        pins = {f"R.AD{p}": logical(conn[f"AD{read}{p}"][0]) for p in range(low, 14)}
+        pins |= {f"W.AD{p}": logical(conn[f"AD{write}{p}"][0]) for p in range(low, 14)}
+        pins |= {f"R.DO{p}": logical(conn[f"DO{read}{p}"][0]) for p in range(width)}
+        # (a padding bit's data in: "x" to yosys, 0 here)
+        pins |= {f"W.DI{p}": "-" if v == "0" else v
+                 for p, v in ((p, logical(conn[f"DI{write}{p}"][0])) for p in range(width))}
+        cells.append((width, tuple(sorted(pins.items())), c["parameters"].get(f"REGMODE_{read}")))
+    return sorted(cells)
+
+
+@pytest.mark.parametrize("depth, width", [(1024, 32), (600, 18), (2048, 12), (4096, 5)])
+def test_ecp5_dp16kds_are_wired_as_yosys_maps_the_memory(tmp_path, depth, width):
+    """On an ECP5 the RAM is DP16KDs with output registers. Their address and data pins carry
+    the same bits as the DP16KDs yosys itself makes of the same memory with a register behind
+    it (which leaves the block RAM's register unused)."""
+    mode = dp16kd_mode(depth)
+    ours = _dp16kds(rtlil.convert(RegisteredRAM(shape=width, depth=depth), name="top",
+                                  platform=TargetFamily("ecp5")), tmp_path, "ours")
+    theirs = _dp16kds(rtlil.convert(RegisteredRAM(shape=width, depth=depth), name="top"),
+                      tmp_path, "theirs")
+    assert len(ours) == -(-width // mode[1]) == len(theirs)
+    assert [c[:2] for c in ours] == [c[:2] for c in theirs]
+    assert {c[2] for c in ours} == {"OUTREG"} and {c[2] for c in theirs} == {"NOREG"}
+
+
+def test_dp16kd_only_where_it_fits():
+    assert RegisteredRAM(shape=8, depth=16384).dp16kd_count(TargetFamily("ecp5")) == 8
+    assert RegisteredRAM(shape=8, depth=16385).dp16kd_count(TargetFamily("ecp5")) == 0
+    assert RegisteredRAM(shape=40, depth=100).dp16kd_count(TargetFamily("ecp5")) == 3
+    for platform in (None, TargetFamily("iCE40"), TargetFamily("ecp5", cells=False)):
+        assert RegisteredRAM(shape=40, depth=100).dp16kd_count(platform) == 0
