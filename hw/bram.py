@@ -179,18 +179,22 @@ class RegisteredFIFO(wiring.Component):
         m.submodules.ram = ram = self._ram
         inner = self._depth - 1
         level = Signal(range(inner + 1))
+        # `level != 0` and `level != inner` as flip-flops, set with the level, so that the
+        # block RAM's read enable and the write's acceptance wait for no comparison
+        nonempty = Signal()
+        w_rdy = Signal(init=1)
         produce = Signal(range(inner))
         consume = Signal(range(inner))
         r_rdy = Signal()                  # the read stage holds a word
         r_en = ~self.o_valid | self.o_ready
-        do_write = self.w_en & self.w_rdy
-        do_read = (level != 0) & (~r_rdy | r_en)
+        do_write = self.w_en & w_rdy
+        do_read = nonempty & (~r_rdy | r_en)
 
         def step(ptr):
             return Mux(ptr == inner - 1, 0, ptr + 1)
 
         m.d.comb += [
-            self.w_rdy.eq(level != inner),
+            self.w_rdy.eq(w_rdy),
             self.pop.eq(r_rdy & r_en),
             ram.w_addr.eq(produce), ram.w_data.eq(self.w_data), ram.w_en.eq(do_write),
             ram.r_addr.eq(consume), ram.r_en.eq(do_read), ram.r_oe.eq(r_en),
@@ -200,7 +204,10 @@ class RegisteredFIFO(wiring.Component):
             m.d.sync += produce.eq(step(produce))
         with m.If(do_read):
             m.d.sync += consume.eq(step(consume))
-        m.d.sync += level.eq(level + do_write - do_read)
+        m.d.sync += [level.eq(level + do_write - do_read),
+                     nonempty.eq(do_write | Mux(do_read, level != 1, nonempty)),
+                     w_rdy.eq(Mux(do_write & ~do_read, level != inner - 1,
+                                  do_read & ~do_write | w_rdy))]
         with m.If(do_read):
             m.d.sync += r_rdy.eq(1)
         with m.Elif(r_en):

@@ -162,8 +162,8 @@ class LPU(wiring.Component):
         m.submodules.buf = buf = Memory(
             shape=8, depth=MAX_PAYLOAD, init=[],
             attrs={"ram_style": "distributed"} if registered else None)
-        # The output buffer's entry at `out_start_next` is on `out_data` the cycle after (two
-        # with registered RAM: a copy a cycle later serves as well, see READ_OUT below).
+        # The output buffer's entry at `out_start_next` is on `out_data` the cycle after (with
+        # registered RAM, three cycles after: see `or_addr` below).
         out_layout = data.ArrayLayout(signed(out_w), P)
         if registered:
             m.submodules.outbuf = outbuf = RegisteredRAM(shape=out_layout,
@@ -281,7 +281,10 @@ class LPU(wiring.Component):
         m.d.comb += out_start_next.eq(out_start)
         m.d.sync += [idx.eq(Mux(idx_zero, 0, Mux(idx_step | idx_take, idx + 1, idx))),
                      out_start.eq(out_start_next)]
-        m.d.comb += [buf_w.addr.eq(idx), or_addr.eq(out_start_next)]
+        # (with registered RAM the address is `out_start`, the same a cycle later, so that the
+        # path into the block RAMs starts at flip-flops; READ_WAIT waits for it)
+        m.d.comb += [buf_w.addr.eq(idx),
+                     or_addr.eq(out_start if registered else out_start_next)]
         m.d.sync += at_len.eq(Mux(idx_step, idx == rx_last, idx == length[:8]))
 
         rx_byte = self.rx.payload
@@ -396,7 +399,7 @@ class LPU(wiring.Component):
         status_bytes = [Value.cast(reply_data).word_select(i, 8) for i in range(nbytes)]
         # The reply byte a state writes to the buffer (see below)
         reply_byte = reg(8, "reply_byte")
-        status_byte = reg(8, "status_byte")
+        status_byte = Signal(8, name="status_byte") if registered else reg(8, "status_byte")
         m.d.comb += job_error_next.eq(job_error)
         m.d.sync += job_error.eq(job_error_next)
 
@@ -607,7 +610,13 @@ class LPU(wiring.Component):
                 # `start`): `read_over`, registered here
                 m.d.comb += idx_zero.eq(1)
                 m.d.sync += [read_none.eq(out_n == 0), read_last.eq(out_n == 1)]
-                m.next = "READ_RANGE"
+                m.next = "READ_WAIT" if registered else "READ_RANGE"
+            if registered:
+                with m.State("READ_WAIT"):
+                    # the output buffer's address is `out_start` (see above): its first entry
+                    # comes a cycle later
+                    m.d.comb += idx_zero.eq(1)
+                    m.next = "READ_RANGE"
             with m.State("READ_RANGE"):
                 replies(Status.BAD_LENGTH)
                 # the first entry into a register, the next one's read started: the byte
@@ -680,8 +689,11 @@ class LPU(wiring.Component):
             # choice made after the read: the address no longer waits for the state's decode.
             buf_r1 = buf.read_port()
             inc_q = Signal()
-            m.d.sync += inc_q.eq(read_inc)
-            m.d.comb += [buf_r.addr.eq(idx), buf_r1.addr.eq(idx + 1),
+            # idx + 1, kept beside idx: the second port's address comes from flip-flops
+            idx1 = Signal(8, name="idx1", init=1, reset_less=True)
+            m.d.sync += [inc_q.eq(read_inc),
+                         idx1.eq(Mux(idx_zero, 1, Mux(idx_step | idx_take, idx1 + 1, idx1)))]
+            m.d.comb += [buf_r.addr.eq(idx), buf_r1.addr.eq(idx1),
                          buf_data.eq(Mux(inc_q, buf_r1.data, buf_r.data))]
         else:
             m.d.comb += [buf_r.addr.eq(Mux(read_inc, idx + 1, idx)), buf_data.eq(buf_r.data)]
@@ -699,8 +711,16 @@ class LPU(wiring.Component):
         # PING, STATUS (a register of its own): byte 0 in the state before, then byte idx + 1
         ping_next = Mux(fsm.ongoing("PING"), Array(Const(b, 8) for b in config[1:] + bytes(1))[sel],
                         config[0])
-        m.d.sync += status_byte.eq(Mux(fsm.ongoing("STATUS"), Array(status_bytes[1:] + [0])[sel],
-                                       status_bytes[0]))
+        if registered:
+            # the reply's bytes loaded into a shift register in the state before, then shifted
+            # out a byte a cycle: no byte multiplexer in front of the register
+            status_sr = Signal(8 * nbytes, name="status_sr", reset_less=True)
+            m.d.sync += status_sr.eq(Mux(fsm.ongoing("STATUS"), status_sr[8:],
+                                         Value.cast(reply_data)))
+            m.d.comb += status_byte.eq(status_sr[:8])
+        else:
+            m.d.sync += status_byte.eq(Mux(fsm.ongoing("STATUS"),
+                                           Array(status_bytes[1:] + [0])[sel], status_bytes[0]))
         # RUN: the job's error (the value it takes on entering RUN_REPLY), then the count
         run_next = Mux(fsm.ongoing("RUN_REPLY"), Mux(idx[0], out_count[8:16], out_count[:8]),
                        Value.cast(job_error_next))
@@ -710,10 +730,11 @@ class LPU(wiring.Component):
             ext = Signal(signed(8 * rb))
             m.d.comb += ext.eq(Value.cast(value).as_signed())
             return ext
-        # `out_data` holds an entry from the cycle after its address is set (two with
+        # `out_data` holds an entry from the cycle after `out_start_next` is set (three with
         # registered RAM) until the next address, at least `rb * P` >= 4 cycles (an entry is
         # loaded in READ_RANGE from the address set in READ_ARGS' last cycle, then every
-        # `rb * P` cycles): the registered RAM's copy a cycle later is loaded just the same.
+        # `rb * P` cycles; READ_WAIT lies between them with registered RAM): the registered
+        # RAM's copy two cycles later is loaded just the same.
         entry_bytes = Cat(sign_extended(out_data[p]) for p in range(P))
         m.d.sync += entry.eq(Mux(entry_load, entry_bytes, entry[8:]))
         copy_next = Mux(entry_load, entry_bytes[:8], entry[8:16])
