@@ -52,7 +52,7 @@ class BoardSpec:
 #: :func:`lpu.host.run.device_for` and 160 KiB of weights (80 block RAMs: the shipped model's
 #: t2 image is 36864 words). The Tang Nano 9K's GW1NR-9 has 8640 LUT4s and 26 block RAMs of
 #: 2 KiB: an 8-lane, 2-PE array and 8 KiB of weights. Default clocks are ones each default
-#: build meets (docs/boards.md, Measured): 48 MHz on the UP5K, 95 MHz on the ECP5-85F (short of
+#: build meets (docs/boards.md, Measured): 48 MHz on the UP5K, 100 MHz on the ECP5-85F (short of
 #: the 150 MHz it should reach), 54 MHz on the GW1NR-9.
 BOARDS = {
     "icebreaker": BoardSpec(
@@ -68,7 +68,7 @@ BOARDS = {
         resources={"lut": 83640, "ff": 83640, "bram": 208, "spram": 0, "dsp": 156},
         lpu=dict(lanes=64, pes=4, mem_words=40960, max_k=1024, max_vectors=16, max_burst=32,
                  out_depth=256, scale_depth=1024, registered_ram=True),
-        freq_mhz=95),
+        freq_mhz=100),
     "tang-nano-9k": BoardSpec(
         name="tang-nano-9k", platform="amaranth_boards.tang_nano_9k:TangNano9kPlatform",
         family="gowin",

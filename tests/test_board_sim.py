@@ -86,8 +86,8 @@ def test_icebreaker_small_model_bit_exact(rng):
 @needs_verilator
 @pytest.mark.parametrize("board", ["icebreaker", pytest.param("ulx3s-85f", marks=pytest.mark.slow)])
 def test_short_exchange_at_the_board_baud(rng, board):
-    """The exchange at the board's own baud rate (115200: divisor 417 at 48 MHz, 825 at
-    95 MHz) and at the fastest: the same results, and the cycles outside the link
+    """The exchange at the board's own baud rate (115200: divisor 417 at 48 MHz, 868 at
+    100 MHz) and at the fastest: the same results, and the cycles outside the link
     (link_cycles) the same at both, so figures at the board's baud follow from a fast run."""
     spec = board_spec(board)
     clk = board_clock_hz(spec)
@@ -252,7 +252,7 @@ def test_board_transport_needs_a_board_system():
     (["--backend", "board", "--board", "nexys"],
      "Board must be one of icebreaker, ulx3s-85f, tang-nano-9k, not 'nexys'"),
     (["--backend", "board", "--board", "ulx3s-85f", "--baud", "32000000"],
-     "Baud rate 32000000 is too fast for a 95 MHz clock (at most 23750000)"),
+     "Baud rate 32000000 is too fast for a 100 MHz clock (at most 25000000)"),
 ])
 def test_run_board_errors_exit_2(capsys, args, msg):
     from lpu.cli import main
