@@ -228,6 +228,9 @@ class LPU(wiring.Component):
         wmem_lo = reg(1, "wmem_lo")
         wmem_refuse = reg(1, "wmem_refuse")
         out_count = Signal(16)
+        # out_count < out_depth, a flip-flop set with the count: the buffer's write enable
+        # waits for no comparison
+        out_room = Signal(init=1)
         out_start = reg(16, "out_start")
         out_start_next = Signal(16)  # likewise the output buffer's read address
         room_count = reg(signed(18), "room_count")  # READ_OUT: results present, and entries,
@@ -267,11 +270,12 @@ class LPU(wiring.Component):
         m.d.comb += [
             ow_addr.eq(out_count),
             ow_data.eq(ostream.payload),
-            ow_en.eq(ostream.valid & (out_count < self._out_depth)),
+            ow_en.eq(ostream.valid & out_room),
             ostream.ready.eq(1),
         ]
         with m.If(ostream.valid):
-            m.d.sync += out_count.eq(out_count + 1)
+            m.d.sync += [out_count.eq(out_count + 1),
+                         out_room.eq(out_count < self._out_depth - 1)]
 
         # Each state zeroes, steps or holds the index whatever its conditions where the index
         # it leaves is of no use otherwise (before a reply, which starts from 0, or past the
@@ -557,7 +561,7 @@ class LPU(wiring.Component):
                 m.d.comb += [sc.desc.valid.eq(1), sc.desc.payload.as_value().eq(job),
                              acc_hold.eq(1), idx_zero.eq(1)]
                 with m.If(sc.desc.ready):
-                    m.d.sync += out_count.eq(0)
+                    m.d.sync += [out_count.eq(0), out_room.eq(1)]
                     m.next = "RUN_SCALE"
             with m.State("RUN_SCALE"):
                 m.d.comb += acc_hold.eq(1)

@@ -531,7 +531,8 @@ class WeightStreamer(wiring.Component):
         t = Signal(16, reset_less=True)
         tg = Signal(16, reset_less=True)
         v = Signal(8, reset_less=True)
-        # the activation buffer's address of (v, t), v * act_tiles + t, kept with them
+        # the activation buffer's address of (v, t), v * act_tiles + t, kept with them (with
+        # registered RAM: it feeds dozens of block RAMs)
         act_addr = Signal(range(self._act_depth), reset_less=True)
         b_first = Signal(reset_less=True)
         b_last = Signal(reset_less=True)
@@ -550,7 +551,7 @@ class WeightStreamer(wiring.Component):
         advance = ~b_valid | fire_b
         m.d.comb += [
             act_r_en.eq(advance),
-            act_r_addr.eq(act_addr),
+            act_r_addr.eq(act_addr if self._registered_ram else v * self._act_tiles + t),
             b_out.valid.eq(b_valid & gear.o_stream.valid),
             Value.cast(b_out.payload.weight).eq(Value.cast(gear.o_stream.payload)),
             b_out.payload.first.eq(b_first),
