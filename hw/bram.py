@@ -23,7 +23,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import check_positive
+from .params import check_positive, check_range
 from .pe import cell_family
 
 __all__ = ["RegisteredRAM", "RegisteredFIFO", "DP16KD_MODES", "dp16kd_mode"]
@@ -163,8 +163,7 @@ class RegisteredFIFO(wiring.Component):
 
     def __init__(self, *, width, depth):
         check_positive("FIFO width", width)
-        if not isinstance(depth, int) or depth < 2:
-            raise ValueError(f"FIFO depth must be an integer of at least 2, not {depth!r}")
+        check_range("FIFO depth", depth, 2)
         self._depth = depth
         self._ram = RegisteredRAM(shape=width, depth=depth - 1)
         super().__init__({

@@ -256,10 +256,9 @@ class WeightStreamer(wiring.Component):
         act_layout = data.ArrayLayout(signed(self.act_bits), N)
         if self._registered_ram:
             # (stage C below: the activations' register is the RAM's output register)
-            m.submodules.acts = act_w = act_r = RegisteredRAM(shape=act_layout,
-                                                              depth=self._act_depth)
-            act_w_addr, act_w_data, act_w_en = act_w.w_addr, act_w.w_data, act_w.w_en
-            act_r_addr, act_r_en, act_r_data = act_r.r_addr, act_r.r_en, act_r.r_data
+            m.submodules.acts = acts = RegisteredRAM(shape=act_layout, depth=self._act_depth)
+            act_w_addr, act_w_data, act_w_en = acts.w_addr, acts.w_data, acts.w_en
+            act_r_addr, act_r_en, act_r_data = acts.r_addr, acts.r_en, acts.r_data
         else:
             m.submodules.acts = acts = Memory(shape=act_layout, depth=self._act_depth, init=[])
             act_w, act_r = acts.write_port(), acts.read_port()
@@ -551,7 +550,8 @@ class WeightStreamer(wiring.Component):
         advance = ~b_valid | fire_b
         m.d.comb += [
             act_r_en.eq(advance),
-            act_r_addr.eq(act_addr if self._registered_ram else v * self._act_tiles + t),
+            act_r_addr.eq(act_addr if self._registered_ram
+                          else act_address(t, v, self._act_tiles)),
             b_out.valid.eq(b_valid & gear.o_stream.valid),
             Value.cast(b_out.payload.weight).eq(Value.cast(gear.o_stream.payload)),
             b_out.payload.first.eq(b_first),
@@ -570,7 +570,7 @@ class WeightStreamer(wiring.Component):
                 m.d.sync += arr_in.valid.eq(b_out.valid)
             with m.If(c_take):
                 m.d.sync += c_pay.eq(b_out.payload)
-            m.d.comb += [b_out.ready.eq(c_enable), act_r.r_oe.eq(c_take),
+            m.d.comb += [b_out.ready.eq(c_enable), acts.r_oe.eq(c_take),
                          arr_in.payload.eq(c_pay), arr_in.payload.act.eq(act_r_data)]
         else:
             m.d.comb += [arr_in.valid.eq(b_out.valid), b_out.ready.eq(arr_in.ready),
@@ -592,9 +592,10 @@ class WeightStreamer(wiring.Component):
         with m.If(advance):
             m.d.sync += [b_valid.eq(a_valid), b_tile_done.eq(step_v)]
         with m.If(advance & a_valid):
-            # the next step's activations: v + 1 with this t, else vector 0 of the next t
-            m.d.sync += act_addr.eq(Mux(v_at_last, Mux(t_at_last, 0, t + 1),
-                                        act_addr + self._act_tiles))
+            if self._registered_ram:
+                # the next step's activations: v + 1 with this t, else vector 0 of the next t
+                m.d.sync += act_addr.eq(Mux(v_at_last, Mux(t_at_last, 0, t + 1),
+                                            act_addr + self._act_tiles))
             next_t = Mux(step_v, t_at_last_next, t_at_last)
             next_rb = Mux(step_t, rb_at_last_next, rb_at_last)
             m.d.sync += [

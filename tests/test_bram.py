@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 
 from lpu.boards.area import TargetFamily, yosys_command
 from lpu.boards.build import COLLISIONS_DONT_CARE
-from lpu.hw.bram import RegisteredFIFO, RegisteredRAM, dp16kd_mode
+from lpu.hw.bram import DP16KD_MODES, RegisteredFIFO, RegisteredRAM, dp16kd_mode
 
 
 @pytest.mark.parametrize("depth, width", [(16, 8), (5, 33)])
@@ -116,9 +116,9 @@ def test_registered_fifo_holds_its_depth_and_the_output_register():
     assert accepted == list(range(5))
 
 
-@pytest.mark.parametrize("depth", [0, 1, "4"])
-def test_registered_fifo_refuses_a_bad_depth(depth):
-    with pytest.raises(ValueError, match=r"^FIFO depth must be an integer of at least 2, not "):
+@pytest.mark.parametrize("depth, exc", [(0, ValueError), (1, ValueError), ("4", TypeError)])
+def test_registered_fifo_refuses_a_bad_depth(depth, exc):
+    with pytest.raises(exc, match=r"^FIFO depth must be an integer of at least 2, not "):
         RegisteredFIFO(width=8, depth=depth)
 
 
@@ -159,14 +159,11 @@ def _dp16kds(il_text, tmp_path, name):
         if c["type"] != "DP16KD":
             continue
         conn = c["connections"]
-        read = "B" if any(not isinstance(b, str) and b in names or b in ff_q
-                          for p in range(18) for b in conn[f"DOB{p}"]) else "A"
+        # the read port: the one whose data pins reach the RAM's read data
+        read = "B" if any(logical(conn[f"DOB{p}"][0]) != "-" for p in range(18)) else "A"
         write = "A" if read == "B" else "B"
-        width = int(c["parameters"][f"DATA_WIDTH_{read}"], 2) \
-            if set(str(c["parameters"][f"DATA_WIDTH_{read}"])) <= {"0", "1"} \
-            else int(c["parameters"][f"DATA_WIDTH_{read}"])
-        low = dict((w, lo) for _, w, lo in [(0, 18, 4), (0, 9, 3), (0, 4, 2), (0, 2, 1),
-                                            (0, 1, 0)])[width]
+        width = int(c["parameters"][f"DATA_WIDTH_{read}"], 2)    # (write_json: binary)
+        low = {w: lo for _, w, lo in DP16KD_MODES}[width]
         pins = {f"R.AD{p}": logical(conn[f"AD{read}{p}"][0]) for p in range(low, 14)}
         pins |= {f"W.AD{p}": logical(conn[f"AD{write}{p}"][0]) for p in range(low, 14)}
         pins |= {f"R.DO{p}": logical(conn[f"DO{read}{p}"][0]) for p in range(width)}
