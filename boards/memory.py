@@ -126,7 +126,9 @@ def _burst_walk(m, req, *, free, rd_addr, port_free=1):
     left_1 = Signal()
 
     accept = req.valid & req.ready
-    start = accept & left_0 & free & (req.payload.len != 0)
+    # a request taken now is read now (start) if no burst runs and its word has somewhere to go
+    begin = left_0 & free & (req.payload.len != 0)
+    start = accept & begin
     cont = ~left_0 & free
     # The read address does not wait for the handshakes: while no burst runs it is the
     # request's (read only if the request is accepted), otherwise the burst's next word. Only
@@ -139,15 +141,18 @@ def _burst_walk(m, req, *, free, rd_addr, port_free=1):
     def set_left(value, is_0, is_1):
         m.d.sync += [left.eq(value), left_0.eq(is_0), left_1.eq(is_1)]
 
+    # (the values are formed from registers and `free`; the request's handshake, known late,
+    # selects last)
     n = req.payload.len
-    with m.If(start):
-        m.d.sync += addr.eq(req.payload.addr + 1)
-        set_left(n - 1, n == 1, n == 2)
-    with m.Elif(accept):
-        # not read yet (the output is taken, or the burst at hand reads its last word now):
-        # the new burst starts next cycle
-        m.d.sync += addr.eq(req.payload.addr)
-        set_left(n, n == 0, n == 1)
+    with m.If(accept):
+        with m.If(begin):
+            m.d.sync += addr.eq(req.payload.addr + 1)
+            set_left(n - 1, n == 1, n == 2)
+        with m.Else():
+            # not read yet (the output is taken, or the burst at hand reads its last word
+            # now): the new burst starts next cycle
+            m.d.sync += addr.eq(req.payload.addr)
+            set_left(n, n == 0, n == 1)
     with m.Elif(cont):
         m.d.sync += addr.eq(addr + 1)
         set_left(left - 1, left_1, left == 2)
@@ -178,13 +183,14 @@ class BurstRAM(wiring.Component):
     2. every bank reads that address, every cycle (no read enable reaches the block RAMs);
     3. each bank's word into a register of its own;
     4. a multiplexer per :data:`BANK_GROUP` banks into a register;
-    5. a multiplexer of the groups into the FIFO.
+    5. a multiplexer of the groups into a register;
+    6. the FIFO.
 
     A word is read only in a cycle after one with fewer than ``READ_AHEAD - 1`` words read and
     not taken (at most one more is read a cycle), so the FIFO never overflows and the stages
     never stall. The first word of a burst is offered
-    five cycles after its request (one without pipelining); then one word per cycle while they
-    are taken. Writes pass a register stage (the bank's write enable is a flip-flop).
+    six cycles after its request (one without pipelining); then one word per cycle while they
+    are taken. Writes pass two register stages (the bank's write enable is a flip-flop).
 
     Parameters
     ----------
@@ -241,15 +247,18 @@ class BurstRAM(wiring.Component):
         def bank_of(addr):
             return addr[low:] if addr_w > low else Const(0, 1)
 
-        # Writes: registered, with each bank's write enable decoded into a flip-flop.
+        # Writes: registered twice (the writer's word comes from across the device, and goes
+        # to every bank), each bank's write enable decoded into a flip-flop in the second.
+        wr = Signal.like(self.wr.payload, reset_less=True)
+        wr_valid = Signal()
         w_addr = Signal(low, reset_less=True)
         w_data = Signal(self._word_bits, reset_less=True)
         w_en = Signal(len(banks))
-        wr = self.wr.payload
         m.d.comb += self.wr.ready.eq(1)
-        m.d.sync += [w_addr.eq(wr.addr[:low]), w_data.eq(wr.data)]
+        m.d.sync += [wr.eq(self.wr.payload), wr_valid.eq(self.wr.valid),
+                     w_addr.eq(wr.addr[:low]), w_data.eq(wr.data)]
         m.d.sync += w_en.eq(0)
-        with m.If(self.wr.valid & (wr.addr < self._words)):
+        with m.If(wr_valid & (wr.addr < self._words)):
             m.d.sync += w_en.bit_select(bank_of(wr.addr), 1).eq(1)
 
         # Read credits: `pending` words read and not yet taken, at most READ_AHEAD. `room`
@@ -261,13 +270,17 @@ class BurstRAM(wiring.Component):
         rd_addr = Signal(addr_w)
         read, _ = _burst_walk(m, self.req, free=room, rd_addr=rd_addr)
         taken = fifo.r_en & fifo.r_rdy
-        m.d.sync += [pending.eq(pending + read - taken), room.eq(pending < READ_AHEAD - 1)]
+        # (each outcome's count formed beforehand: the read enable is known late)
+        m.d.sync += [pending.eq(Mux(read, Mux(taken, pending, pending + 1),
+                                    Mux(taken, pending - 1, pending))),
+                     room.eq(pending < READ_AHEAD - 1)]
         m.d.comb += [self.resp.valid.eq(fifo.r_rdy), self.resp.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.resp.ready)]
 
         # 1: the address; 2: the banks' read registers; 3: a register behind each bank (a
-        # block RAM's output is slow: an ECP5's takes 5.6 ns); 4: a word per group; 5: the FIFO.
-        a_valid, b_valid, c_valid, d_valid = Signal(), Signal(), Signal(), Signal()
+        # block RAM's output is slow: an ECP5's takes 5.6 ns); 4: a word per group; 5: the
+        # word (the groups' multiplexer and the FIFO's write data are far apart); 6: the FIFO.
+        a_valid, b_valid, c_valid, d_valid, e_valid = (Signal() for _ in range(5))
         a_addr = Signal(addr_w, reset_less=True)
         b_bank = Signal(len(bank_of(a_addr)), reset_less=True)
         c_bank = Signal(len(b_bank), reset_less=True)
@@ -288,7 +301,9 @@ class BurstRAM(wiring.Component):
             word = Signal(self._word_bits, name=f"group{g // BANK_GROUP}", reset_less=True)
             m.d.sync += word.eq(Array(outs[g:g + BANK_GROUP])[c_bank % BANK_GROUP])
             groups.append(word)
-        m.d.comb += [fifo.w_en.eq(d_valid), fifo.w_data.eq(Array(groups)[d_group])]
+        e_word = Signal(self._word_bits, reset_less=True)
+        m.d.sync += [e_valid.eq(d_valid), e_word.eq(Array(groups)[d_group])]
+        m.d.comb += [fifo.w_en.eq(e_valid), fifo.w_data.eq(e_word)]
 
 
 class SPRAMBurstRAM(wiring.Component):

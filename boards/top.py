@@ -119,7 +119,7 @@ class BoardTop(wiring.Component):
     memory : str
         Weight memory kind, one of :data:`lpu.boards.memory.MEMORY_KINDS` (block RAM, the
         UP5K's SPRAM, the configuration flash on one or four data lines). Block RAM is a
-        pipelined :class:`BurstRAM` (its first word four cycles later) for an LPU built with
+        pipelined :class:`BurstRAM` (its first word five cycles later) for an LPU built with
         ``registered_ram``, as the rest of its block RAMs.
 
     Raises

@@ -9,6 +9,7 @@ idempotent requests (memory, scale and activation writes, result reads) go out a
 per frame.
 """
 
+import gc
 import queue
 import struct
 import threading
@@ -133,13 +134,21 @@ class PysimTransport(Transport):
         for monitor in monitors:
             sim.add_process(monitor)
         self._error = None
+        self._sim = sim
 
         def run():
             try:
-                sim.run()
+                self._sim.run()
             except Exception as exc:        # a process failed: no reply will come
                 self._error = exc
                 self._resp.put(None)
+            finally:
+                # The simulator and its processes are dropped and collected here, at a known
+                # point: a process stopped mid-way is closed when collected, and collected
+                # at a random point of the program (inside a compilation) it upset the
+                # interpreter.
+                self._sim = None
+                gc.collect()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()

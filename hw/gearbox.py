@@ -6,6 +6,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .params import check_bool
+
 __all__ = ["TileGearbox"]
 
 
@@ -28,6 +30,14 @@ class TileGearbox(wiring.Component):
     several cycles (several activation vectors use it), ``tiles=2`` gives room for the whole
     next tile meanwhile.
 
+    With ``ring=True`` no code moves once written: the buffer is a ring of whole tiles (the
+    ``(tiles + 1) * tile + max_chunk`` slots above, rounded up), written at a one-hot write
+    position that moves only with the chunks taken, and the head tile is one of the ring's
+    tiles, chosen by a one-hot read position that moves with the tiles leaving. A slot's enable
+    is then the input's handshake and one bit of the write position (per chunk position), and
+    no slot waits for the output's handshake; the output is a multiplexer of the ring's tiles,
+    for a register behind it. Which chunks are taken, and when tiles leave, is as without it.
+
     Attributes
     ----------
     i_stream : In(stream.Signature(StructLayout({"codes", "count"})))
@@ -37,9 +47,10 @@ class TileGearbox(wiring.Component):
         Drop every buffered code (start of a new matrix).
     """
 
-    def __init__(self, *, tile, chunks, code_shape, tiles=1):
+    def __init__(self, *, tile, chunks, code_shape, tiles=1, ring=False):
         self._tile = tile
         self._tiles = tiles
+        self._ring = check_bool("Ring", ring)
         self._chunks = tuple(sorted(set(chunks)))
         self._max = max(self._chunks)
         self._code = code_shape
@@ -57,7 +68,9 @@ class TileGearbox(wiring.Component):
         m = Module()
         T, g = self._tile, self._g
         room = (self._tiles + 1) * T    # fill level up to which a chunk is still taken
-        C = room + self._max
+        C = room + self._max            # slots: the most a chunk taken can leave
+        if self._ring:
+            C = -(-C // T) * T          # whole tiles
         # The slots are kept ``g`` at a time: the level and every chunk size are multiples of
         # ``g``, so the slots of one cell always move and are written together. One signal per
         # cell describes the same logic as one per slot, in ``g`` times fewer statements for a
@@ -77,38 +90,86 @@ class TileGearbox(wiring.Component):
         m.d.comb += [
             self.o_stream.valid.eq(has_tile),
             emit.eq(self.o_stream.valid & self.o_stream.ready),
-            self.o_stream.payload.eq(Cat(*cells[:T // g])),
             self.i_stream.ready.eq(fits),
         ]
         accept = self.i_stream.valid & self.i_stream.ready
         count = self.i_stream.payload.count
         codes = self.i_stream.payload.codes.as_value()
 
-        # The level also as a one-hot register, `oh[k]` for level == k * g, kept beside the
-        # binary level (below): the write position (the level once a leaving tile is gone),
-        # shared by all cells, is then one gate of two of its bits and the handshakes.
         K = C // g
-        oh = Signal(K + 1, init=1)
+        if self._ring:
+            # The write position, one-hot in cells, moves up a chunk's size for each chunk
+            # taken (around the ring); the read position, one-hot in tiles, one tile for each
+            # tile leaving. A chunk written at cell p puts its codes d * g .. in cell p + d,
+            # all max_chunk / g cells of them, whatever its count: the cells behind a shorter
+            # chunk are free (the level is at most room when a chunk is taken, and room +
+            # max_chunk slots fit in the ring), and the next chunk writes over them.
+            R = C // T
+            wp = Signal(K, init=1)
+            rp = Signal(R, init=1)
+            tiles = [Cat(*cells[r * (T // g):(r + 1) * (T // g)]) for r in range(R)]
+            head = 0
+            for r in range(R):
+                head = head | Mux(rp[r], tiles[r], 0)
+            m.d.comb += self.o_stream.payload.eq(head)
+            for j, c in enumerate(cells):
+                for d in range(0, self._max // g):
+                    with m.If(accept & wp[(j - d) % K]):
+                        m.d.sync += c.eq(codes[d * g * bits:(d + 1) * g * bits])
 
-        def oh_at(k):
-            return oh[k] if 0 <= k <= K else Const(0)
+            def moved(k):
+                if len(self._chunks) == 1:
+                    return wp[(k - self._chunks[0] // g) % K]
+                return Cat(*[(count == n) & wp[(k - n // g) % K] for n in self._chunks]).any()
+            with m.If(self.clear):
+                m.d.sync += [wp.eq(1), rp.eq(1)]
+            with m.Else():
+                with m.If(accept):
+                    m.d.sync += wp.eq(Cat(*[moved(k) for k in range(K)]))
+                with m.If(emit):
+                    m.d.sync += rp.eq(rp.rotate_left(1))
+        else:
+            # The head tile is in cells 0 .. T/g - 1; when it leaves, the rest move down T.
+            m.d.comb += self.o_stream.payload.eq(Cat(*cells[:T // g]))
+            # The level also as a one-hot register, `oh[k]` for level == k * g, kept beside
+            # the binary level (below): the write position (the level once a leaving tile is
+            # gone), shared by all cells, is then one gate of two of its bits and the
+            # handshakes.
+            oh = Signal(K + 1, init=1)
 
-        at = {pos: Signal(name=f"at{pos}") for pos in range(0, room + 1, g)}
-        for pos, sig in at.items():
-            m.d.comb += sig.eq(accept & Mux(emit, oh_at((pos + T) // g), oh_at(pos // g)))
+            def oh_at(k):
+                return oh[k] if 0 <= k <= K else Const(0)
 
-        for j, c in enumerate(cells):
-            i = j * g                   # first slot of the cell
-            kept = Mux(emit, cells[j + T // g], c) if i + T < C else c
-            nxt = kept
-            for d in range(0, self._max, g):
-                pos = i - d             # a chunk written at pos puts its codes d.. here
-                if pos < 0 or pos > room:
-                    continue
-                # Chunk sizes are multiples of g: count > d means the whole cell is present.
-                hit = at[pos] if d < min(self._chunks) else at[pos] & (count > d)
-                nxt = Mux(hit, codes[d * bits:(d + g) * bits], nxt)
-            m.d.sync += c.eq(nxt)
+            at = {pos: Signal(name=f"at{pos}") for pos in range(0, room + 1, g)}
+            for pos, sig in at.items():
+                m.d.comb += sig.eq(accept & Mux(emit, oh_at((pos + T) // g), oh_at(pos // g)))
+
+            for j, c in enumerate(cells):
+                i = j * g                   # first slot of the cell
+                kept = Mux(emit, cells[j + T // g], c) if i + T < C else c
+                nxt = kept
+                for d in range(0, self._max, g):
+                    pos = i - d             # a chunk written at pos puts its codes d.. here
+                    if pos < 0 or pos > room:
+                        continue
+                    # Chunk sizes are multiples of g: count > d means the whole cell is
+                    # present.
+                    hit = at[pos] if d < min(self._chunks) else at[pos] & (count > d)
+                    nxt = Mux(hit, codes[d * bits:(d + g) * bits], nxt)
+                m.d.sync += c.eq(nxt)
+
+            # the one-hot level moves by the level's amounts: down T / g for a leaving tile,
+            # up a chunk's size / g for a chunk taken
+            def grown(k):
+                if len(self._chunks) == 1:
+                    return oh_at(k - self._chunks[0] // g)
+                return Cat(*[(count == n) & oh_at(k - n // g) for n in self._chunks]).any()
+            with m.If(self.clear):
+                m.d.sync += oh.eq(1)
+            with m.Else():
+                for k in range(K + 1):
+                    m.d.sync += oh[k].eq(pick(accept, emit, [
+                        oh_at(k), oh_at(k + T // g), grown(k), grown(k + T // g)]))
 
         # The next level for each outcome of the two late handshakes, formed beforehand (the
         # chunk size does not depend on them), so that they only select one.
@@ -120,22 +181,14 @@ class TileGearbox(wiring.Component):
         bases = [(level, 0), (level, T), (taken, 0), (taken, T)]    # by (accept, emit)
         flags = [(has_tile, lambda x, d: x >= T + d), (fits, lambda x, d: x <= room + d)]
         with m.If(self.clear):
-            m.d.sync += [level.eq(0), oh.eq(1)] + [flag.eq(test(0, 0)) for flag, test in flags]
+            m.d.sync += [level.eq(0)] + [flag.eq(test(0, 0)) for flag, test in flags]
         with m.Else():
-            def pick(values):
-                return Mux(accept, Mux(emit, values[3], values[2]),
-                           Mux(emit, values[1], values[0]))
-            m.d.sync += level.eq(pick([x - d for x, d in bases]))
-            # the one-hot level moves by the same amounts: down T / g for a leaving tile, up a
-            # chunk's size / g for a chunk taken
-            def grown(k):
-                if len(self._chunks) == 1:
-                    return oh_at(k - self._chunks[0] // g)
-                return Cat(*[(count == c) & oh_at(k - c // g) for c in self._chunks]).any()
-
-            for k in range(K + 1):
-                m.d.sync += oh[k].eq(pick([oh_at(k), oh_at(k + T // g), grown(k),
-                                           grown(k + T // g)]))
+            m.d.sync += level.eq(pick(accept, emit, [x - d for x, d in bases]))
             for flag, test in flags:
-                m.d.sync += flag.eq(pick([test(x, d) for x, d in bases]))
+                m.d.sync += flag.eq(pick(accept, emit, [test(x, d) for x, d in bases]))
         return m
+
+
+def pick(accept, emit, values):
+    """One of four values, by the outcomes of the two handshakes (no, emit, accept, both)."""
+    return Mux(accept, Mux(emit, values[3], values[2]), Mux(emit, values[1], values[0]))

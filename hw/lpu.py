@@ -216,9 +216,14 @@ class LPU(wiring.Component):
         idle = reg(range(self._timeout + 1), "idle")
         timed_out = reg(1, "timed_out")       # idle == timeout - 1, registered the same way
         desc_bytes = (JOB_LAYOUT.size + 7) // 8
-        AW = max(128, 8 * N, 8 * desc_bytes, SCALE_BITS * P)
+        # With registered RAM `acc`'s enable is a flip-flop, `hold_r`, set with the transitions
+        # into the states that hold it: a state that finds its field's end (`at_len`) then
+        # shifts in one more byte, so `acc` has a byte more, above the fields (`acc_top`).
+        acc_top = max(128, 8 * N, 8 * desc_bytes, SCALE_BITS * P)
+        AW = acc_top + 8 * registered
         acc = reg(AW, "acc")         # little-endian field assembly: newest byte on top
         acc_hold = Signal()          # the states that read `acc` after the bytes it assembles
+        hold_r = Signal()
         field_addr = reg(32, "field_addr")
         # WRITE_MEM: the last word address that leaves room for the payload's words (negative
         # when none does), from the length alone; a start address above it is refused
@@ -327,7 +332,14 @@ class LPU(wiring.Component):
 
         # `acc` assembles bytes in every state but those that read what it assembled.
         shift_in = Cat(acc[8:], buf_data)
-        m.d.sync += acc.eq(Mux(acc_hold, acc, shift_in))
+        m.d.sync += acc.eq(Mux(hold_r if registered else acc_hold, acc, shift_in))
+
+        def hold_next(value):
+            """With registered RAM: whether `acc` holds in the next cycle (0 unless a state
+            says otherwise)."""
+            if registered:
+                m.d.sync += hold_r.eq(value)
+        hold_next(0)
 
         # `sub` counts bytes in the word-gathering states and in READ_COPY and is 0
         # elsewhere (the ones after a state's last byte are for no use).
@@ -344,10 +356,12 @@ class LPU(wiring.Component):
                 with m.If(at_len):
                     reply()
                 with m.Elif(sub == nbytes - 1):
+                    hold_next(1)
                     m.next = f"{name}_WRITE"
             with m.State(f"{name}_WRITE"):
                 m.d.comb += [port.valid.eq(1), port.payload.addr.eq(field_addr),
                              port.payload.data.eq(word), acc_hold.eq(1)]
+                hold_next(~port.ready)
                 with m.If(port.ready):
                     m.d.sync += field_addr.eq(field_addr + 1)
                     m.next = f"{name}_WORD"
@@ -508,12 +522,14 @@ class LPU(wiring.Component):
                 step_idx()
                 with m.If(at_len):
                     m.d.comb += acc_hold.eq(1)
+                    hold_next(1)
                     m.next = "WACT_WRITE"
             with m.State("WACT_WRITE"):
                 m.d.comb += [act_w.valid.eq(1), act_w.payload.addr.eq(field_addr),
                              acc_hold.eq(1)]
+                hold_next(~act_w.ready)
                 for i in range(N):
-                    lo = AW - 8 * N + 8 * i
+                    lo = acc_top - 8 * N + 8 * i
                     m.d.comb += act_w.payload.data[i].eq(acc[lo:lo + 8].as_signed())
                 with m.If(act_w.ready):
                     reply()
@@ -553,18 +569,21 @@ class LPU(wiring.Component):
                 step_idx()
                 with m.If(at_len):
                     m.d.comb += acc_hold.eq(1)
+                    hold_next(1)
                     m.next = "RUN_START"
-            job = acc[AW - 8 * desc_bytes:]
+            job = acc[acc_top - 8 * desc_bytes:acc_top]
             with m.State("RUN_START"):
                 # The scale unit checks the job's scale range before the streamer starts.
                 # (`idx` is 0 from here on, ready for RUN_REPLY: zeroed here, then held.)
                 m.d.comb += [sc.desc.valid.eq(1), sc.desc.payload.as_value().eq(job),
                              acc_hold.eq(1), idx_zero.eq(1)]
+                hold_next(1)
                 with m.If(sc.desc.ready):
                     m.d.sync += [out_count.eq(0), out_room.eq(1)]
                     m.next = "RUN_SCALE"
             with m.State("RUN_SCALE"):
                 m.d.comb += acc_hold.eq(1)
+                hold_next(sc.status.setup | ~sc.status.error)
                 with m.If(~sc.status.setup):
                     with m.If(sc.status.error):
                         m.d.comb += job_error_next.eq(StreamError.SCALES)
@@ -575,6 +594,7 @@ class LPU(wiring.Component):
                 m.d.comb += [st.desc.valid.eq(1),
                              st.desc.payload.as_value().eq(job[:DESCRIPTOR_LAYOUT.size]),
                              acc_hold.eq(1)]
+                hold_next(~st.desc.ready)
                 with m.If(st.desc.ready):
                     m.next = "RUN_WAIT"
             with m.State("RUN_WAIT"):

@@ -134,10 +134,13 @@ class WeightStreamer(wiring.Component):
     fifo_depth : int, optional
         Prefetch FIFO depth in words (default ``4 * max_burst``); at least ``max_burst``.
     registered_ram : bool
-        The block RAMs of the data path feed registers before any logic: the prefetch FIFO's
-        words pass a register before the decoder, and the activation buffer's vectors the
-        array's input register (:class:`PEArray` ``input_register``). Two cycles more to the
-        first result; an ECP5 block RAM's output alone takes 5.6 ns.
+        The block RAMs of the data path feed registers before any logic (an ECP5 block RAM's
+        output alone takes 5.6 ns): the prefetch FIFO's words pass a register before the
+        decoder, and the activation buffer's vectors its output register (stage C) and then
+        flip-flops (stage D) before the array; the gearbox is a ring of tiles
+        (:class:`TileGearbox` ``ring``), the activation buffer's address and writes are
+        registers, and the bursts after the next are formed ahead. Three cycles more to the
+        first result.
 
     Attributes
     ----------
@@ -246,10 +249,13 @@ class WeightStreamer(wiring.Component):
                                                    formats=self._formats)
         chunks = [weights_per_word(f, self._word_bits) for f in self._formats]
         # With several vectors per tile the head tile is held for V cycles: room for the next.
+        # With registered RAM stage C registers the tile, so the gearbox's output may be a
+        # multiplexer: its ring of tiles, whose cells wait for no output handshake.
         m.submodules.gearbox = gear = TileGearbox(tile=T, chunks=chunks,
                                                   code_shape=array.input_layout["weight"]
                                                   .shape.elem_shape.elem_shape,
-                                                  tiles=2 if self.max_vectors > 1 else 1)
+                                                  tiles=2 if self.max_vectors > 1 else 1,
+                                                  ring=self._registered_ram)
         m.submodules.div = div = SequentialDivider(SIZE_DIV_WIDTH)
         m.submodules.div5 = div5 = SequentialDivider(BYTE_DIV_WIDTH, den_width=3)  # by 5
         m.submodules.mul = mul = SequentialMultiplier(SIZE_DIV_WIDTH - 1)
@@ -265,13 +271,18 @@ class WeightStreamer(wiring.Component):
             act_w_addr, act_w_data, act_w_en = act_w.addr, act_w.data, act_w.en
             act_r_addr, act_r_en, act_r_data = act_r.addr, act_r.en, act_r.data
 
-        # --- activation buffer writes
-        m.d.comb += [
+        # --- activation buffer writes (with registered RAM through a register: the address
+        # and data fan out to dozens of block RAMs; a job's first read comes many cycles after)
+        act_writes = [
             act_w_addr.eq(self.act_wr.payload.addr),
             act_w_data.eq(self.act_wr.payload.data),
             act_w_en.eq(self.act_wr.valid),
-            self.act_wr.ready.eq(1),
         ]
+        if self._registered_ram:
+            m.d.sync += act_writes
+        else:
+            m.d.comb += act_writes
+        m.d.comb += self.act_wr.ready.eq(1)
 
         # --- descriptor and derived sizes
         desc = Signal(DESCRIPTOR_LAYOUT)
@@ -341,6 +352,16 @@ class WeightStreamer(wiring.Component):
         fetch_more = Signal()
         nxt = Signal.like(blen)  # the length of the burst after this one: burst_of(fetch_after)
         nxt_m1 = Signal(signed(len(blen) + 1))  # nxt - 1, for `slack` (below)
+        # With registered RAM, the words left after the next burst, y = fetch_after - nxt,
+        # also less max_burst (z) and less 1: a request's new values are then each a register,
+        # or one of two values (by z's sign) of a register less a constant, rather than
+        # comparisons and a subtraction in series. (Elsewhere they are formed from
+        # fetch_after when a request is taken: fewer registers, for the iCE40.)
+        after_y = Signal.like(fetch_after)
+        after_z = Signal(signed(len(fetch_after) + 1))
+        after_y_m1 = Signal(signed(len(fetch_after) + 1))
+        words_ge1 = Signal()
+        words_ge2 = Signal()
         # the first burst's values, formed during the address check: its room_for (below)
         first_blen = Signal.like(blen)
         first_after = Signal.like(fetch_after)
@@ -355,11 +376,14 @@ class WeightStreamer(wiring.Component):
         no_pending = Signal(init=1)  # pending == 0, as a flip-flop set with pending
         b_valid = Signal()
 
+        mb_ = self._max_burst
+
         def burst_of(left):
-            return Mux(left < self._max_burst, left, self._max_burst)
+            return Mux(left < mb_, left, mb_)
 
         # Busy in every state but IDLE: with one-hot state coding that is one flip-flop, where
         # an OR over the states' conditions took two levels of logic into the LPU's RUN_WAIT.
+        low = Shape.cast(range(self._mem_words + 1)).width
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
@@ -430,16 +454,34 @@ class WeightStreamer(wiring.Component):
                 m.next = "ADDRESS"
             with m.State("ADDRESS"):
                 # the address check in three steps (sum, comparison, verdict), each a short path
-                low = Shape.cast(range(self._mem_words + 1)).width
                 m.d.sync += [end.eq(desc.base[:low] + words[:low]),
                              beyond.eq((desc.base > self._mem_words) |
                                        (words > self._mem_words) | w_over),
                              first_blen.eq(burst_of(words))]
+                if self._registered_ram:
+                    m.d.sync += [words_ge1.eq(words[:low] >= mb_),
+                                 words_ge2.eq(words[:low] >= 2 * mb_)]
                 m.next = "ADDRESS_CMP"
             with m.State("ADDRESS_CMP"):
                 m.d.sync += [past_end.eq(beyond | (end > self._mem_words)),
-                             first_after.eq(words - first_blen),
                              first_room.eq(self._fifo_depth - first_blen)]
+                if self._registered_ram:
+                    # the bursts after the first, from the image's length W (the values
+                    # matter only for a job that passes the check, whose W fits in `low`
+                    # bits; no request is made before): fetch_after = W - burst_of(W), nxt =
+                    # burst_of(fetch_after), y = fetch_after - nxt, each by comparisons of W
+                    # with multiples of max_burst (registered in ADDRESS)
+                    w_words = words[:low]
+                    ge1, ge2 = words_ge1, words_ge2
+                    m.d.sync += [
+                        fetch_after.eq(Mux(ge1, w_words - mb_, 0)),
+                        nxt.eq(Mux(ge2, mb_, Mux(ge1, w_words - mb_, 0))),
+                        nxt_m1.eq(Mux(ge2, mb_ - 1, Mux(ge1, w_words - (mb_ + 1), -1))),
+                        after_y.eq(Mux(ge2, w_words - 2 * mb_, 0)),
+                        after_z.eq(Mux(ge2, w_words - 3 * mb_, -mb_)),
+                        after_y_m1.eq(Mux(ge2, w_words - (2 * mb_ + 1), -1))]
+                else:
+                    m.d.sync += first_after.eq(words - first_blen)
                 m.next = "ADDRESS_OK"
             with m.State("ADDRESS_OK"):
                 with m.If(past_end):
@@ -447,10 +489,12 @@ class WeightStreamer(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     # (a job has at least one word: rows and columns are not zero)
-                    m.d.sync += [fetch_addr.eq(desc.base), fetch_after.eq(first_after),
-                                 blen.eq(first_blen), running.eq(1), fetch_more.eq(1),
-                                 nxt.eq(burst_of(first_after)),
-                                 nxt_m1.eq(burst_of(first_after) - 1)]
+                    m.d.sync += [fetch_addr.eq(desc.base), blen.eq(first_blen),
+                                 running.eq(1), fetch_more.eq(1)]
+                    if not self._registered_ram:
+                        m.d.sync += [fetch_after.eq(first_after),
+                                     nxt.eq(burst_of(first_after)),
+                                     nxt_m1.eq(burst_of(first_after) - 1)]
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(seq_done & ~b_valid & no_pending):
@@ -481,20 +525,30 @@ class WeightStreamer(wiring.Component):
         # makes room_for the next burst's, fifo_depth - nxt, where it was fifo_depth - blen:
         # slack loses nxt. A pop gives one back. (Each outcome is one adder: slack - nxt + 1 is
         # slack - nxt_m1.)
-        # burst_of(fetch_after - nxt) - d, given nxt = burst_of(fetch_after): two comparisons
-        # with constants rather than a subtraction and a comparison
-        mb_ = self._max_burst
-
-        def after_nxt(d):
-            return Mux(fetch_after >= 2 * mb_, mb_ - d,
-                       Mux(fetch_after >= mb_, fetch_after - (mb_ + d), -d))
         m.d.sync += slack.eq(Mux(req_fire, Mux(pop, slack - nxt_m1, slack - nxt),
                                  Mux(pop, slack + 1, Mux(at_address_ok, first_room, slack))))
         m.d.sync += at_address_ok.eq(fsm.ongoing("ADDRESS_CMP"))
         with m.If(req_fire):
-            m.d.sync += [fetch_addr.eq(fetch_addr + blen), fetch_after.eq(fetch_after - nxt),
-                         blen.eq(nxt), fetch_more.eq(fetch_after != 0),
-                         nxt.eq(after_nxt(0)), nxt_m1.eq(after_nxt(1))]
+            m.d.sync += [fetch_addr.eq(fetch_addr + blen), blen.eq(nxt),
+                         fetch_more.eq(fetch_after != 0)]
+            if self._registered_ram:
+                # the burst after the next: burst_of(y), and y less it, by whether y >=
+                # max_burst
+                full = ~after_z[-1]
+                m.d.sync += [fetch_after.eq(after_y),
+                             nxt.eq(Mux(full, mb_, after_y)),
+                             nxt_m1.eq(Mux(full, mb_ - 1, after_y_m1)),
+                             after_y.eq(Mux(full, after_z, 0)),
+                             after_z.eq(Mux(full, after_z - mb_, -mb_)),
+                             after_y_m1.eq(Mux(full, after_z - 1, -1))]
+            else:
+                # burst_of(fetch_after - nxt) - d, given nxt = burst_of(fetch_after): two
+                # comparisons with constants rather than a subtraction and a comparison
+                def after_nxt(d):
+                    return Mux(fetch_after >= 2 * mb_, mb_ - d,
+                               Mux(fetch_after >= mb_, fetch_after - (mb_ + d), -d))
+                m.d.sync += [fetch_after.eq(fetch_after - nxt),
+                             nxt.eq(after_nxt(0)), nxt_m1.eq(after_nxt(1))]
         # A word is requested only with room reserved for it, so the FIFO always has room
         # for the word the memory offers: the response is always ready (the memory's read
         # enable then waits for no FIFO level).
@@ -562,16 +616,25 @@ class WeightStreamer(wiring.Component):
             m.d.comb += b_out.payload.vector.eq(b_vec)
         arr_in = array.i_stream
         if self._registered_ram:
+            # Stages C and D advance together with the array's ready. Stage D copies the
+            # activations out of the block RAMs' output registers into flip-flops, which sit
+            # where the array wants them (the block RAMs stand in columns across the device).
             c_enable = arr_in.ready
-            # (in simulation, as the array's stages, stage C takes a value only with a tile)
+            c_valid = Signal()
+            # (in simulation, as the array's stages, stages C and D take a value only with a
+            # tile)
             c_take = c_enable & (b_out.valid if platform is None else 1)
+            d_take = c_enable & (c_valid if platform is None else 1)
             c_pay = Signal(array.input_layout, name="c_pay", reset_less=True)
+            d_pay = Signal(array.input_layout, name="d_pay", reset_less=True)
             with m.If(c_enable):
-                m.d.sync += arr_in.valid.eq(b_out.valid)
+                m.d.sync += [c_valid.eq(b_out.valid), arr_in.valid.eq(c_valid)]
             with m.If(c_take):
                 m.d.sync += c_pay.eq(b_out.payload)
+            with m.If(d_take):
+                m.d.sync += [d_pay.eq(c_pay), d_pay.act.eq(act_r_data)]
             m.d.comb += [b_out.ready.eq(c_enable), acts.r_oe.eq(c_take),
-                         arr_in.payload.eq(c_pay), arr_in.payload.act.eq(act_r_data)]
+                         arr_in.payload.eq(d_pay)]
         else:
             m.d.comb += [arr_in.valid.eq(b_out.valid), b_out.ready.eq(arr_in.ready),
                          arr_in.payload.eq(b_out.payload), arr_in.payload.act.eq(act_r_data)]

@@ -96,14 +96,17 @@ def run_streamer(system, desc, act_entries, *, seed=0, ready_prob=1.0, max_cycle
 
     Writes ``act_entries`` (address, values) into the activation buffer, sends ``desc``, takes
     the outputs with random backpressure and waits for the streamer to go idle. Returns a dict
-    with ``outputs`` (R, P), ``error`` (a StreamError), ``cycles`` (descriptor accepted to idle)
-    and ``perf`` (the counters). ``setup``, an ``async def setup(ctx)``, runs first (to load
-    a memory through its write port, say).
+    with ``outputs`` (R, P), ``error`` (a StreamError), ``cycles`` (descriptor accepted to idle),
+    ``perf`` (the counters) and ``requests`` (the memory requests taken, as (address,
+    length)). ``setup``, an ``async def setup(ctx)``, runs first (to load a memory through its
+    write port, say).
     """
     rng = np.random.default_rng(seed)
     outputs = []
-    result = {}
+    requests = []
+    result = {"requests": requests}
     done = {"flag": False}
+    req = system.streamer.mem_req
 
     async def host(ctx):
         if setup is not None:
@@ -136,10 +139,13 @@ def run_streamer(system, desc, act_entries, *, seed=0, ready_prob=1.0, max_cycle
         while not done["flag"]:
             ready = int(rng.random() < ready_prob)
             ctx.set(system.o_stream.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(system.o_stream.valid,
-                                                          system.o_stream.payload)
+            _, _, valid, payload, r_valid, r_ready, r_pay = await ctx.tick().sample(
+                system.o_stream.valid, system.o_stream.payload,
+                req.valid, req.ready, req.payload)
             if valid and ready:
                 outputs.append([int(v) for v in payload])
+            if r_valid and r_ready:
+                requests.append((int(r_pay.addr), int(r_pay.len)))
 
     _simulate(system, sink, host, vcd)
     pes = system.streamer.pes

@@ -360,7 +360,7 @@ def test_flash_image_command(tmp_path, capsys):
 @pytest.mark.parametrize("ready_prob", [1.0, 0.6])
 def test_pipelined_burstram_reads_across_banks(rng, ready_prob):
     """A pipelined BurstRAM of three banks (the last one short) returns every burst's words,
-    in order, whatever the reader's ready; a reader always ready gets the first word five
+    in order, whatever the reader's ready; a reader always ready gets the first word six
     cycles after the first request and then one word per cycle, across bursts and banks."""
     words = 2 * BANK_WORDS + 100
     layout = mem_request_layout(12, 16)
@@ -378,7 +378,7 @@ def test_pipelined_burstram_reads_across_banks(rng, ready_prob):
 
 
 def test_pipelined_burstram_first_word_latency():
-    """One burst into an idle pipelined BurstRAM: its first word is offered in the fifth
+    """One burst into an idle pipelined BurstRAM: its first word is offered in the sixth
     cycle after the request's handshake, the unpipelined RAM's in the first."""
     layout = mem_request_layout(10, 8)
     firsts = []
@@ -401,4 +401,4 @@ def test_pipelined_burstram_first_word_latency():
         sim.add_clock(1e-6)
         sim.add_testbench(bench)
         sim.run()
-    assert firsts == [1, 5]
+    assert firsts == [1, 6]

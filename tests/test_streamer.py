@@ -82,6 +82,25 @@ def test_streamer_long_run(rng):
     assert np.array_equal(res["outputs"], ref)
 
 
+@pytest.mark.parametrize("registered_ram", [False, True])
+def test_streamer_requests_whole_bursts_then_the_rest(rng, registered_ram):
+    # one word per row (a 4-weight tile of t2 in a byte): bursts of 4 words, then what is left
+    st = WeightStreamer(lanes=4, pes=1, word_bits=8, addr_width=10, max_k=16, max_burst=4,
+                        registered_ram=registered_ram)
+    for rows in (1, 3, 4, 5, 7, 8, 9, 11, 12, 13, 16, 18):
+        res, ref, _, _ = _job(rng, st, rows=rows, cols=4, fmt="t2", base=5)
+        assert np.array_equal(res["outputs"], ref)
+        assert res["requests"] == [(5 + a, min(4, rows - a)) for a in range(0, rows, 4)]
+    # a FIFO of 1.5 bursts, stalls on both sides: a credit too many overflows it, one too few
+    # leaks until no burst is requested again
+    st = WeightStreamer(lanes=4, pes=1, word_bits=8, addr_width=10, max_k=16, max_burst=4,
+                        fifo_depth=6, registered_ram=registered_ram)
+    for rows in (38, 41):
+        res, ref, _, _ = _job(rng, st, rows=rows, cols=4, fmt="t2", mem="sdram", stall=0.3,
+                              ready_prob=0.4)
+        assert np.array_equal(res["outputs"], ref)
+
+
 def test_streamer_back_to_back_jobs_share_no_state(rng):
     # a second descriptor after the first (t5 residue in the gearbox must not leak)
     st = WeightStreamer(lanes=3, pes=2, word_bits=8, addr_width=10, max_k=16, max_burst=4)
@@ -215,9 +234,16 @@ def test_decoder_matches_format(rng, fmt, word_bits):
     sim.run()
 
 
-@pytest.mark.parametrize("tile, chunks", [(12, [5]), (8, [4, 5]), (4, [10]), (7, [3, 8])])
-def test_gearbox_keeps_order(rng, tile, chunks):
-    gb = TileGearbox(tile=tile, chunks=chunks, code_shape=2)
+def test_gearbox_ring_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"^Ring must be a bool, not 1$"):
+        TileGearbox(tile=4, chunks=[4], code_shape=2, ring=1)
+
+
+@pytest.mark.parametrize("ring", [False, True])
+@pytest.mark.parametrize("tile, chunks, tiles", [(12, [5], 1), (8, [4, 5], 1), (4, [10], 1),
+                                                 (7, [3, 8], 1), (16, [4, 8], 2), (8, [8], 2)])
+def test_gearbox_keeps_order(rng, tile, chunks, tiles, ring):
+    gb = TileGearbox(tile=tile, chunks=chunks, code_shape=2, tiles=tiles, ring=ring)
     data = rng.integers(0, 4, size=tile * 30)
     out = []
     n_tiles = len(data) // tile
@@ -237,7 +263,7 @@ def test_gearbox_keeps_order(rng, tile, chunks):
             i += c
 
     async def consumer(ctx):
-        while len(out) < n_tiles - 1:
+        while len(out) < n_tiles:
             ready = int(rng.random() < 0.7)
             ctx.set(gb.o_stream.ready, ready)
             _, _, valid, payload = await ctx.tick().sample(gb.o_stream.valid,
