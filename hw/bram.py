@@ -203,7 +203,9 @@ class RegisteredFIFO(wiring.Component):
             m.d.sync += produce.eq(step(produce))
         with m.If(do_read):
             m.d.sync += consume.eq(step(consume))
-        m.d.sync += [level.eq(level + do_write - do_read),
+        # (the level for each outcome formed beforehand: the read follows the reader's ready)
+        m.d.sync += [level.eq(Mux(do_write, Mux(do_read, level, level + 1),
+                                  Mux(do_read, level - 1, level))),
                      nonempty.eq(do_write | Mux(do_read, level != 1, nonempty)),
                      w_rdy.eq(Mux(do_write & ~do_read, level != inner - 1,
                                   do_read & ~do_write | w_rdy))]

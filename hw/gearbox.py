@@ -30,13 +30,16 @@ class TileGearbox(wiring.Component):
     several cycles (several activation vectors use it), ``tiles=2`` gives room for the whole
     next tile meanwhile.
 
-    With ``ring=True`` no code moves once written: the buffer is a ring of whole tiles (the
-    ``(tiles + 1) * tile + max_chunk`` slots above, rounded up), written at a one-hot write
-    position that moves only with the chunks taken, and the head tile is one of the ring's
-    tiles, chosen by a one-hot read position that moves with the tiles leaving. A slot's enable
-    is then the input's handshake and one bit of the write position (per chunk position), and
-    no slot waits for the output's handshake; the output is a multiplexer of the ring's tiles,
-    for a register behind it. Which chunks are taken, and when tiles leave, is as without it.
+    With ``ring=True`` no code moves once written: the buffer is a ring of whole tiles (at least
+    ``(tiles + 1) * tile + 2 * max_chunk`` slots), written at a one-hot write position that
+    moves only with the chunks taken, and the head tile is one of the ring's tiles, chosen by a
+    one-hot read position that moves with the tiles leaving. The slots at the write position
+    take the input in every cycle, whether or not a chunk is offered or taken: they are free
+    (the level is at most ``room + max_chunk``), and the position moves on only past a chunk
+    taken. So a slot's enable is one bit of the write position (per chunk position), a
+    flip-flop, and waits for neither handshake; the output is a multiplexer of the ring's
+    tiles, for a register behind it. Which chunks are taken, and when tiles leave, is as
+    without it.
 
     Attributes
     ----------
@@ -70,7 +73,7 @@ class TileGearbox(wiring.Component):
         room = (self._tiles + 1) * T    # fill level up to which a chunk is still taken
         C = room + self._max            # slots: the most a chunk taken can leave
         if self._ring:
-            C = -(-C // T) * T          # whole tiles
+            C = -(-(C + self._max) // T) * T    # whole tiles, with room to write one more
         # The slots are kept ``g`` at a time: the level and every chunk size are multiples of
         # ``g``, so the slots of one cell always move and are written together. One signal per
         # cell describes the same logic as one per slot, in ``g`` times fewer statements for a
@@ -100,10 +103,10 @@ class TileGearbox(wiring.Component):
         if self._ring:
             # The write position, one-hot in cells, moves up a chunk's size for each chunk
             # taken (around the ring); the read position, one-hot in tiles, one tile for each
-            # tile leaving. A chunk written at cell p puts its codes d * g .. in cell p + d,
-            # all max_chunk / g cells of them, whatever its count: the cells behind a shorter
-            # chunk are free (the level is at most room when a chunk is taken, and room +
-            # max_chunk slots fit in the ring), and the next chunk writes over them.
+            # tile leaving. The input at write position p puts its codes d * g .. in cell
+            # p + d, all max_chunk / g cells of them, in every cycle: they are free (the level
+            # is at most room + max_chunk, and the ring holds another max_chunk), and only a
+            # chunk taken moves p past them.
             R = C // T
             wp = Signal(K, init=1)
             rp = Signal(R, init=1)
@@ -114,7 +117,7 @@ class TileGearbox(wiring.Component):
             m.d.comb += self.o_stream.payload.eq(head)
             for j, c in enumerate(cells):
                 for d in range(0, self._max // g):
-                    with m.If(accept & wp[(j - d) % K]):
+                    with m.If(wp[(j - d) % K]):
                         m.d.sync += c.eq(codes[d * g * bits:(d + 1) * g * bits])
 
             def moved(k):

@@ -57,6 +57,7 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import SequentialDivider, SequentialMultiplier
 from .bram import RegisteredRAM
+from .dsp import registered_product
 from .params import check_bool, check_positive, check_range
 from .streamer import DESCRIPTOR_LAYOUT
 
@@ -432,18 +433,21 @@ class ScaleUnit(wiring.Component):
                 m.d.sync += s1m_valid.eq(0)
             k = PRODUCT_SPLIT
             hi_w = max(1, len(s1m_beat[0]) - k)
-            s1c_lo = [Signal(signed(SCALE_BITS + k + 1), name=f"s1c_lo{p}") for p in range(P)]
-            s1c_hi = [Signal(signed(SCALE_BITS + hi_w), name=f"s1c_hi{p}") for p in range(P)]
+            # (each partial product's register is, on an ECP5, its DSP's own)
+            s1c_lo, s1c_hi = [], []
+            for p in range(P):
+                beat = s1m_beat[p]
+                lo, hi = (beat[:k], beat[k:].as_signed()) if len(beat) > k else (beat, 0)
+                s1c_lo.append(registered_product(m, platform, s1m_mant[p], lo, en=s1m_adv,
+                                                 shape=signed(SCALE_BITS + k + 1),
+                                                 name=f"s1c_lo{p}"))
+                s1c_hi.append(registered_product(m, platform, s1m_mant[p], hi, en=s1m_adv,
+                                                 shape=signed(SCALE_BITS + hi_w),
+                                                 name=f"s1c_hi{p}")
+                              if len(beat) > k else Const(0, signed(SCALE_BITS + hi_w)))
             with m.If(s1m_adv):
                 m.d.sync += [s1c_valid.eq(1), s1c_first.eq(s1m_first), s1c_last.eq(s1m_last),
                              s1c_v.eq(s1m_v)]
-                for p in range(P):
-                    beat = s1m_beat[p]
-                    if len(beat) > k:
-                        m.d.sync += [s1c_lo[p].eq(s1m_mant[p] * beat[:k]),
-                                     s1c_hi[p].eq(s1m_mant[p] * beat[k:].as_signed())]
-                    else:
-                        m.d.sync += [s1c_lo[p].eq(s1m_mant[p] * beat), s1c_hi[p].eq(0)]
             with m.Elif(s1c_adv):
                 m.d.sync += s1c_valid.eq(0)
             products = [(s1c_hi[p] << k) + s1c_lo[p] for p in range(P)]

@@ -1,8 +1,11 @@
+import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
 
+from lpu.boards.area import yosys_command
 from lpu.hw.lpu import LPU
 from lpu.sim import cocotb_runner
 
@@ -29,3 +32,30 @@ def small_lpu(timeout=300, registered_ram=False):
 needs_verilator = pytest.mark.skipif(not cocotb_runner.available("verilator")[0],
                                      reason=cocotb_runner.available("verilator")[1] or
                                      "verilator")
+
+
+def ecp5_netlist(il_text, tmp_path, name, signals, *, commands=""):
+    """Synthesize RTLIL ``il_text`` for the ECP5 (``commands`` run before ``synth_ecp5``) and
+    return the top module's cells and ``logical(bit)``: the top-level signal bit
+    (``"NAME[i]"``, for NAME in ``signals``) that a net carries, directly or through the
+    flip-flop yosys put behind it; a constant; or ``"-"`` (undefined, or a net that reaches
+    none of ``signals``)."""
+    (tmp_path / f"{name}.il").write_text(il_text)
+    subprocess.run(yosys_command() + ["-q", "-p", f"read_rtlil {name}.il; {commands}; "
+                                      f"synth_ecp5 -top top; write_json {name}.json"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    mod = json.loads((tmp_path / f"{name}.json").read_text())["modules"]["top"]
+    names = {}
+    for net, info in mod["netnames"].items():
+        if net in signals:
+            for i, b in enumerate(info["bits"]):
+                names.setdefault(b, f"{net}[{i}]")
+    ff_q = {c["connections"]["DI"][0]: c["connections"]["Q"][0]
+            for c in mod["cells"].values() if c["type"] == "TRELLIS_FF"}
+
+    def logical(bit):
+        if isinstance(bit, str):
+            return "-" if bit == "x" else bit
+        return names.get(bit, names.get(ff_q.get(bit), "-"))
+
+    return mod["cells"], logical

@@ -1,15 +1,13 @@
 """hw/bram.py: RegisteredRAM (simulated, and its ECP5 DP16KDs against yosys's own mapping of the
 same memory) and RegisteredFIFO."""
 
-import json
-import subprocess
-
 import numpy as np
 import pytest
 from amaranth.back import rtlil
 from amaranth.sim import Simulator
+from conftest import ecp5_netlist
 
-from lpu.boards.area import TargetFamily, yosys_command
+from lpu.boards.area import TargetFamily
 from lpu.boards.build import COLLISIONS_DONT_CARE
 from lpu.hw.bram import DP16KD_MODES, RegisteredFIFO, RegisteredRAM, dp16kd_mode
 
@@ -133,29 +131,11 @@ def _dp16kds(il_text, tmp_path, name):
     pins and its write port's address and data pins (through the flip-flop that yosys puts
     behind a read port whose block RAM has no output register). Read-during-write collisions
     are declared don't-care, as ``lpu build`` does."""
-    (tmp_path / f"{name}.il").write_text(il_text)
-    subprocess.run(yosys_command() + ["-q", "-p", f"read_rtlil {name}.il; {COLLISIONS_DONT_CARE}; "
-                                      f"synth_ecp5 -top top; "
-                                      f"write_json {name}.json"],
-                   cwd=tmp_path, check=True, capture_output=True)
-    mod = json.loads((tmp_path / f"{name}.json").read_text())["modules"]["top"]
-    names = {}
-    for net, info in mod["netnames"].items():
-        if net.split(".")[-1] in ("w_addr", "w_data", "r_addr", "r_data") and "." not in net:
-            for i, b in enumerate(info["bits"]):
-                names.setdefault(b, f"{net}[{i}]")
-    ff_q = {c["connections"]["DI"][0]: c["connections"]["Q"][0]
-            for c in mod["cells"].values() if c["type"] == "TRELLIS_FF"}
-
-    def logical(bit):
-        # a bit of a top-level signal, a constant, or "-": a pin left unused (undefined, or a
-        # net that reaches no signal of the RAM's)
-        if isinstance(bit, str):
-            return "-" if bit == "x" else bit
-        return names.get(bit, names.get(ff_q.get(bit), "-"))
-
+    cells_of, logical = ecp5_netlist(il_text, tmp_path, name,
+                                     ("w_addr", "w_data", "r_addr", "r_data"),
+                                     commands=COLLISIONS_DONT_CARE)
     cells = []
-    for c in mod["cells"].values():
+    for c in cells_of.values():
         if c["type"] != "DP16KD":
             continue
         conn = c["connections"]
