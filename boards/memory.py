@@ -27,6 +27,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from lpu.hw.arith import up_down
 from lpu.hw.bram import RegisteredRAM
 from lpu.hw.params import check_bool, check_positive, check_range
 from lpu.hw.streamer import mem_request_layout
@@ -270,9 +271,8 @@ class BurstRAM(wiring.Component):
         rd_addr = Signal(addr_w)
         read, _ = _burst_walk(m, self.req, free=room, rd_addr=rd_addr)
         taken = fifo.r_en & fifo.r_rdy
-        # (each outcome's count formed beforehand: the read enable is known late)
-        m.d.sync += [pending.eq(Mux(read, Mux(taken, pending, pending + 1),
-                                    Mux(taken, pending - 1, pending))),
+        # (the read enable is known late)
+        m.d.sync += [pending.eq(up_down(pending, read, taken)),
                      room.eq(pending < READ_AHEAD - 1)]
         m.d.comb += [self.resp.valid.eq(fifo.r_rdy), self.resp.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.resp.ready)]

@@ -4,7 +4,14 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SequentialDivider", "SequentialMultiplier"]
+__all__ = ["SequentialDivider", "SequentialMultiplier", "up_down"]
+
+
+def up_down(value, up, down):
+    """``value + up - down`` for a count whose ``up`` and ``down`` are handshakes known late:
+    ``value + 1``, ``value - 1`` and ``value`` are formed beforehand, and the handshakes only
+    select one (no carry chain behind them)."""
+    return Mux(up, Mux(down, value, value + 1), Mux(down, value - 1, value))
 
 
 class SequentialDivider(wiring.Component):

@@ -23,6 +23,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .arith import up_down
 from .params import check_positive, check_range
 from .pe import cell_family
 
@@ -203,9 +204,8 @@ class RegisteredFIFO(wiring.Component):
             m.d.sync += produce.eq(step(produce))
         with m.If(do_read):
             m.d.sync += consume.eq(step(consume))
-        # (the level for each outcome formed beforehand: the read follows the reader's ready)
-        m.d.sync += [level.eq(Mux(do_write, Mux(do_read, level, level + 1),
-                                  Mux(do_read, level - 1, level))),
+        # (the read follows the reader's ready)
+        m.d.sync += [level.eq(up_down(level, do_write, do_read)),
                      nonempty.eq(do_write | Mux(do_read, level != 1, nonempty)),
                      w_rdy.eq(Mux(do_write & ~do_read, level != inner - 1,
                                   do_read & ~do_write | w_rdy))]

@@ -100,6 +100,14 @@ class TileGearbox(wiring.Component):
         codes = self.i_stream.payload.codes.as_value()
 
         K = C // g
+
+        def chunk_step(at, k):
+            """Bit ``k`` of a one-hot position (``at(i)``: its bit i) after a chunk taken
+            moves it up the chunk's size / g."""
+            if len(self._chunks) == 1:
+                return at(k - self._chunks[0] // g)
+            return Cat(*[(count == n) & at(k - n // g) for n in self._chunks]).any()
+
         if self._ring:
             # The write position, one-hot in cells, moves up a chunk's size for each chunk
             # taken (around the ring); the read position, one-hot in tiles, one tile for each
@@ -120,15 +128,13 @@ class TileGearbox(wiring.Component):
                     with m.If(wp[(j - d) % K]):
                         m.d.sync += c.eq(codes[d * g * bits:(d + 1) * g * bits])
 
-            def moved(k):
-                if len(self._chunks) == 1:
-                    return wp[(k - self._chunks[0] // g) % K]
-                return Cat(*[(count == n) & wp[(k - n // g) % K] for n in self._chunks]).any()
+            def wp_at(i):
+                return wp[i % K]
             with m.If(self.clear):
                 m.d.sync += [wp.eq(1), rp.eq(1)]
             with m.Else():
                 with m.If(accept):
-                    m.d.sync += wp.eq(Cat(*[moved(k) for k in range(K)]))
+                    m.d.sync += wp.eq(Cat(*[chunk_step(wp_at, k) for k in range(K)]))
                 with m.If(emit):
                     m.d.sync += rp.eq(rp.rotate_left(1))
         else:
@@ -163,16 +169,13 @@ class TileGearbox(wiring.Component):
 
             # the one-hot level moves by the level's amounts: down T / g for a leaving tile,
             # up a chunk's size / g for a chunk taken
-            def grown(k):
-                if len(self._chunks) == 1:
-                    return oh_at(k - self._chunks[0] // g)
-                return Cat(*[(count == n) & oh_at(k - n // g) for n in self._chunks]).any()
             with m.If(self.clear):
                 m.d.sync += oh.eq(1)
             with m.Else():
                 for k in range(K + 1):
                     m.d.sync += oh[k].eq(pick(accept, emit, [
-                        oh_at(k), oh_at(k + T // g), grown(k), grown(k + T // g)]))
+                        oh_at(k), oh_at(k + T // g), chunk_step(oh_at, k),
+                        chunk_step(oh_at, k + T // g)]))
 
         # The next level for each outcome of the two late handshakes, formed beforehand (the
         # chunk size does not depend on them), so that they only select one.
