@@ -29,12 +29,12 @@ from fractions import Fraction
 from pathlib import Path
 
 from .area import SYNTH_SCRIPTS, count_cells
-from .memory import FLASH_OFFSET
+from .memory import FLASH_OFFSET, flash_resource
 from .pll import pll_config
 from .top import BoardTop, board_spec, lpu_for
 
-__all__ = ["BuildError", "FitError", "TimingError", "build_board", "tool_path", "board_config",
-           "board_platform", "board_pll", "bitstream_name", "default_build_dir",
+__all__ = ["BuildError", "FitError", "TimingError", "build_board", "check_flash", "tool_path",
+           "board_config", "board_platform", "board_pll", "bitstream_name", "default_build_dir",
            "critical_paths", "check_timing"]
 
 
@@ -125,10 +125,6 @@ def board_pll(spec, platform=None, freq_mhz=None):
     # Through the decimal text, so that 33.3 MHz is 33,300,000 Hz exactly.
     return pll_config(spec.family, Fraction(platform.default_clk_frequency),
                       Fraction(repr(float(freq))) * 1_000_000)
-
-
-#: Families whose configuration flash can hold the weights (``--memory flash``/``qspi``).
-_FLASH_FAMILIES = ("ice40", "ecp5")
 
 
 # Cell types in yosys's statistics for the memory and DSP resources of the fit check (LUTs
@@ -359,11 +355,8 @@ def build_board(board, *, out_dir, name="top", seed=None, **overrides):
     platform = board_platform(spec)
     pll = board_pll(spec, platform, overrides.get("freq"))
     memory = overrides.get("memory") or spec.memory
-    if memory in ("flash", "qspi") and spec.family not in _FLASH_FAMILIES:
-        # The reader's pins and the offset past the bitstream are known for these families
-        # only (the Gowin bitstream is the packer's text file, not the flash image).
-        raise ValueError(f"Flash weight memory is built for iCE40 and ECP5 boards, not "
-                         f"{spec.name} ({spec.family})")
+    if memory in ("flash", "qspi"):
+        check_flash(spec, platform, memory, cfg["mem_words"])
     top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
     start = time.monotonic()
     impl = implement(spec, platform, top, out_dir=out_dir, name=name, pll=pll, seed=seed)
@@ -383,11 +376,30 @@ def build_board(board, *, out_dir, name="top", seed=None, **overrides):
     }
     out = Path(out_dir).resolve()
     (out / "build_report.json").write_text(json.dumps(result, indent=1) + "\n")
-    if memory in ("flash", "qspi") and result["bitstream_bytes"] > FLASH_OFFSET:
+    if (memory in ("flash", "qspi") and spec.bitstream_in_flash
+            and result["bitstream_bytes"] > FLASH_OFFSET):
         raise BuildError(f"Bitstream of {result['bitstream_bytes']} bytes overlaps the weight "
                          f"image at flash byte {FLASH_OFFSET}")
     check_timing(spec, result, out / "build_report.json")
     return result
+
+
+def check_flash(spec, platform, memory, words, offset=FLASH_OFFSET, word_bits=32):
+    """Refuse a flash weight memory (``memory``: ``flash`` or ``qspi``) that ``spec``'s board
+    cannot have: no flash resource on ``platform`` for its data lines, or ``words`` from
+    ``offset`` past the end of the board's flash.
+
+    Raises
+    ------
+    ValueError
+        Naming the missing resource, or the image's end and the flash's size.
+    """
+    flash_resource(platform, 4 if memory == "qspi" else 1)
+    end = offset + words * word_bits // 8
+    if spec.flash_bytes is not None and end > spec.flash_bytes:
+        raise ValueError(f"Flash image at byte {offset} of {words} words of {word_bits} bits "
+                         f"ends at byte {end}, past {spec.name}'s {spec.flash_bytes >> 20} MiB "
+                         f"flash")
 
 
 def check_timing(spec, result, report_path):

@@ -14,11 +14,13 @@ Every memory here is a component with the ports of
     32768 words of 32 bits (128 KiB); the same timing as ``bram`` except that a write waits
     until no burst is in progress (the SPRAM has one port).
 ``flash``, ``qspi``
-    :class:`SPIFlashReader`: the board's configuration flash, read with fast read (``0x0B``,
-    one data line; ``flash``) or quad I/O fast read (``0xEB``; ``qspi``), the weights at a
-    byte offset past the bitstream. Flash is not writable from the fabric: ``wr`` takes and
-    drops every word and raises the sticky ``wr_dropped`` flag. The image
-    (:func:`lpu.host.image.flash_image`) is programmed with the bitstream tools.
+    :class:`SPIFlashReader`: the board's SPI flash (the configuration flash of the iCE40 and
+    ECP5 boards; the Tang Nano 9K's, on the GW1NR-9's MSPI pins, holds no bitstream), read
+    with fast read (``0x0B``, one data line; ``flash``) or quad I/O fast read (``0xEB``;
+    ``qspi``), the weights at a byte offset (past the bitstream where it shares the flash).
+    Flash is not writable from the fabric: ``wr`` takes and drops every word and raises the
+    sticky ``wr_dropped`` flag. The image (:func:`lpu.host.image.flash_image`) is programmed
+    with the bitstream tools (:data:`lpu.boards.program.WEIGHTS_COMMANDS`).
 """
 
 from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal
@@ -33,9 +35,9 @@ from lpu.hw.params import check_bool, check_positive, check_range
 from lpu.hw.streamer import mem_request_layout
 
 __all__ = ["MEMORY_KINDS", "BurstRAM", "SPRAMBurstRAM", "SPIFlashReader", "SPI_SIGNATURE",
-           "FLASH_COMMANDS", "FLASH_OFFSET", "flash_command_clocks", "flash_cycles_per_word",
-           "memory_ports", "connect_memory", "weight_memory", "BANK_WORDS", "BANK_GROUP",
-           "READ_AHEAD"]
+           "FLASH_COMMANDS", "FLASH_OFFSET", "flash_resource", "flash_command_clocks",
+           "flash_cycles_per_word", "memory_ports", "connect_memory", "weight_memory",
+           "BANK_WORDS", "BANK_GROUP", "READ_AHEAD"]
 
 #: Memory kinds of :func:`weight_memory` (and of ``BoardSpec.memory``).
 MEMORY_KINDS = ("bram", "spram", "flash", "qspi")
@@ -430,6 +432,23 @@ def flash_cycles_per_word(word_bits, width):
     return 2 * word_bits // width
 
 
+def flash_resource(platform, width):
+    """The name of ``platform``'s resource for a flash on ``width`` data lines (1 or 4).
+
+    Raises
+    ------
+    ValueError
+        The platform has none.
+    """
+    names = {1: ("spi_flash_1x", "spi_flash"), 4: ("spi_flash_4x",)}[width]
+    have = {name for name, _ in platform.resources}
+    name = next((n for n in names if n in have), None)
+    if name is None:
+        raise ValueError(f"Platform {type(platform).__name__} has no "
+                         f"{' or '.join(names)} resource for a {width}-line flash")
+    return name
+
+
 class SPIFlashReader(wiring.Component):
     """The burst read port served from SPI NOR flash (the board's configuration flash).
 
@@ -512,13 +531,7 @@ class SPIFlashReader(wiring.Component):
     def _pins(self, m, platform):
         spi = self.spi
         from amaranth.vendor import LatticeECP5Platform
-        names = {1: ("spi_flash_1x", "spi_flash"), 4: ("spi_flash_4x",)}[self._width]
-        have = {name for name, _ in platform.resources}
-        name = next((n for n in names if n in have), None)
-        if name is None:
-            raise ValueError(f"Platform {type(platform).__name__} has no "
-                             f"{' or '.join(names)} resource for a {self._width}-line flash")
-        pins = platform.request(name, 0)
+        pins = platform.request(flash_resource(platform, self._width), 0)
         m.d.comb += pins.cs.o.eq(spi.cs)
         if isinstance(platform, LatticeECP5Platform):
             # The ECP5's configuration-flash clock pin is reached only through USRMCLK.

@@ -27,8 +27,9 @@ from lpu.hw.params import check_choice
 from .build import bitstream_name, default_build_dir
 from .top import board_spec
 
-__all__ = ["ProgramError", "Programmer", "PROGRAMMERS", "DEFAULT_MODE",
-           "bitstream_path", "find_programmer", "program_command", "program_board"]
+__all__ = ["ProgramError", "Programmer", "PROGRAMMERS", "DEFAULT_MODE", "WEIGHTS_COMMANDS",
+           "weights_command", "bitstream_path", "find_programmer", "program_command",
+           "program_board"]
 
 
 class ProgramError(RuntimeError):
@@ -62,6 +63,29 @@ PROGRAMMERS = {
                    {"sram": ["-b", "tangnano9k", "-m"], "flash": ["-b", "tangnano9k", "-f"]}),
     ),
 }
+
+#: How a weight image (``lpu flash-image``) is written to each board's flash at a byte offset:
+#: ``(tool, arguments before the file)``, ``{offset}`` and ``{kib}`` filled in. The iCE40 and
+#: ECP5 boards' flash holds the bitstream too (the weights go past it); the Tang Nano 9K's is
+#: the SPI flash on the GW1NR-9's MSPI pins, which openFPGALoader writes over JTAG with
+#: ``--external-flash`` (its Gowin notes).
+WEIGHTS_COMMANDS = {
+    "icebreaker": ("iceprog", ["-o", "{kib}k"]),
+    "ulx3s-85f": ("openFPGALoader", ["-b", "ulx3s", "-f", "-o", "{offset:#x}"]),
+    "tang-nano-9k": ("openFPGALoader", ["-b", "tangnano9k", "--external-flash", "-o",
+                                        "{offset:#x}"]),
+}
+
+
+def weights_command(board, path, offset):
+    """The command line (a list) that writes the weight image ``path`` to ``board``'s flash at
+    byte ``offset`` (a multiple of 1024)."""
+    board_spec(board)
+    if offset % 1024:
+        raise ValueError(f"Flash offset must be a multiple of 1024, not {offset}")
+    tool, args = WEIGHTS_COMMANDS[board]
+    return [tool, *(a.format(offset=offset, kib=offset // 1024) for a in args), str(path)]
+
 
 #: What ``lpu program`` does without ``--flash``/``--sram``: each tool's own default (the
 #: iCEBreaker boots from its flash; the ULX3S and Tang Nano 9K are loaded into SRAM, as

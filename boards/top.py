@@ -41,6 +41,13 @@ class BoardSpec:
     baud: int = 115_200
     #: Default frequency of the LPU's clock (the PLL output), in MHz.
     freq_mhz: float = 48
+    #: Bytes of the board's SPI flash, which ``--memory flash``/``qspi`` read from
+    #: :data:`~lpu.boards.memory.FLASH_OFFSET` on; None where the board's revisions differ
+    #: (the reader's 24-bit addresses are then the limit).
+    flash_bytes: int = None
+    #: Whether the bitstream is stored in that flash, below the weights (not on the GW1NR-9,
+    #: whose bitstream is in its embedded flash).
+    bitstream_in_flash: bool = True
 
 
 #: The supported boards. Default LPU sizes: the iCEBreaker's UP5K has 5280 logic cells and 30
@@ -61,7 +68,7 @@ BOARDS = {
         resources={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
         lpu=dict(lanes=16, pes=1, mem_words=1024, max_k=256, max_vectors=1, max_burst=8,
                  out_depth=32, scale_depth=64),
-        freq_mhz=48),
+        freq_mhz=48, flash_bytes=16 << 20),     # W25Q128JV
     "ulx3s-85f": BoardSpec(
         name="ulx3s-85f", platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
         family="ecp5",
@@ -75,7 +82,7 @@ BOARDS = {
         resources={"lut": 8640, "ff": 6480, "bram": 26, "spram": 0, "dsp": 20},
         lpu=dict(lanes=8, pes=2, mem_words=2048, max_k=256, max_vectors=1, max_burst=8,
                  out_depth=32, scale_depth=64),
-        freq_mhz=54),
+        freq_mhz=54, flash_bytes=4 << 20, bitstream_in_flash=False),   # P25Q32U
 }
 
 

@@ -98,23 +98,27 @@ def _cmd_build(args):
 
 
 def _cmd_flash_image(args):
-    from lpu.boards.build import board_config
+    from lpu.boards.build import board_config, board_platform, check_flash
     from lpu.boards.memory import FLASH_OFFSET
+    from lpu.boards.program import weights_command
     from lpu.host.image import flash_image
     from lpu.host.loaders import load_hf_bitnet
     from lpu.host.run import default_model_path
-    _, cfg, _ = board_config(args.board, lanes=args.lanes, pes=args.pes,
-                             mem_words=args.mem_words)
-    model = load_hf_bitnet(Path(args.model) if args.model else default_model_path())
+    spec, cfg, _ = board_config(args.board, lanes=args.lanes, pes=args.pes,
+                                mem_words=args.mem_words)
     offset = FLASH_OFFSET if args.offset is None else args.offset
+    # the device memory must fit the board's flash, and the offset its programmer (before
+    # anything is written)
+    check_flash(spec, board_platform(spec), "flash", cfg["mem_words"], offset)
+    out = Path(args.output)
+    program = " ".join(weights_command(args.board, out, offset))
+    model = load_hf_bitnet(Path(args.model) if args.model else default_model_path())
     info = flash_image(model.linears.values(), args.output, offset=offset, lanes=cfg["lanes"],
                        pes=cfg["pes"], word_bits=32, mem_words=cfg["mem_words"],
                        ternary_format=args.format)
-    out = Path(args.output)
     print(f"wrote {out} ({info['bytes']} bytes, {info['words']} words of {cfg['mem_words']}, "
           f"{len(info['layout'])} projections, {args.format}) and {out.with_suffix('.json')}")
-    print(f"program at byte {offset:#x}: iceprog -o {offset // 1024}k {out} (iCEBreaker); "
-          f"openFPGALoader -b ulx3s -f -o {offset:#x} {out} (ULX3S)")
+    print(f"program at byte {offset:#x}: {program}")
     return 0
 
 
@@ -320,7 +324,7 @@ def build_parser():
                       ("scale-depth", "scale-memory entries"), ("baud", "UART baud rate")):
         p.add_argument(f"--{opt}", type=int, default=None, help=f"{what} (default: the board's)")
     p.add_argument("--memory", default=None, choices=["bram", "spram", "flash", "qspi"],
-                   help="weight memory: block RAM, UP5K SPRAM, the configuration flash on "
+                   help="weight memory: block RAM, UP5K SPRAM, the board's SPI flash on "
                         "one data line or four (default: the board's)")
     p.add_argument("--freq", type=float, default=None, metavar="MHZ",
                    help="LPU clock: the PLL output nearest this (default: the board's)")

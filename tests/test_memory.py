@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -270,6 +271,21 @@ def test_board_tops_instantiate_the_memories():
     assert il.count("cell \\USRMCLK") == 1
 
 
+def test_tang_nano_flash_is_on_its_mspi_pins():
+    """The Tang Nano 9K's flash: the reader drives the platform's spi_flash_1x pins (60 CS#,
+    59 SCK, 61 to the flash, 62 from it) and the packer releases the MSPI pins to the fabric."""
+    spec = board_spec("tang-nano-9k")
+    platform = _platform_class(spec)()
+    top = BoardTop(lpu=lpu_for(lanes=4, pes=1, mem_words=1 << 16, max_k=64, max_vectors=1,
+                               max_burst=8, out_depth=8, scale_depth=8),
+                   clk_hz=int(platform.default_clk_frequency), baud=spec.baud, memory="flash")
+    plan = platform.prepare(top, name="top")
+    cst = plan.files["top.cst"]
+    for sub, pin in (("cs", 60), ("clk", 59), ("copi", 61), ("cipo", 62)):
+        assert re.search(rf'IO_LOC "spi_flash_1x_0__{sub}[^"]*" {pin};', cst), sub
+    assert "--mspi_as_gpio" in plan.files["build_top.sh"]
+
+
 @pytest.mark.parametrize("make, exc, msg", [
     (lambda: SPRAMBurstRAM(words=64, word_bits=24, request_layout=LAYOUT), ValueError,
      r"^SPRAM word width must be a multiple of 16, not 24$"),
@@ -313,14 +329,25 @@ def test_memory_errors(make, exc, msg):
         make()
 
 
-@pytest.mark.parametrize("memory", ["flash", "qspi"])
-def test_flash_build_refused_on_gowin(tmp_path, capsys, memory):
-    """Refused before any tool runs: nothing is written."""
+@pytest.mark.parametrize("board, args, msg", [
+    ("tang-nano-9k", ["--memory", "qspi"],
+     "Platform TangNano9kPlatform has no spi_flash_4x resource for a 4-line flash"),
+    ("ulx3s-85f", ["--memory", "qspi"],
+     "Platform ULX3S_85F_Platform has no spi_flash_4x resource for a 4-line flash"),
+    ("tang-nano-9k", ["--memory", "flash", "--mem-words", str(3 << 18 | 1)],
+     "Flash image at byte 1048576 of 786433 words of 32 bits ends at byte 4194308, past "
+     "tang-nano-9k's 4 MiB flash"),
+    ("icebreaker", ["--memory", "flash", "--mem-words", str(15 << 18 | 1)],
+     "Flash image at byte 1048576 of 3932161 words of 32 bits ends at byte 16777220, past "
+     "icebreaker's 16 MiB flash"),
+])
+def test_flash_build_refused(tmp_path, capsys, board, args, msg):
+    """A flash the board does not have, or an image past its end: refused before any tool
+    runs, and nothing is written."""
     from lpu.cli import main
     out = tmp_path / "b"
-    assert main(["build", "--board", "tang-nano-9k", "--memory", memory, "-o", str(out)]) == 2
-    assert capsys.readouterr().err == ("lpu: error: Flash weight memory is built for iCE40 and "
-                                       "ECP5 boards, not tang-nano-9k (gowin)\n")
+    assert main(["build", "--board", board, *args, "-o", str(out)]) == 2
+    assert capsys.readouterr().err == f"lpu: error: {msg}\n"
     assert not out.exists()
 
 
@@ -355,6 +382,31 @@ def test_flash_image_command(tmp_path, capsys):
     assert out.read_bytes() == img
     assert info["layout"] == layout and info["offset"] == 0x200000
     assert info["words"] == len(img) // 4 <= 32768
+
+
+def test_flash_image_names_the_boards_programmer(tmp_path, capsys):
+    """Each board's command for the image at the offset; an offset the programmers cannot
+    take, or a device memory past the board's flash, is refused before anything is written."""
+    from lpu.cli import main
+    out = tmp_path / "w.bin"
+    base = ["flash-image", "--format", "t5", "--mem-words", "32768", "-o", str(out)]
+    assert main([*base, "--board", "tang-nano-9k", "--lanes", "16", "--pes", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"program at byte 0x100000: openFPGALoader -b tangnano9k --external-flash -o 0x100000 "
+        f"{out}")
+    assert main([*base, "--board", "icebreaker", "--offset", "0x180000"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"program at byte 0x180000: iceprog -o 1536k {out}")
+    out.unlink()
+    out.with_suffix(".json").unlink()
+    assert main([*base, "--board", "ulx3s-85f", "--offset", "1000"]) == 2
+    assert capsys.readouterr().err == ("lpu: error: Flash offset must be a multiple of 1024, "
+                                       "not 1000\n")
+    assert main([*base, "--board", "tang-nano-9k", "--offset", "0x3f0000"]) == 2
+    assert capsys.readouterr().err == (
+        "lpu: error: Flash image at byte 4128768 of 32768 words of 32 bits ends at byte "
+        "4259840, past tang-nano-9k's 4 MiB flash\n")
+    assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 @pytest.mark.parametrize("ready_prob", [1.0, 0.6])
