@@ -184,9 +184,9 @@ class BurstRAM(wiring.Component):
 
     1. the word address (and the decision to read it) is registered;
     2. every bank reads that address, every cycle (no read enable reaches the block RAMs);
-    3. each bank's word into a register of its own;
-    4. a multiplexer per :data:`BANK_GROUP` banks into a register;
-    5. a multiplexer of the groups into a register;
+    3. each bank's word into a register of its own (cleared in every bank but the one read);
+    4. an OR per :data:`BANK_GROUP` banks into a register;
+    5. an OR of the groups into a register;
     6. the FIFO.
 
     A word is read only in a cycle after one with fewer than ``READ_AHEAD - 1`` words read and
@@ -251,18 +251,26 @@ class BurstRAM(wiring.Component):
             return addr[low:] if addr_w > low else Const(0, 1)
 
         # Writes: registered twice (the writer's word comes from across the device, and goes
-        # to every bank), each bank's write enable decoded into a flip-flop in the second.
+        # to every bank), each bank's write enable decoded into a flip-flop in the second. The
+        # second register is one per group of BANK_GROUP banks, loaded only by a write to the
+        # group (so that synthesis keeps the copies apart): each stands by its group's block
+        # RAMs, not at the middle of all of them.
         wr = Signal.like(self.wr.payload, reset_less=True)
         wr_valid = Signal()
-        w_addr = Signal(low, reset_less=True)
-        w_data = Signal(self._word_bits, reset_less=True)
         w_en = Signal(len(banks))
         m.d.comb += self.wr.ready.eq(1)
-        m.d.sync += [wr.eq(self.wr.payload), wr_valid.eq(self.wr.valid),
-                     w_addr.eq(wr.addr[:low]), w_data.eq(wr.data)]
+        m.d.sync += [wr.eq(self.wr.payload), wr_valid.eq(self.wr.valid)]
         m.d.sync += w_en.eq(0)
         with m.If(wr_valid & (wr.addr < self._words)):
             m.d.sync += w_en.bit_select(bank_of(wr.addr), 1).eq(1)
+        w_addr, w_data = [], []
+        for g in range(0, len(banks), BANK_GROUP):
+            addr_g = Signal(low, name=f"w_addr{g // BANK_GROUP}", reset_less=True)
+            data_g = Signal(self._word_bits, name=f"w_data{g // BANK_GROUP}", reset_less=True)
+            with m.If(wr_valid & (bank_of(wr.addr) // BANK_GROUP == g // BANK_GROUP)):
+                m.d.sync += [addr_g.eq(wr.addr[:low]), data_g.eq(wr.data)]
+            w_addr += [addr_g] * min(BANK_GROUP, len(banks) - g)
+            w_data += [data_g] * min(BANK_GROUP, len(banks) - g)
 
         # Read credits: `pending` words read and not yet taken, at most READ_AHEAD. `room`
         # (a word may be read) is registered from `pending` alone: it rises at most one a
@@ -281,31 +289,40 @@ class BurstRAM(wiring.Component):
 
         # 1: the address; 2: the banks' read registers; 3: a register behind each bank (a
         # block RAM's output is slow: an ECP5's takes 5.6 ns); 4: a word per group; 5: the
-        # word (the groups' multiplexer and the FIFO's write data are far apart); 6: the FIFO.
+        # word (the groups' words and the FIFO's write data are far apart); 6: the FIFO.
+        # Stage 3 clears every bank's register but the one read (the block RAMs' synchronous
+        # output reset, from a one-hot register of stage 2), so stages 4 and 5 are ORs: no
+        # select reaches them, and each is one or two LUTs.
         a_valid, b_valid, c_valid, d_valid, e_valid = (Signal() for _ in range(5))
         a_addr = Signal(addr_w, reset_less=True)
-        b_bank = Signal(len(bank_of(a_addr)), reset_less=True)
-        c_bank = Signal(len(b_bank), reset_less=True)
-        d_group = Signal(len(b_bank), reset_less=True)
+        b_clear = Signal(len(banks), init=(1 << len(banks)) - 1)   # banks not read in stage 2
         m.d.sync += [a_valid.eq(read), a_addr.eq(rd_addr),
-                     b_valid.eq(a_valid), b_bank.eq(bank_of(a_addr)),
-                     c_valid.eq(b_valid), c_bank.eq(b_bank),
-                     d_valid.eq(c_valid), d_group.eq(c_bank // BANK_GROUP)]
+                     b_valid.eq(a_valid), c_valid.eq(b_valid), d_valid.eq(c_valid)]
+        m.d.sync += [b_clear[b].eq(~a_valid | (bank_of(a_addr) != b)) for b in range(len(banks))]
         outs = []
         for b, ram in enumerate(banks):
             # (on an ECP5 the register behind the bank is the block RAM's output register)
             m.submodules[f"bank{b}"] = ram
-            m.d.comb += [ram.w_addr.eq(w_addr), ram.w_data.eq(w_data), ram.w_en.eq(w_en[b]),
-                         ram.r_addr.eq(a_addr[:low]), ram.r_en.eq(1), ram.r_oe.eq(1)]
+            m.d.comb += [ram.w_addr.eq(w_addr[b]), ram.w_data.eq(w_data[b]), ram.w_en.eq(w_en[b]),
+                         ram.r_addr.eq(a_addr[:low]), ram.r_en.eq(1), ram.r_oe.eq(1),
+                         ram.r_rst.eq(b_clear[b])]
             outs.append(ram.r_data)
         groups = []
         for g in range(0, len(banks), BANK_GROUP):
             word = Signal(self._word_bits, name=f"group{g // BANK_GROUP}", reset_less=True)
-            m.d.sync += word.eq(Array(outs[g:g + BANK_GROUP])[c_bank % BANK_GROUP])
+            m.d.sync += word.eq(_or(outs[g:g + BANK_GROUP]))
             groups.append(word)
         e_word = Signal(self._word_bits, reset_less=True)
-        m.d.sync += [e_valid.eq(d_valid), e_word.eq(Array(groups)[d_group])]
+        m.d.sync += [e_valid.eq(d_valid), e_word.eq(_or(groups))]
         m.d.comb += [fifo.w_en.eq(e_valid), fifo.w_data.eq(e_word)]
+
+
+def _or(values):
+    """The OR of ``values`` (words of which at most one is not zero)."""
+    out = values[0]
+    for v in values[1:]:
+        out = out | v
+    return out
 
 
 class SPRAMBurstRAM(wiring.Component):

@@ -11,7 +11,10 @@ behaviour:
 
 - a read: ``r_en`` high with ``r_addr``; the word is in the read stage after the clock edge
   (the stage holds it while ``r_en`` is low);
-- the output register ``r_data`` takes the read stage's word at each edge with ``r_oe`` high.
+- the output register ``r_data`` takes the read stage's word at each edge with ``r_oe`` high,
+  or zero if ``r_rst`` is high too (the DP16KD's synchronous output reset, ``RSTB``): a RAM
+  whose word is not wanted reads as zero, so several RAMs' words can be combined by an OR
+  instead of a multiplexer.
 
 So with ``r_en`` and ``r_oe`` both high, a word addressed in one cycle is on ``r_data`` two
 cycles later. A write (``w_en``) lands at the edge; a read of the address being written in the
@@ -58,7 +61,7 @@ class RegisteredRAM(wiring.Component):
     Attributes
     ----------
     w_addr, w_data, w_en : In
-    r_addr, r_en, r_oe : In
+    r_addr, r_en, r_oe, r_rst : In
     r_data : Out(shape)
     """
 
@@ -69,7 +72,7 @@ class RegisteredRAM(wiring.Component):
         abits = max(1, (depth - 1).bit_length())
         super().__init__({
             "w_addr": In(abits), "w_data": In(shape), "w_en": In(1),
-            "r_addr": In(abits), "r_en": In(1), "r_oe": In(1),
+            "r_addr": In(abits), "r_en": In(1), "r_oe": In(1), "r_rst": In(1),
             "r_data": Out(shape),
         })
 
@@ -96,7 +99,7 @@ class RegisteredRAM(wiring.Component):
         # (no reset: a DP16KD's output register is left alone by the fabric's reset)
         data_r = Signal(self.width, reset_less=True)
         with m.If(self.r_oe):
-            m.d.sync += data_r.eq(rp.data)
+            m.d.sync += data_r.eq(Mux(self.r_rst, 0, rp.data))
         m.d.comb += self.r_data.eq(data_r)
         return m
 
@@ -142,7 +145,7 @@ class RegisteredRAM(wiring.Component):
                 i_CLKA=ClockSignal("sync"), i_CEA=1, i_OCEA=0, i_WEA=self.w_en, i_RSTA=0,
                 i_CSA0=0, i_CSA1=0, i_CSA2=0,
                 i_CLKB=ClockSignal("sync"), i_CEB=self.r_en, i_OCEB=self.r_oe, i_WEB=0,
-                i_RSTB=0, i_CSB0=0, i_CSB1=0, i_CSB2=0,
+                i_RSTB=self.r_rst, i_CSB0=0, i_CSB1=0, i_CSB2=0,
                 **ports)
 
 

@@ -14,9 +14,10 @@ from lpu.hw.bram import DP16KD_MODES, RegisteredFIFO, RegisteredRAM, dp16kd_mode
 
 @pytest.mark.parametrize("depth, width", [(16, 8), (5, 33)])
 def test_registered_ram_reads_through_its_output_register(rng, depth, width):
-    """Random writes and reads with random read and output enables: each cycle ``r_data`` is
-    the word the read stage held before the last edge with ``r_oe``; the read stage takes the
-    RAM's word at ``r_addr`` at each edge with ``r_en``."""
+    """Random writes and reads with random read and output enables and output resets: each
+    cycle ``r_data`` is the word the read stage held before the last edge with ``r_oe`` (zero
+    if ``r_rst`` was high too); the read stage takes the RAM's word at ``r_addr`` at each edge
+    with ``r_en``."""
     dut = RegisteredRAM(shape=width, depth=depth)
     mem = [0] * depth
     seen = []
@@ -27,13 +28,15 @@ def test_registered_ram_reads_through_its_output_register(rng, depth, width):
             w_addr, r_addr = (int(a) for a in rng.integers(0, depth, 2))
             w_en = int(rng.random() < 0.4) and w_addr != r_addr   # (no read of a word written)
             r_en, r_oe = int(rng.random() < 0.7), int(rng.random() < 0.7)
+            r_rst = int(rng.random() < 0.2)
             w_data = int(rng.integers(0, 1 << width, dtype=np.uint64))
             for sig, val in ((dut.w_addr, w_addr), (dut.w_data, w_data), (dut.w_en, w_en),
-                             (dut.r_addr, r_addr), (dut.r_en, r_en), (dut.r_oe, r_oe)):
+                             (dut.r_addr, r_addr), (dut.r_en, r_en), (dut.r_oe, r_oe),
+                             (dut.r_rst, r_rst)):
                 ctx.set(sig, val)
             await ctx.tick()
             if r_oe:
-                out = stage
+                out = 0 if r_rst else stage
             if r_en:
                 stage = mem[r_addr]
             if w_en:
@@ -132,7 +135,7 @@ def _dp16kds(il_text, tmp_path, name):
     behind a read port whose block RAM has no output register). Read-during-write collisions
     are declared don't-care, as ``lpu build`` does."""
     cells_of, logical = ecp5_netlist(il_text, tmp_path, name,
-                                     ("w_addr", "w_data", "r_addr", "r_data"),
+                                     ("w_addr", "w_data", "r_addr", "r_data", "r_rst"),
                                      commands=COLLISIONS_DONT_CARE)
     cells = []
     for c in cells_of.values():
@@ -150,7 +153,8 @@ def _dp16kds(il_text, tmp_path, name):
         # (a padding bit's data in: "x" to yosys, 0 here)
         pins |= {f"W.DI{p}": "-" if v == "0" else v
                  for p, v in ((p, logical(conn[f"DI{write}{p}"][0])) for p in range(width))}
-        cells.append((width, tuple(sorted(pins.items())), c["parameters"].get(f"REGMODE_{read}")))
+        cells.append((width, tuple(sorted(pins.items())), c["parameters"].get(f"REGMODE_{read}"),
+                      logical(conn[f"RST{read}"][0])))
     return sorted(cells)
 
 
@@ -158,7 +162,8 @@ def _dp16kds(il_text, tmp_path, name):
 def test_ecp5_dp16kds_are_wired_as_yosys_maps_the_memory(tmp_path, depth, width):
     """On an ECP5 the RAM is DP16KDs with output registers. Their address and data pins carry
     the same bits as the DP16KDs yosys itself makes of the same memory with a register behind
-    it (which leaves the block RAM's register unused)."""
+    it (which leaves the block RAM's register unused). Ours reset their output registers with
+    ``r_rst``."""
     mode = dp16kd_mode(depth)
     ours = _dp16kds(rtlil.convert(RegisteredRAM(shape=width, depth=depth), name="top",
                                   platform=TargetFamily("ecp5")), tmp_path, "ours")
@@ -167,6 +172,7 @@ def test_ecp5_dp16kds_are_wired_as_yosys_maps_the_memory(tmp_path, depth, width)
     assert len(ours) == -(-width // mode[1]) == len(theirs)
     assert [c[:2] for c in ours] == [c[:2] for c in theirs]
     assert {c[2] for c in ours} == {"OUTREG"} and {c[2] for c in theirs} == {"NOREG"}
+    assert {c[3] for c in ours} == {"r_rst[0]"} and {c[3] for c in theirs} <= {"0", "-"}
 
 
 def test_dp16kd_only_where_it_fits():
