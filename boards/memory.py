@@ -219,7 +219,8 @@ class BurstRAM(wiring.Component):
         self._word_bits = word_bits
         self._pipelined = pipelined
         if pipelined:
-            self._banks = [RegisteredRAM(shape=word_bits, depth=min(BANK_WORDS, words - b))
+            self._banks = [RegisteredRAM(shape=word_bits, depth=min(BANK_WORDS, words - b),
+                                         clearable=True)
                            for b in range(0, words, BANK_WORDS)]
         else:
             self._mem = Memory(shape=word_bits, depth=words, init=[])

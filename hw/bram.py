@@ -11,10 +11,10 @@ behaviour:
 
 - a read: ``r_en`` high with ``r_addr``; the word is in the read stage after the clock edge
   (the stage holds it while ``r_en`` is low);
-- the output register ``r_data`` takes the read stage's word at each edge with ``r_oe`` high,
-  or zero if ``r_rst`` is high too (the DP16KD's synchronous output reset, ``RSTB``): a RAM
-  whose word is not wanted reads as zero, so several RAMs' words can be combined by an OR
-  instead of a multiplexer.
+- the output register ``r_data`` takes the read stage's word at each edge with ``r_oe`` high;
+  with ``clearable``, zero instead if ``r_rst`` is high too (the DP16KD's synchronous output
+  reset, ``RSTB``): a RAM whose word is not wanted reads as zero, so several RAMs' words can
+  be combined by an OR instead of a multiplexer.
 
 So with ``r_en`` and ``r_oe`` both high, a word addressed in one cycle is on ``r_data`` two
 cycles later. A write (``w_en``) lands at the edge; a read of the address being written in the
@@ -27,7 +27,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .arith import up_down
-from .params import check_positive, check_range
+from .params import check_bool, check_positive, check_range
 from .pe import cell_family
 
 __all__ = ["RegisteredRAM", "RegisteredFIFO", "DP16KD_MODES", "dp16kd_mode"]
@@ -57,22 +57,28 @@ class RegisteredRAM(wiring.Component):
         Of a word (a plain width or a layout).
     depth : int
         Words.
+    clearable : bool
+        Whether the output register has ``r_rst``.
 
     Attributes
     ----------
     w_addr, w_data, w_en : In
-    r_addr, r_en, r_oe, r_rst : In
+    r_addr, r_en, r_oe : In
+    r_rst : In
+        With ``clearable`` only.
     r_data : Out(shape)
     """
 
-    def __init__(self, *, shape, depth):
+    def __init__(self, *, shape, depth, clearable=False):
         check_positive("RAM depth", depth)
         self._shape = shape
         self._depth = depth
+        self._clearable = check_bool("Clearable", clearable)
         abits = max(1, (depth - 1).bit_length())
         super().__init__({
             "w_addr": In(abits), "w_data": In(shape), "w_en": In(1),
-            "r_addr": In(abits), "r_en": In(1), "r_oe": In(1), "r_rst": In(1),
+            "r_addr": In(abits), "r_en": In(1), "r_oe": In(1),
+            **({"r_rst": In(1)} if clearable else {}),
             "r_data": Out(shape),
         })
 
@@ -99,7 +105,7 @@ class RegisteredRAM(wiring.Component):
         # (no reset: a DP16KD's output register is left alone by the fabric's reset)
         data_r = Signal(self.width, reset_less=True)
         with m.If(self.r_oe):
-            m.d.sync += data_r.eq(Mux(self.r_rst, 0, rp.data))
+            m.d.sync += data_r.eq(Mux(self.r_rst, 0, rp.data) if self._clearable else rp.data)
         m.d.comb += self.r_data.eq(data_r)
         return m
 
@@ -145,7 +151,7 @@ class RegisteredRAM(wiring.Component):
                 i_CLKA=ClockSignal("sync"), i_CEA=1, i_OCEA=0, i_WEA=self.w_en, i_RSTA=0,
                 i_CSA0=0, i_CSA1=0, i_CSA2=0,
                 i_CLKB=ClockSignal("sync"), i_CEB=self.r_en, i_OCEB=self.r_oe, i_WEB=0,
-                i_RSTB=self.r_rst, i_CSB0=0, i_CSB1=0, i_CSB2=0,
+                i_RSTB=self.r_rst if self._clearable else 0, i_CSB0=0, i_CSB1=0, i_CSB2=0,
                 **ports)
 
 

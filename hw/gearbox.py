@@ -2,7 +2,7 @@
 
 from math import gcd
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -33,7 +33,7 @@ class TileGearbox(wiring.Component):
     With ``ring=True`` no code moves once written: the buffer is a ring of whole tiles (at least
     ``(tiles + 1) * tile + 2 * max_chunk`` slots), written at a one-hot write position that
     moves only with the chunks taken, and the head tile is one of the ring's tiles, chosen by a
-    one-hot read position that moves with the tiles leaving. The slots at the write position
+    read position (a tile number) that moves with the tiles leaving. The slots at the write position
     take the input in every cycle, whether or not a chunk is offered or taken: they are free
     (the level is at most ``room + max_chunk``), and the position moves on only past a chunk
     taken. So a slot's enable is one bit of the write position (per chunk position), a
@@ -110,19 +110,18 @@ class TileGearbox(wiring.Component):
 
         if self._ring:
             # The write position, one-hot in cells, moves up a chunk's size for each chunk
-            # taken (around the ring); the read position, one-hot in tiles, one tile for each
-            # tile leaving. The input at write position p puts its codes d * g .. in cell
-            # p + d, all max_chunk / g cells of them, in every cycle: they are free (the level
-            # is at most room + max_chunk, and the ring holds another max_chunk), and only a
-            # chunk taken moves p past them.
+            # taken (around the ring); the read position, a tile number (a multiplexer of a
+            # few tiles by two or three select bits is one LUT and the PFU's multiplexers,
+            # where a one-hot AND-OR took three LUTs), one tile for each tile leaving. The
+            # input at write position p puts its codes d * g .. in cell p + d, all
+            # max_chunk / g cells of them, in every cycle: they are free (the level is at most
+            # room + max_chunk, and the ring holds another max_chunk), and only a chunk taken
+            # moves p past them.
             R = C // T
             wp = Signal(K, init=1)
-            rp = Signal(R, init=1)
+            rp = Signal(range(R))
             tiles = [Cat(*cells[r * (T // g):(r + 1) * (T // g)]) for r in range(R)]
-            head = 0
-            for r in range(R):
-                head = head | Mux(rp[r], tiles[r], 0)
-            m.d.comb += self.o_stream.payload.eq(head)
+            m.d.comb += self.o_stream.payload.eq(Array(tiles)[rp])
             for j, c in enumerate(cells):
                 for d in range(0, self._max // g):
                     with m.If(wp[(j - d) % K]):
@@ -131,12 +130,12 @@ class TileGearbox(wiring.Component):
             def wp_at(i):
                 return wp[i % K]
             with m.If(self.clear):
-                m.d.sync += [wp.eq(1), rp.eq(1)]
+                m.d.sync += [wp.eq(1), rp.eq(0)]
             with m.Else():
                 with m.If(accept):
                     m.d.sync += wp.eq(Cat(*[chunk_step(wp_at, k) for k in range(K)]))
                 with m.If(emit):
-                    m.d.sync += rp.eq(rp.rotate_left(1))
+                    m.d.sync += rp.eq(Mux(rp == R - 1, 0, rp + 1))
         else:
             # The head tile is in cells 0 .. T/g - 1; when it leaves, the rest move down T.
             m.d.comb += self.o_stream.payload.eq(Cat(*cells[:T // g]))

@@ -159,9 +159,16 @@ class LPU(wiring.Component):
         # reply bytes over them. Reads are synchronous (block RAM): the read address is the
         # byte index of the next cycle, so the byte at ``idx`` is on ``buf_r.data`` in each cycle.
         registered = st.registered_ram
-        m.submodules.buf = buf = Memory(
-            shape=8, depth=MAX_PAYLOAD, init=[],
-            attrs={"ram_style": "distributed"} if registered else None)
+        if registered:
+            # Two banks of distributed RAM, the even bytes and the odd ones: the bytes at idx
+            # and idx + 1, both read in every cycle (below), are one from each, so each bank
+            # has one read port of half the depth (an 8-way multiplexer behind the LUT RAMs
+            # instead of two copies of the whole buffer, each behind a 16-way one).
+            banks = [Memory(shape=8, depth=MAX_PAYLOAD // 2, init=[],
+                            attrs={"ram_style": "distributed"}) for _ in range(2)]
+            m.submodules.buf_even, m.submodules.buf_odd = banks
+        else:
+            m.submodules.buf = buf = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
         # The output buffer's entry at `out_start_next` is on `out_data` the cycle after (with
         # registered RAM, three cycles after: see `or_addr` below).
         out_layout = data.ArrayLayout(signed(out_w), P)
@@ -177,8 +184,22 @@ class LPU(wiring.Component):
             ow, orp = outbuf.write_port(), outbuf.read_port()
             ow_addr, ow_data, ow_en, or_addr, out_data = (
                 ow.addr, ow.data, ow.en, orp.addr, orp.data)
-        buf_w, buf_r = buf.write_port(), buf.read_port()
-        buf_data = Signal(8)      # the byte read: buf_r.data (see `read_inc` below)
+        if registered:
+            # The write port as the states drive it, registered (the write enable, a decode of
+            # the states, reaches every LUT RAM), then to the bank of the byte's parity. A byte
+            # lands a cycle late: no state reads a byte within a cycle of writing it (the
+            # request's bytes are read after its CRC, the reply's after its header is sent).
+            layout = data.StructLayout({"addr": 8, "data": 8, "en": 1})
+            buf_w = Signal(layout, name="buf_w")
+            buf_wq = Signal(layout, name="buf_wq")
+            m.d.sync += buf_wq.eq(buf_w)
+            for parity, bank in enumerate(banks):
+                port = bank.write_port()
+                m.d.comb += [port.addr.eq(buf_wq.addr[1:]), port.data.eq(buf_wq.data),
+                             port.en.eq(buf_wq.en & (buf_wq.addr[0] == parity))]
+        else:
+            buf_w, buf_r = buf.write_port(), buf.read_port()
+        buf_data = Signal(8)      # the byte read (see `read_inc` below)
         m.submodules.rx_crc = rx_crc = Processor(CRC)
         m.submodules.tx_crc = tx_crc = Processor(CRC)
 
@@ -575,8 +596,9 @@ class LPU(wiring.Component):
             with m.State("RUN_START"):
                 # The scale unit checks the job's scale range before the streamer starts.
                 # (`idx` is 0 from here on, ready for RUN_REPLY: zeroed here, then held.)
-                m.d.comb += [sc.desc.valid.eq(1), sc.desc.payload.as_value().eq(job),
-                             acc_hold.eq(1), idx_zero.eq(1)]
+                m.d.comb += [sc.desc.valid.eq(1), acc_hold.eq(1), idx_zero.eq(1)]
+                if not registered:
+                    m.d.comb += sc.desc.payload.as_value().eq(job)
                 hold_next(1)
                 with m.If(sc.desc.ready):
                     m.d.sync += [out_count.eq(0), out_room.eq(1)]
@@ -591,9 +613,9 @@ class LPU(wiring.Component):
                     with m.Else():
                         m.next = "RUN_STREAM"
             with m.State("RUN_STREAM"):
-                m.d.comb += [st.desc.valid.eq(1),
-                             st.desc.payload.as_value().eq(job[:DESCRIPTOR_LAYOUT.size]),
-                             acc_hold.eq(1)]
+                m.d.comb += [st.desc.valid.eq(1), acc_hold.eq(1)]
+                if not registered:
+                    m.d.comb += st.desc.payload.as_value().eq(job[:DESCRIPTOR_LAYOUT.size])
                 hold_next(~st.desc.ready)
                 with m.If(st.desc.ready):
                     m.next = "RUN_WAIT"
@@ -669,9 +691,17 @@ class LPU(wiring.Component):
                     reply()
 
             # ---- transmit
-            m.d.comb += [self.tx.valid.eq(tx_valid),
+            if registered:
+                # `tx_valid` is set from TX_SYNC's own flip-flop, a cycle late, and TX_SYNC's
+                # first cycle is offered by the state itself: the decisions to reply (the
+                # index comparisons of the reply states) do not reach `tx.valid`
+                tx_out = tx_valid | fsm.ongoing("TX_SYNC")
+                tx_set = fsm.ongoing("TX_SYNC")
+            else:
+                tx_out, tx_set = tx_valid, replying
+            m.d.comb += [self.tx.valid.eq(tx_out),
                          tx_crc.data.eq(Mux(fsm.ongoing("TX_PAYLOAD"), buf_data, tx_head))]
-            tx_fire = tx_valid & self.tx.ready
+            tx_fire = tx_out & self.tx.ready
             for name, value, nxt in (("TX_SYNC", REPLY_SYNC, "TX_STATUS"),
                                      ("TX_STATUS", tx_head, "TX_LEN0"),
                                      ("TX_LEN0", tx_head, "TX_LEN1"),
@@ -700,6 +730,13 @@ class LPU(wiring.Component):
                         else:
                             m.next = nxt
 
+        if registered:
+            # The job's descriptors, straight from `acc`'s flip-flops in every state (they are
+            # taken only with their valid, in RUN_START and RUN_STREAM, while `acc` holds the
+            # job)
+            m.d.comb += [sc.desc.payload.as_value().eq(job),
+                         st.desc.payload.as_value().eq(job[:DESCRIPTOR_LAYOUT.size])]
+
         # The read address: idx + 1 in the states that read the next byte in the next cycle,
         # and in TX_PAYLOAD when its byte is taken; idx in those that hold the index for a state
         # that reads (EXEC, the states before WMEM_WORD and WSCALE_WORD, and the transmit states
@@ -709,16 +746,19 @@ class LPU(wiring.Component):
         read_inc = (Cat(fsm.ongoing(name) for name in read_step).any() |
                     (fsm.ongoing("TX_PAYLOAD") & self.tx.ready))
         if registered:
-            # Both bytes read, from the index's flip-flops (a read port each), and the
-            # choice made after the read: the address no longer waits for the state's decode.
-            buf_r1 = buf.read_port()
-            inc_q = Signal()
-            # idx + 1, kept beside idx: the second port's address comes from flip-flops
+            # Both bytes read, from the index's flip-flops, and the choice made after the
+            # read: the address no longer waits for the state's decode. The byte at idx + 1
+            # is the even bank's at (idx + 1) / 2 when idx is odd, the odd bank's at idx / 2
+            # when it is even; the byte at idx the other one. The byte wanted, at idx or
+            # idx + 1 as `read_inc` says, is in the bank of parity idx[0] ^ read_inc.
+            # idx + 1, kept beside idx: the even bank's address comes from flip-flops
             idx1 = Signal(8, name="idx1", init=1, reset_less=True)
-            m.d.sync += [inc_q.eq(read_inc),
+            odd_q = Signal()
+            m.d.sync += [odd_q.eq(idx[0] ^ read_inc),
                          idx1.eq(Mux(idx_zero, 1, Mux(idx_step | idx_take, idx1 + 1, idx1)))]
-            m.d.comb += [buf_r.addr.eq(idx), buf_r1.addr.eq(idx1),
-                         buf_data.eq(Mux(inc_q, buf_r1.data, buf_r.data))]
+            reads = [bank.read_port() for bank in banks]
+            m.d.comb += [reads[0].addr.eq(idx1[1:]), reads[1].addr.eq(idx[1:]),
+                         buf_data.eq(Mux(odd_q, reads[1].data, reads[0].data))]
         else:
             m.d.comb += [buf_r.addr.eq(Mux(read_inc, idx + 1, idx)), buf_data.eq(buf_r.data)]
 
@@ -729,8 +769,18 @@ class LPU(wiring.Component):
         # comes from flip-flops rather than from wide byte multiplexers. (Nothing in the STATUS
         # and RUN replies changes while a command executes: the streamer and the scale unit
         # work only within RUN, which replies after both are done.)
+        if registered:
+            # RUN's first byte, the job's error, is `job_error` itself (the write data goes
+            # into a register, `buf_wq`), not a byte selected a cycle ahead from the value it
+            # takes, which the scale unit's and streamer's status decide late
+            was_reply = Signal()
+            m.d.sync += was_reply.eq(fsm.ongoing("RUN_REPLY"))
+            run_first = fsm.ongoing("RUN_REPLY") & ~was_reply
+            reply_byte_now = Mux(run_first, Value.cast(job_error), reply_byte)
+        else:
+            reply_byte_now = reply_byte
         m.d.comb += buf_w.data.eq(Mux(fsm.ongoing("RX_PAYLOAD"), rx_byte,
-                                      Mux(fsm.ongoing("STATUS"), status_byte, reply_byte)))
+                                      Mux(fsm.ongoing("STATUS"), status_byte, reply_byte_now)))
         sel = idx[:max(len(config), nbytes).bit_length()]
         # PING, STATUS (a register of its own): byte 0 in the state before, then byte idx + 1
         ping_next = Mux(fsm.ongoing("PING"), Array(Const(b, 8) for b in config[1:] + bytes(1))[sel],
@@ -747,7 +797,7 @@ class LPU(wiring.Component):
                                            Array(status_bytes[1:] + [0])[sel], status_bytes[0]))
         # RUN: the job's error (the value it takes on entering RUN_REPLY), then the count
         run_next = Mux(fsm.ongoing("RUN_REPLY"), Mux(idx[0], out_count[8:16], out_count[:8]),
-                       Value.cast(job_error_next))
+                       Value.cast(job_error if registered else job_error_next))
         # READ_OUT: the first byte of the entry being loaded, or the entry's next byte
 
         def sign_extended(value):
@@ -767,14 +817,14 @@ class LPU(wiring.Component):
                                   Mux(exec_go["PING"], ping_next, 0))
 
         m.d.sync += tx_valid.eq(Mux(tx_valid, ~(fsm.ongoing("TX_CRC1") & self.tx.ready),
-                                    replying))
+                                    tx_set))
         head_len_lo = ((fsm.ongoing("TX_STATUS") & self.tx.ready) |
                        (fsm.ongoing("TX_LEN0") & ~self.tx.ready))
         head_len_hi = (fsm.ongoing("TX_LEN0") & self.tx.ready) | fsm.ongoing("TX_LEN1")
         m.d.sync += tx_head.eq(Mux(head_len_lo, reply_len[:8],
                                    Mux(head_len_hi, reply_len[8:], status)))
 
-        with m.If(~tx_valid):
+        with m.If(~tx_out):
             m.d.sync += [status.eq(reply_status), reply_len.eq(Mux(reply_payload, idx + 1, 0)),
                          reply_empty.eq(~reply_payload), tx_last.eq(idx)]
 

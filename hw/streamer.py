@@ -387,17 +387,29 @@ class WeightStreamer(wiring.Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
+                checks = [
+                    bad_zero.eq((offered.rows == 0) | (offered.cols == 0) |
+                                (offered.vectors == 0)),
+                    bad_fmt.eq(~fmt_ok),
+                    bad_long.eq(offered.cols > self.max_k),
+                    bad_vectors.eq(offered.vectors > self.max_vectors),
+                ]
+                if self._registered_ram:
+                    # (the checks of whatever is offered, in every cycle: they wait for no
+                    # valid)
+                    m.d.sync += checks
                 with m.If(self.desc.valid):
-                    m.d.sync += [
-                        desc.eq(offered), error.eq(StreamError.NONE),
-                        bad_zero.eq((offered.rows == 0) | (offered.cols == 0) |
-                                    (offered.vectors == 0)),
-                        bad_fmt.eq(~fmt_ok),
-                        bad_long.eq(offered.cols > self.max_k),
-                        bad_vectors.eq(offered.vectors > self.max_vectors),
-                    ]
+                    m.d.sync += [desc.eq(offered), error.eq(StreamError.NONE)]
+                    if not self._registered_ram:
+                        m.d.sync += checks
                     m.next = "CHECK"
             with m.State("CHECK"):
+                # row blocks = ceil(rows / P); with registered RAM started whatever the checks
+                # say (so that the divider's start is the state alone; a job refused leaves it
+                # running, and the next job's start restarts it)
+                start_rows = [div.start.eq(1), div.num.eq(desc.rows + P - 1), div.den.eq(P)]
+                if self._registered_ram:
+                    m.d.comb += start_rows
                 with m.If(bad_zero):
                     m.d.sync += error.eq(StreamError.ZERO_SIZE)
                     m.next = "IDLE"
@@ -411,8 +423,8 @@ class WeightStreamer(wiring.Component):
                     m.d.sync += error.eq(StreamError.VECTORS)
                     m.next = "IDLE"
                 with m.Else():
-                    # row blocks = ceil(rows / P)
-                    m.d.comb += [div.start.eq(1), div.num.eq(desc.rows + P - 1), div.den.eq(P)]
+                    if not self._registered_ram:
+                        m.d.comb += start_rows
                     m.next = "DIV_ROWS"
             with m.State("DIV_ROWS"):
                 with m.If(~div.busy):

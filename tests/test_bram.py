@@ -18,7 +18,7 @@ def test_registered_ram_reads_through_its_output_register(rng, depth, width):
     cycle ``r_data`` is the word the read stage held before the last edge with ``r_oe`` (zero
     if ``r_rst`` was high too); the read stage takes the RAM's word at ``r_addr`` at each edge
     with ``r_en``."""
-    dut = RegisteredRAM(shape=width, depth=depth)
+    dut = RegisteredRAM(shape=width, depth=depth, clearable=True)
     mem = [0] * depth
     seen = []
 
@@ -165,10 +165,10 @@ def test_ecp5_dp16kds_are_wired_as_yosys_maps_the_memory(tmp_path, depth, width)
     it (which leaves the block RAM's register unused). Ours reset their output registers with
     ``r_rst``."""
     mode = dp16kd_mode(depth)
-    ours = _dp16kds(rtlil.convert(RegisteredRAM(shape=width, depth=depth), name="top",
-                                  platform=TargetFamily("ecp5")), tmp_path, "ours")
-    theirs = _dp16kds(rtlil.convert(RegisteredRAM(shape=width, depth=depth), name="top"),
-                      tmp_path, "theirs")
+    ours = _dp16kds(rtlil.convert(RegisteredRAM(shape=width, depth=depth, clearable=True),
+                                  name="top", platform=TargetFamily("ecp5")), tmp_path, "ours")
+    theirs = _dp16kds(rtlil.convert(RegisteredRAM(shape=width, depth=depth, clearable=True),
+                                    name="top"), tmp_path, "theirs")
     assert len(ours) == -(-width // mode[1]) == len(theirs)
     assert [c[:2] for c in ours] == [c[:2] for c in theirs]
     assert {c[2] for c in ours} == {"OUTREG"} and {c[2] for c in theirs} == {"NOREG"}
@@ -181,3 +181,9 @@ def test_dp16kd_only_where_it_fits():
     assert RegisteredRAM(shape=40, depth=100).dp16kd_count(TargetFamily("ecp5")) == 3
     for platform in (None, TargetFamily("iCE40"), TargetFamily("ecp5", cells=False)):
         assert RegisteredRAM(shape=40, depth=100).dp16kd_count(platform) == 0
+
+
+def test_registered_ram_clearable_is_a_bool():
+    with pytest.raises(TypeError, match=r"^Clearable must be a bool, not 'yes'$"):
+        RegisteredRAM(shape=8, depth=4, clearable="yes")
+    assert "r_rst" not in RegisteredRAM(shape=8, depth=4).signature.members

@@ -221,10 +221,12 @@ def _job_bytes(desc):
     return JOB_LAYOUT.const(desc).as_value().value.to_bytes((JOB_LAYOUT.size + 7) // 8, "little")
 
 
-def test_scale_range_errors(rng, device):
+@pytest.mark.parametrize("registered", [False, True])
+def test_scale_range_errors(rng, request, registered):
     """Scale words past the scale memory (1024 words of P = 2 mantissas): the host refuses
-    first, the device sets SCALES rather than run the job, and a job after it runs normally."""
-    drv, _ = device
+    first, the device sets SCALES rather than run the job, and a job after it runs normally.
+    Each RUN reply carries its own job's error (SCALES, SCALES, ADDRESS, then none)."""
+    drv, _ = request.getfixturevalue("registered_device" if registered else "device")
     assert (drv.config["scale_depth"], drv.config["result_bytes"]) == (1024, 4)
     desc = {"base": 0, "rows": 7, "cols": 19, "group": 8, "vectors": 1, "fmt": 0,
             "scale_base": 1013}                                 # 1013 + 4 blocks * 3 = 1025
