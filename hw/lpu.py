@@ -447,6 +447,23 @@ class LPU(wiring.Component):
         rx_states = (("RX_CMD", "RX_LEN0"), ("RX_LEN0", "RX_LEN1"), ("RX_LEN1", "RX_PAYLOAD"),
                      ("RX_PAYLOAD", None), ("RX_CRC0", "RX_CRC1"), ("RX_CRC1", "RX_CHECK"))
 
+        if registered:
+            # The CRC check registered as the CRC's two bytes arrive: they must be the CRC of
+            # the bytes before them, high byte first (with no final XOR, that is what leaves
+            # a zero residue), compared a byte at a time in RX_CRC0 and RX_CRC1 rather than
+            # as the residue's 16 bits behind the last byte's update, in RX_CHECK
+            crc_hi_ok = Signal()
+            crc_lo = Signal(8, reset_less=True)
+            crc_good = Signal()
+            in_crc0 = Signal()
+            in_crc1 = Signal()
+            with m.If(in_crc0):
+                m.d.sync += [crc_hi_ok.eq(rx_byte == rx_crc.crc[8:]), crc_lo.eq(rx_crc.crc[:8])]
+            with m.If(in_crc1):
+                m.d.sync += crc_good.eq(crc_hi_ok & (rx_byte == crc_lo))
+        else:
+            crc_good = rx_crc.match_detected
+
         with m.FSM() as fsm:
             # ---- receive
             with m.State("RX_SYNC"):
@@ -489,10 +506,12 @@ class LPU(wiring.Component):
                             m.next = nxt
                     with m.Elif(timed_out):
                         reply()
+            if registered:
+                m.d.comb += [in_crc0.eq(fsm.ongoing("RX_CRC0")), in_crc1.eq(fsm.ongoing("RX_CRC1"))]
             with m.State("RX_CHECK"):
                 replies(Status.BAD_CRC)
                 m.d.comb += idx_zero.eq(1)
-                with m.If(~rx_crc.match_detected):
+                with m.If(~crc_good):
                     reply()
                 with m.Else():
                     m.next = "EXEC"

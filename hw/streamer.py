@@ -307,6 +307,7 @@ class WeightStreamer(wiring.Component):
         # sum fits one bit more than the memory's size (a short carry chain).
         end = Signal(range(2 * self._mem_words + 1))
         beyond = Signal()
+        base_over = Signal()
         past_end = Signal()
         error = Signal(StreamError)
         running = Signal()       # sequencer and fetcher active
@@ -447,6 +448,9 @@ class WeightStreamer(wiring.Component):
                     with m.Else():
                         m.next = "BYTES"
             with m.State("BYTES"):
+                if self._registered_ram:
+                    # (the base's comparison states ahead of ADDRESS, where the length's is)
+                    m.d.sync += base_over.eq(desc.base > self._mem_words)
                 m.d.comb += [div5.start.eq(1), div5.num.eq(w_low + 4), div5.den.eq(5)]
                 m.d.sync += [bytes_pow2.eq(Mux(desc.fmt == FormatCode.B1,
                                                (w_low + 7) >> 3, (w_low + 3) >> 2)),
@@ -467,7 +471,8 @@ class WeightStreamer(wiring.Component):
             with m.State("ADDRESS"):
                 # the address check in three steps (sum, comparison, verdict), each a short path
                 m.d.sync += [end.eq(desc.base[:low] + words[:low]),
-                             beyond.eq((desc.base > self._mem_words) |
+                             beyond.eq((base_over if self._registered_ram
+                                        else desc.base > self._mem_words) |
                                        (words > self._mem_words) | w_over),
                              first_blen.eq(burst_of(words))]
                 if self._registered_ram:

@@ -84,9 +84,12 @@ def _once(fn):
     lambda f: f[:5] + f[6:],                             # a dropped byte: TRUNCATED
     lambda f: f[: len(f) // 2],                          # a truncated frame: TRUNCATED
     lambda f: b"\x00\x13" + f,                           # noise before the frame: skipped
+    lambda f: f[:-2] + bytes([f[-2] ^ 0x80]) + f[-1:],  # the CRC's high byte: BAD_CRC
+    lambda f: f[:-1] + bytes([f[-1] ^ 0x01]),           # the CRC's low byte: BAD_CRC
 ])
-def test_link_recovers_from_a_damaged_request(rng, device, damage):
-    drv, transport = device
+@pytest.mark.parametrize("registered", [False, True])
+def test_link_recovers_from_a_damaged_request(rng, request, damage, registered):
+    drv, transport = request.getfixturevalue("registered_device" if registered else "device")
     w = rng.integers(-1, 2, size=(3, 8))
     x = rng.integers(-128, 128, size=8)
     transport.corrupt = _once(damage)
@@ -125,6 +128,21 @@ def test_device_refuses_bad_requests(device):
         status, _ = decode_reply(transport.exchange(header))
         assert status is Status.BAD_LENGTH
     drv.request(Command.WRITE_MEM, bytes(256))
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_each_crc_bit_is_checked(request, registered):
+    """A request whose CRC differs in any one bit of either byte is answered BAD_CRC; the
+    frame with its own CRC is answered."""
+    drv, _ = request.getfixturevalue("registered_device" if registered else "device")
+    frame = encode_request(Command.WRITE_MEM, bytes(8))
+    for bit in range(16):
+        bad = bytearray(frame)
+        bad[-2 + bit // 8] ^= 1 << (bit % 8)
+        status, _ = decode_reply(drv._t.exchange(bytes(bad)))
+        assert status is Status.BAD_CRC, bit
+    status, _ = decode_reply(drv._t.exchange(frame))
+    assert status is Status.OK
 
 
 @pytest.mark.parametrize("registered", [False, True])

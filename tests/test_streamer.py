@@ -167,11 +167,14 @@ def test_descriptor_errors_host_side(kwargs, msg):
     # words, whose low 7 bits (4) would fit: the length itself is compared with the memory
     ({"rows": 36}, StreamError.ADDRESS),
     ({"rows": 66}, StreamError.ADDRESS),
+    # a base whose low 7 bits (0) would fit: the base itself is compared with the memory
+    ({"base": 0x80}, StreamError.ADDRESS),
 ])
-def test_descriptor_errors_hardware_status(kwargs, error):
+@pytest.mark.parametrize("registered", [False, True])
+def test_descriptor_errors_hardware_status(kwargs, error, registered):
     # the same descriptors, sent unchecked: the hardware reports and goes idle, no hang
     st = WeightStreamer(lanes=4, pes=2, formats=["t2"], word_bits=8, addr_width=6, max_k=32,
-                        max_vectors=2)
+                        max_vectors=2, registered_ram=registered)
     system = StreamerSystem(st, init=[0] * 64)
     desc = {"base": 0, "rows": 4, "cols": 8, "fmt": FormatCode.T2, "group": 0, "vectors": 1,
             **kwargs}
