@@ -281,12 +281,16 @@ class BurstRAM(wiring.Component):
         room = Signal(init=1)
         rd_addr = Signal(addr_w)
         read, _ = _burst_walk(m, self.req, free=room, rd_addr=rd_addr)
-        taken = fifo.r_en & fifo.r_rdy
+        # The FIFO holds a word (its r_rdy, `level != 0`) as a flip-flop set with the level:
+        # the word's valid reaches the reader's FIFO, across the device, from a flip-flop.
+        avail = Signal()
+        taken = self.resp.ready & avail
         # (the read enable is known late)
         m.d.sync += [pending.eq(up_down(pending, read, taken)),
-                     room.eq(pending < READ_AHEAD - 1)]
-        m.d.comb += [self.resp.valid.eq(fifo.r_rdy), self.resp.payload.eq(fifo.r_data),
-                     fifo.r_en.eq(self.resp.ready)]
+                     room.eq(pending < READ_AHEAD - 1),
+                     avail.eq(fifo.w_en | Mux(taken, fifo.level != 1, avail))]
+        m.d.comb += [self.resp.valid.eq(avail), self.resp.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(taken)]
 
         # 1: the address; 2: the banks' read registers; 3: a register behind each bank (a
         # block RAM's output is slow: an ECP5's takes 5.6 ns); 4: a word per group; 5: the

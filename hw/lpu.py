@@ -420,9 +420,22 @@ class LPU(wiring.Component):
         n_words = (length - 4) >> (word_bytes.bit_length() - 1)
         limit_bits = st.mem_words.bit_length()   # the limit is below 2 ** limit_bits
         m.d.sync += [wmem_limit.eq(Const(st.mem_words, wmem_limit.shape()) - n_words),
-                     wmem_hi.eq(field_addr[limit_bits:].any()),
-                     wmem_lo.eq(field_addr[:limit_bits] > wmem_limit),
-                     wmem_refuse.eq(wmem_hi | wmem_lo),
+                     wmem_hi.eq(field_addr[limit_bits:].any())]
+        if registered:
+            # `field_addr[:limit_bits] > wmem_limit` in two halves, each a short carry chain
+            # (the upper one signed, as the limit is), combined in the step after
+            lw = len(wmem_limit)
+            half = lw // 2
+            x = Cat(field_addr[:limit_bits], Const(0, lw - limit_bits))
+            lo_gt_hi, lo_eq_hi, lo_gt_lo = (Signal(name=n) for n in
+                                           ("wmem_gt_hi", "wmem_eq_hi", "wmem_gt_lo"))
+            m.d.sync += [lo_gt_hi.eq(x[half:].as_signed() > wmem_limit[half:].as_signed()),
+                         lo_eq_hi.eq(x[half:] == wmem_limit[half:]),
+                         lo_gt_lo.eq(x[:half] > wmem_limit[:half])]
+            m.d.comb += wmem_lo.eq(lo_gt_hi | (lo_eq_hi & lo_gt_lo))
+        else:
+            m.d.sync += wmem_lo.eq(field_addr[:limit_bits] > wmem_limit)
+        m.d.sync += [wmem_refuse.eq(wmem_hi | wmem_lo),
                      read_over[0].eq(out_n > max_count),
                      # (a count of 2 ** cbits or more is refused by read_over[0]: the room
                      # behind `start` is compared in cbits bits, a short carry chain, once

@@ -173,17 +173,24 @@ def _raw(code):
     return body + crc16(body).to_bytes(2, "big")
 
 
-def test_write_mem_past_the_memory_is_refused_whole(rng, device):
+@pytest.mark.parametrize("registered", [False, True])
+def test_write_mem_past_the_memory_is_refused_whole(rng, request, registered):
     """1024 words of 16 bits: words that would run past the memory (and wrap around its
-    10-bit address port onto word 0) are refused, and none of them is written."""
-    drv, _ = device
+    10-bit address port onto word 0) are refused, and none of them is written. (The last
+    word's address against 1024 - n: equal, one above, above in the high bits with the low
+    bits below, and below in the high bits with the low bits above, as the registered LPU
+    compares them in two halves.)"""
+    drv, _ = request.getfixturevalue("registered_device" if registered else "device")
     assert (drv.config["mem_words"], drv.config["word_bits"]) == (1024, 16)
     w = rng.integers(-1, 2, size=(4, 16))
     x = rng.integers(-128, 128, size=16)
     assert np.array_equal(drv.matmul(w, x, fmt="t2"), golden.matvec(w, x))   # image at 0
-    for at, n in ((1023, 2), (1024, 1), (1 << 31, 1), (0xFFFFFFFF, 1)):
+    for at, n in ((1023, 2), (1024, 1), (1 << 31, 1), (0xFFFFFFFF, 1), (925, 100),
+                  (960, 100)):
         with pytest.raises(DeviceError, match=r"^Device refused WRITE_MEM: BAD_LENGTH$"):
             drv.request(Command.WRITE_MEM, struct.pack("<I", at) + bytes(2 * n))
+    for at in (924, 872):       # 924 + 100 fits; so does 872, its low bits above 924's
+        drv.request(Command.WRITE_MEM, struct.pack("<I", at) + bytes(2 * 100))
     with pytest.raises(DeviceError, match=r"^Device refused WRITE_MEM: BAD_LENGTH$"):
         drv.request(Command.WRITE_MEM, struct.pack("<I", 4) + bytes(3))     # half a word
     drv.request(Command.WRITE_MEM, struct.pack("<I", 1022) + bytes(4))    # 1022 + 2 fits

@@ -31,10 +31,11 @@ LAYOUT = mem_request_layout(10, 8)
 
 
 def _run_port(dut, *, writes=(), bursts=(), rng, ready_prob=1.0, interleave=False,
-              max_cycles=200_000):
+              max_cycles=200_000, gap=0):
     """Drive a memory's ports: ``writes`` (addr, data) then (or, with ``interleave``, beside)
-    ``bursts`` (addr, len), taking words with random ``ready``. Returns the words taken with
-    their cycle numbers, and the memory contents each burst saw (writes accepted before it)."""
+    ``bursts`` (addr, len), taking words with random ``ready``; with ``gap``, up to that many
+    idle cycles after each request. Returns the words taken with their cycle numbers, and the
+    memory contents each burst saw (writes accepted before it)."""
     taken = []
     order = []                  # ("w", addr, data) and ("r", addr, len) in accepted order
     state = {"cycle": 0, "done": False}
@@ -58,6 +59,10 @@ def _run_port(dut, *, writes=(), bursts=(), rng, ready_prob=1.0, interleave=Fals
             ctx.set(dut.req.valid, 1)
             await ctx.tick().until(dut.req.ready)
             order.append(("r", addr, n))
+            if gap:
+                ctx.set(dut.req.valid, 0)
+                for _ in range(int(rng.integers(0, gap + 1))):
+                    await ctx.tick()
         ctx.set(dut.req.valid, 0)
 
     async def sink(ctx):
@@ -427,6 +432,18 @@ def test_pipelined_burstram_reads_across_banks(rng, ready_prob):
     if ready_prob == 1.0:
         cycles = [c for c, _ in taken]
         assert cycles == list(range(cycles[0], cycles[0] + len(cycles)))
+
+
+def test_pipelined_burstram_runs_dry_between_bursts(rng):
+    """Requests with idle cycles between them, taken as soon as offered: the FIFO empties
+    between bursts, and no word is offered that is not there."""
+    words = BANK_WORDS + 200
+    layout = mem_request_layout(12, 16)
+    writes = [(a, int(rng.integers(1 << 32))) for a in rng.choice(words, 300, replace=False)]
+    bursts = _bursts(rng, 40, words, 16)
+    dut = BurstRAM(words=words, word_bits=32, request_layout=layout, pipelined=True)
+    taken, expect = _run_port(dut, writes=writes, bursts=bursts, rng=rng, gap=12)
+    assert [w for _, w in taken] == expect
 
 
 def test_pipelined_burstram_first_word_latency():
