@@ -23,13 +23,16 @@ Every memory here is a component with the ports of
     with the bitstream tools (:data:`lpu.boards.program.WEIGHTS_COMMANDS`).
 """
 
+import operator
+from functools import reduce
+
 from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from lpu.hw.arith import up_down
+from lpu.hw.arith import nonzero_after, up_down
 from lpu.hw.bram import RegisteredRAM
 from lpu.hw.params import check_bool, check_positive, check_range
 from lpu.hw.streamer import mem_request_layout
@@ -288,7 +291,7 @@ class BurstRAM(wiring.Component):
         # (the read enable is known late)
         m.d.sync += [pending.eq(up_down(pending, read, taken)),
                      room.eq(pending < READ_AHEAD - 1),
-                     avail.eq(fifo.w_en | Mux(taken, fifo.level != 1, avail))]
+                     avail.eq(nonzero_after(avail, fifo.level, fifo.w_en, taken))]
         m.d.comb += [self.resp.valid.eq(avail), self.resp.payload.eq(fifo.r_data),
                      fifo.r_en.eq(taken)]
 
@@ -315,19 +318,11 @@ class BurstRAM(wiring.Component):
         groups = []
         for g in range(0, len(banks), BANK_GROUP):
             word = Signal(self._word_bits, name=f"group{g // BANK_GROUP}", reset_less=True)
-            m.d.sync += word.eq(_or(outs[g:g + BANK_GROUP]))
+            m.d.sync += word.eq(reduce(operator.or_, outs[g:g + BANK_GROUP]))
             groups.append(word)
         e_word = Signal(self._word_bits, reset_less=True)
-        m.d.sync += [e_valid.eq(d_valid), e_word.eq(_or(groups))]
+        m.d.sync += [e_valid.eq(d_valid), e_word.eq(reduce(operator.or_, groups))]
         m.d.comb += [fifo.w_en.eq(e_valid), fifo.w_data.eq(e_word)]
-
-
-def _or(values):
-    """The OR of ``values`` (words of which at most one is not zero)."""
-    out = values[0]
-    for v in values[1:]:
-        out = out | v
-    return out
 
 
 class SPRAMBurstRAM(wiring.Component):

@@ -27,9 +27,9 @@ from lpu.hw.params import check_choice
 from .build import bitstream_name, default_build_dir
 from .top import board_spec
 
-__all__ = ["ProgramError", "Programmer", "PROGRAMMERS", "DEFAULT_MODE", "WEIGHTS_COMMANDS",
-           "weights_command", "bitstream_path", "find_programmer", "program_command",
-           "program_board"]
+__all__ = ["ProgramError", "Programmer", "OPENFPGALOADER_BOARDS", "PROGRAMMERS", "DEFAULT_MODE",
+           "WEIGHTS_COMMANDS", "weights_command", "bitstream_path", "find_programmer",
+           "program_command", "program_board"]
 
 
 class ProgramError(RuntimeError):
@@ -48,19 +48,24 @@ class Programmer:
     modes: dict
 
 
+#: Each board's name in openFPGALoader's board list (``-b``).
+OPENFPGALOADER_BOARDS = {"icebreaker": "ice40_generic", "ulx3s-85f": "ulx3s",
+                         "tang-nano-9k": "tangnano9k"}
+_B = {board: ["-b", name] for board, name in OPENFPGALOADER_BOARDS.items()}
+
 #: Programmers per board, in order of preference.
 PROGRAMMERS = {
     "icebreaker": (
-        Programmer("openFPGALoader", "openfpgaloader", {"flash": ["-b", "ice40_generic"]}),
+        Programmer("openFPGALoader", "openfpgaloader", {"flash": _B["icebreaker"]}),
         Programmer("iceprog", "fpga-icestorm", {"flash": [], "sram": ["-S"]}),
     ),
     "ulx3s-85f": (
         Programmer("openFPGALoader", "openfpgaloader",
-                   {"sram": ["-b", "ulx3s", "-m"], "flash": ["-b", "ulx3s", "-f"]}),
+                   {"sram": [*_B["ulx3s-85f"], "-m"], "flash": [*_B["ulx3s-85f"], "-f"]}),
     ),
     "tang-nano-9k": (
         Programmer("openFPGALoader", "openfpgaloader",
-                   {"sram": ["-b", "tangnano9k", "-m"], "flash": ["-b", "tangnano9k", "-f"]}),
+                   {"sram": [*_B["tang-nano-9k"], "-m"], "flash": [*_B["tang-nano-9k"], "-f"]}),
     ),
 }
 
@@ -71,8 +76,8 @@ PROGRAMMERS = {
 #: ``--external-flash`` (its Gowin notes).
 WEIGHTS_COMMANDS = {
     "icebreaker": ("iceprog", ["-o", "{kib}k"]),
-    "ulx3s-85f": ("openFPGALoader", ["-b", "ulx3s", "-f", "-o", "{offset:#x}"]),
-    "tang-nano-9k": ("openFPGALoader", ["-b", "tangnano9k", "--external-flash", "-o",
+    "ulx3s-85f": ("openFPGALoader", [*_B["ulx3s-85f"], "-f", "-o", "{offset:#x}"]),
+    "tang-nano-9k": ("openFPGALoader", [*_B["tang-nano-9k"], "--external-flash", "-o",
                                         "{offset:#x}"]),
 }
 

@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SequentialDivider", "SequentialMultiplier", "up_down"]
+__all__ = ["SequentialDivider", "SequentialMultiplier", "up_down", "nonzero_after"]
 
 
 def up_down(value, up, down):
@@ -12,6 +12,13 @@ def up_down(value, up, down):
     ``value + 1``, ``value - 1`` and ``value`` are formed beforehand, and the handshakes only
     select one (no carry chain behind them)."""
     return Mux(up, Mux(down, value, value + 1), Mux(down, value - 1, value))
+
+
+def nonzero_after(nonzero, value, up, down):
+    """``value + up - down != 0`` for the count of :func:`up_down`, from ``nonzero``, a
+    flip-flop kept beside it as ``value != 0``: the flag's next value waits for no comparison
+    behind the handshakes."""
+    return up | Mux(down, value != 1, nonzero)
 
 
 class SequentialDivider(wiring.Component):

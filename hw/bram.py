@@ -26,7 +26,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .arith import up_down
+from .arith import nonzero_after, up_down
 from .params import check_bool, check_positive, check_range
 from .pe import cell_family
 
@@ -215,7 +215,7 @@ class RegisteredFIFO(wiring.Component):
             m.d.sync += consume.eq(step(consume))
         # (the read follows the reader's ready)
         m.d.sync += [level.eq(up_down(level, do_write, do_read)),
-                     nonempty.eq(do_write | Mux(do_read, level != 1, nonempty)),
+                     nonempty.eq(nonzero_after(nonempty, level, do_write, do_read)),
                      w_rdy.eq(Mux(do_write & ~do_read, level != inner - 1,
                                   do_read & ~do_write | w_rdy))]
         with m.If(do_read):

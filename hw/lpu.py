@@ -465,15 +465,8 @@ class LPU(wiring.Component):
             # the bytes before them, high byte first (with no final XOR, that is what leaves
             # a zero residue), compared a byte at a time in RX_CRC0 and RX_CRC1 rather than
             # as the residue's 16 bits behind the last byte's update, in RX_CHECK
-            crc_hi_ok = Signal()
-            crc_lo = Signal(8, reset_less=True)
+            # (set in those states, below the state machine)
             crc_good = Signal()
-            in_crc0 = Signal()
-            in_crc1 = Signal()
-            with m.If(in_crc0):
-                m.d.sync += [crc_hi_ok.eq(rx_byte == rx_crc.crc[8:]), crc_lo.eq(rx_crc.crc[:8])]
-            with m.If(in_crc1):
-                m.d.sync += crc_good.eq(crc_hi_ok & (rx_byte == crc_lo))
         else:
             crc_good = rx_crc.match_detected
 
@@ -519,8 +512,6 @@ class LPU(wiring.Component):
                             m.next = nxt
                     with m.Elif(timed_out):
                         reply()
-            if registered:
-                m.d.comb += [in_crc0.eq(fsm.ongoing("RX_CRC0")), in_crc1.eq(fsm.ongoing("RX_CRC1"))]
             with m.State("RX_CHECK"):
                 replies(Status.BAD_CRC)
                 m.d.comb += idx_zero.eq(1)
@@ -763,6 +754,12 @@ class LPU(wiring.Component):
                             m.next = nxt
 
         if registered:
+            crc_hi_ok = Signal()
+            crc_lo = Signal(8, reset_less=True)
+            with m.If(fsm.ongoing("RX_CRC0")):
+                m.d.sync += [crc_hi_ok.eq(rx_byte == rx_crc.crc[8:]), crc_lo.eq(rx_crc.crc[:8])]
+            with m.If(fsm.ongoing("RX_CRC1")):
+                m.d.sync += crc_good.eq(crc_hi_ok & (rx_byte == crc_lo))
             # The job's descriptors, straight from `acc`'s flip-flops in every state (they are
             # taken only with their valid, in RUN_START and RUN_STREAM, while `acc` holds the
             # job)
