@@ -256,9 +256,19 @@ class PEArray(wiring.Component):
                 m.d.comb += fresh_next.bit_select(vec, 1).eq(last)
             m.d.sync += fresh.eq(fresh_next)
             vec_next = Mux(enable, ctrl_prev[3:], vec) if ctrl_prev is not None else None
-            restart = _restart(m, first | fresh.bit_select(vec, 1), ctrl_prev, enable, first,
-                               fresh_next.bit_select(vec_next, 1) if vec_next is not None
-                               else None)
+            if ctrl_prev is None:
+                restart = first | fresh.bit_select(vec, 1)
+            else:
+                # A register loaded as its tile moves into the last stage, and held with it:
+                # `fresh` changes only as a tile leaves, so it holds still meanwhile. Its
+                # vector's bit of `fresh` as the step leaves it, with no multiplexer on the
+                # vector (`vec_next`) in front of the selection.
+                pv = ctrl_prev[3:]
+                restart = Signal(init=1)
+                with m.If(enable):
+                    m.d.sync += restart.eq(ctrl_prev[1] |
+                                           Mux(valid & (vec == pv), last,
+                                               fresh.bit_select(pv, 1)))
             for p, (value, carry) in enumerate(sums):
                 if vec_next is None:
                     accs = [Signal(signed(self._acc_width), name=f"acc{p}_v{v}")

@@ -404,6 +404,13 @@ class LPU(wiring.Component):
         exec_go = {state: reg(1, f"exec_{state.lower()}") for state, _ in exec_targets.values()}
         exec_bad_len = reg(1, "exec_bad_len")
         exec_bad_cmd = reg(1, "exec_bad_cmd")
+        if registered:
+            # (with registered RAM, the length checks are registered a cycle before the
+            # command's decode uses them: `length` holds still long enough for both)
+            for code, (state, bad) in exec_targets.items():
+                bad_r = reg(1, f"len_bad_{state.lower()}")
+                m.d.sync += bad_r.eq(bad)
+                exec_targets[code] = (state, bad_r)
         m.d.sync += [exec_bad_cmd.eq(1), exec_bad_len.eq(0)]
         for state in exec_go.values():
             m.d.sync += state.eq(0)

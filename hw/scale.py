@@ -38,9 +38,10 @@ DSPs where the device has them) in a four-stage pipeline take one beat per cycle
 stage 1 puts the mantissas into a register (a block RAM's output is slow), stage 1b multiplies
 registers and reads the vector's running sums, stage 2 adds and writes the running sums back,
 or, on the row block's last group, loads the output register. Beats of the same vector follow
-each other ``V`` beats apart (``V = 1``: back to back); the running-sum read port is transparent
-to the write port, so a beat in stage 1b sees the sums its predecessor in stage 2 writes in the
-same cycle, and older writes are already in the memory. With ``max_vectors`` 1 the sums are a
+each other ``V`` beats apart (``V = 1``: back to back); stage 2's sums are written a cycle
+late, from a register; the running-sum read port is transparent to that write, a beat moving
+to stage 2 takes the sums stage 2 writes in the same cycle from the register, and older writes
+are already in the memory. With ``max_vectors`` 1 the sums are a
 register that stage 2 adds into and that the row block's last group clears (the next first
 group then adds to zero), so the adders take flip-flops and feed the register directly. The
 array delivers a beat every ``group / lanes`` cycles at best, so the unit never holds it back
@@ -272,6 +273,9 @@ class ScaleUnit(wiring.Component):
         v_last = Signal(reset_less=True)
         g_last = Signal(reset_less=True)
         block_last = Signal(reset_less=True)
+        # With split products (the pipelined form), the scale word of the next beat, block_addr
+        # + g, kept with them: the mantissa memory's read address is a register, not an adder.
+        r_addr = Signal(18, reset_less=True)
 
         # The pipeline (module docstring). Stage 1 holds the accepted beat (its mantissa word
         # is on the scale memory's read port), stage 2 the products (its running sums on the
@@ -360,6 +364,8 @@ class ScaleUnit(wiring.Component):
                     m.d.sync += error.eq(1)
                     m.next = "IDLE"
                 with m.Else():
+                    if self._split:
+                        m.d.sync += r_addr.eq(job.scale_base)
                     m.d.sync += [v.eq(0), g.eq(0), block_addr.eq(job.scale_base),
                                  rows_left.eq(job.rows), v_last.eq(v_single),
                                  g_last.eq(g_single), block_last.eq(job.rows <= P)]
@@ -382,6 +388,8 @@ class ScaleUnit(wiring.Component):
                     with m.If(v_last):
                         m.d.sync += [g.eq(Mux(g_last, 0, g + 1)),
                                      g_last.eq(Mux(g_last, g_single, g == g_penult))]
+                        if self._split:
+                            m.d.sync += r_addr.eq(Mux(g_last, block_addr + groups, r_addr + 1))
                         with m.If(g_last):
                             m.d.sync += [block_addr.eq(block_addr + groups),
                                          rows_left.eq(rows_left - P),
@@ -401,8 +409,8 @@ class ScaleUnit(wiring.Component):
         ]
 
         # Stage 0 reads the mantissa word of the beat it accepts.
-        m.d.comb += [scales.r_addr.eq(block_addr + g), scales.r_en.eq(accept),
-                     scales.r_oe.eq(s1_adv)]
+        m.d.comb += [scales.r_addr.eq(r_addr if self._split else block_addr + g),
+                     scales.r_en.eq(accept), scales.r_oe.eq(s1_adv)]
         with m.If(accept):
             m.d.sync += s1_valid.eq(1)
         with m.Elif(s1_adv):
@@ -479,16 +487,31 @@ class ScaleUnit(wiring.Component):
             with m.Elif(s2_adv):
                 m.d.sync += run.eq(total)
         else:
-            # The vector's running sums are read as its beat moves to stage 2 (the read port is
-            # transparent: a beat sees the write of the beat just ahead).
+            # The vector's running sums are read as its beat moves to stage 2. Stage 2's sums
+            # go into a register, `w_sum`, and from there into the memory a cycle later, so
+            # neither the memory's write data nor its read register waits for the adders. The
+            # read port is transparent to that write (a register's), and the write stage 2
+            # makes as the read happens is taken from `w_sum` in the next cycle (`fwd`), where
+            # it stays while the reading beat is in stage 2: only that beat writes next.
             m.submodules.sums = sums = Memory(shape=data.ArrayLayout(signed(W), P),
                                               depth=self._max_vectors, init=[])
             a_w = sums.write_port()
             a_r = sums.read_port(transparent_for=(a_w,))
-            m.d.comb += [a_r.addr.eq(pre_v), a_r.en.eq(pre_adv)]
+            w_sum = Signal.like(total, reset_less=True)
+            w_v = Signal.like(s2_v, reset_less=True)
+            w_pend = Signal()
+            fwd = Signal()
+            s2_write = s2_valid & ~s2_last
+            m.d.comb += [a_r.addr.eq(pre_v), a_r.en.eq(pre_adv),
+                         a_w.addr.eq(w_v), a_w.data.eq(w_sum), a_w.en.eq(w_pend)]
+            m.d.sync += w_pend.eq(s2_write)
+            with m.If(s2_write):
+                m.d.sync += [w_sum.eq(total), w_v.eq(s2_v)]
+            with m.If(pre_adv):
+                m.d.sync += fwd.eq(s2_write & (s2_v == pre_v))
             for p in range(P):
-                m.d.comb += total[p].eq(Mux(s2_first, 0, a_r.data[p]) + s2_prod[p])
-            m.d.comb += [a_w.addr.eq(s2_v), a_w.data.eq(total), a_w.en.eq(s2_valid & ~s2_last)]
+                m.d.comb += total[p].eq(Mux(s2_first, 0, Mux(fwd, w_sum[p], a_r.data[p])) +
+                                        s2_prod[p])
         with m.If(self.o_stream.ready):
             m.d.sync += o_valid.eq(0)
         with m.If(s2_adv & s2_last):

@@ -26,7 +26,7 @@ Activation buffer: ``act_tiles`` entries of N activations per vector; tile ``t``
 ``v`` lives at address ``v * act_tiles + t`` (:func:`act_address`).
 """
 
-from amaranth.hdl import Module, Mux, Shape, Signal, Value, signed
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -39,6 +39,7 @@ from .decoder import WeightDecoder, check_word_bits, weights_per_word
 from .formats import FormatCode, WeightFormat
 from .gearbox import TileGearbox
 from .params import check_bool, check_mode, check_positive, check_range
+from .pe import lut4_copy
 
 __all__ = ["WeightStreamer", "StreamError", "DESCRIPTOR_LAYOUT", "SETUP_CYCLES",
            "act_address", "mem_request_layout", "PERF_LAYOUT", "STATUS_LAYOUT"]
@@ -56,6 +57,9 @@ DESCRIPTOR_LAYOUT = data.StructLayout({
 #: Width of the set-up divisions of sizes: rows + P - 1 and cols + N - 1 stay below 2**18 for
 #: 16-bit rows and columns and lanes, PEs up to 2**16.
 SIZE_DIV_WIDTH = 18
+#: With registered RAM, the copies of the activation buffer's read enable (one per group of its
+#: block RAMs).
+ACT_READ_ENABLES = 4
 #: Width of the t5 byte count division: a padded image holds fewer than 2**35 weights.
 BYTE_DIV_WIDTH = 35
 #: Cycles from accepting a descriptor to the first burst request: the descriptor cycle, the
@@ -262,7 +266,8 @@ class WeightStreamer(wiring.Component):
         act_layout = data.ArrayLayout(signed(self.act_bits), N)
         if self._registered_ram:
             # (stage C below: the activations' register is the RAM's output register)
-            m.submodules.acts = acts = RegisteredRAM(shape=act_layout, depth=self._act_depth)
+            m.submodules.acts = acts = RegisteredRAM(shape=act_layout, depth=self._act_depth,
+                                                     read_enables=ACT_READ_ENABLES)
             act_w_addr, act_w_data, act_w_en = acts.w_addr, acts.w_data, acts.w_en
             act_r_addr, act_r_en, act_r_data = acts.r_addr, acts.r_en, acts.r_data
         else:
@@ -301,6 +306,11 @@ class WeightStreamer(wiring.Component):
         kt_pen = Signal(16)
         gt_pen = Signal(16)
         v_pen = Signal(8)
+        # With registered RAM, and the values before those: the walk keeps `x == x_pen` as a
+        # flag, and `x + 1 == x_pen` is `x == x_pen2`
+        mb_pen2 = Signal(16)
+        kt_pen2 = Signal(16)
+        v_pen2 = Signal(8)
         words = Signal(32)       # image length in words
         # The word address past the image, from the low bits of base and words: a job whose
         # base or length alone exceeds the memory is refused by `beyond`, and below that the
@@ -385,6 +395,15 @@ class WeightStreamer(wiring.Component):
         # Busy in every state but IDLE: with one-hot state coding that is one flip-flop, where
         # an OR over the states' conditions took two levels of logic into the LPU's RUN_WAIT.
         low = Shape.cast(range(self._mem_words + 1)).width
+        # ceil(rows / P) and ceil(cols / N)'s numerators: with registered RAM, registers (set
+        # in IDLE); a group that is not a multiple of N, for N a power of two, from its low
+        # bits (registered likewise), not from the division's remainder
+        if self._registered_ram:
+            rows_up, cols_up = Signal(18, name="rows_up"), Signal(18, name="cols_up")
+        else:
+            rows_up, cols_up = desc.rows + P - 1, desc.cols + N - 1
+        pow2_lanes = self._registered_ram and N & (N - 1) == 0
+        group_part = Signal()
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
@@ -397,8 +416,13 @@ class WeightStreamer(wiring.Component):
                 ]
                 if self._registered_ram:
                     # (the checks of whatever is offered, in every cycle: they wait for no
-                    # valid)
+                    # valid; so are the divisions' numerators, and the group's remainder when
+                    # the lane count is a power of two)
                     m.d.sync += checks
+                    m.d.sync += [rows_up.eq(offered.rows + P - 1),
+                                 cols_up.eq(offered.cols + N - 1)]
+                    if pow2_lanes:
+                        m.d.sync += group_part.eq(offered.group[:N.bit_length() - 1] != 0)
                 with m.If(self.desc.valid):
                     m.d.sync += [desc.eq(offered), error.eq(StreamError.NONE)]
                     if not self._registered_ram:
@@ -408,7 +432,7 @@ class WeightStreamer(wiring.Component):
                 # row blocks = ceil(rows / P); with registered RAM started whatever the checks
                 # say (so that the divider's start is the state alone; a job refused leaves it
                 # running, and the next job's start restarts it)
-                start_rows = [div.start.eq(1), div.num.eq(desc.rows + P - 1), div.den.eq(P)]
+                start_rows = [div.start.eq(1), div.num.eq(rows_up), div.den.eq(P)]
                 if self._registered_ram:
                     m.d.comb += start_rows
                 with m.If(bad_zero):
@@ -430,7 +454,7 @@ class WeightStreamer(wiring.Component):
             with m.State("DIV_ROWS"):
                 with m.If(~div.busy):
                     m.d.sync += mb.eq(div.quot)
-                    m.d.comb += [div.start.eq(1), div.num.eq(desc.cols + N - 1), div.den.eq(N)]
+                    m.d.comb += [div.start.eq(1), div.num.eq(cols_up), div.den.eq(N)]
                     m.next = "DIV_COLS"
             with m.State("DIV_COLS"):
                 with m.If(~div.busy):
@@ -442,7 +466,7 @@ class WeightStreamer(wiring.Component):
                 with m.If(~div.busy & ~mul.busy):
                     m.d.sync += [gt.eq(Mux(desc.group == 0, kt, div.quot)),
                                  n_tiles.eq(mul.product)]
-                    with m.If((desc.group != 0) & (div.rem != 0)):
+                    with m.If(group_part if pow2_lanes else (desc.group != 0) & (div.rem != 0)):
                         m.d.sync += error.eq(StreamError.GROUP)
                         m.next = "IDLE"
                     with m.Else():
@@ -467,6 +491,9 @@ class WeightStreamer(wiring.Component):
                              v_last.eq(desc.vectors - 1),
                              mb_pen.eq(mb - 2), kt_pen.eq(kt - 2), gt_pen.eq(gt - 2),
                              v_pen.eq(desc.vectors - 2)]
+                if self._registered_ram:
+                    m.d.sync += [mb_pen2.eq(mb - 3), kt_pen2.eq(kt - 3),
+                                 v_pen2.eq(desc.vectors - 3)]
                 m.next = "ADDRESS"
             with m.State("ADDRESS"):
                 # the address check in three steps (sum, comparison, verdict), each a short path
@@ -619,8 +646,20 @@ class WeightStreamer(wiring.Component):
         b_out = stream.Signature(array.input_layout).create(path=("b_out",))
         fire_b = b_out.valid & b_out.ready
         advance = ~b_valid | fire_b
+        if self._registered_ram:
+            # `advance` enables the walk's registers and the activation buffer's block RAMs,
+            # which stand across the device: one copy for the walk and one for each group of
+            # block RAMs (on an ECP5, LUTs of their own, each placed by its loads)
+            def advance_of(valid, head_valid, ready):
+                return ~valid | (valid & head_valid & ready)
+            advance_in = (b_valid, gear.o_stream.valid, array.i_stream.ready)
+            advance = lut4_copy(m, platform, advance_of, advance_in, "advance_walk")
+            m.d.comb += act_r_en.eq(Cat(
+                lut4_copy(m, platform, advance_of, advance_in, f"advance_acts{i}")
+                for i in range(ACT_READ_ENABLES)))
+        else:
+            m.d.comb += act_r_en.eq(advance)
         m.d.comb += [
-            act_r_en.eq(advance),
             act_r_addr.eq(act_addr if self._registered_ram
                           else act_address(t, v, self._act_tiles)),
             b_out.valid.eq(b_valid & gear.o_stream.valid),
@@ -666,9 +705,32 @@ class WeightStreamer(wiring.Component):
         # and one flip-flop, not a chain of ANDs behind it.
         step_v, step_t, step_rb = (Signal(reset_less=True, name=n)
                                    for n in ("step_v", "step_t", "step_rb"))
-        v_at_last_next = Mux(v_at_last, v_last == 0, v == v_pen)
-        t_at_last_next = Mux(t_at_last, kt_last == 0, t == kt_pen)
-        rb_at_last_next = rb == mb_pen
+        if self._registered_ram:
+            # Whether each counter is at its value before the last (`x == x_pen`), and whether
+            # the first value is the last or the one before it: flags, so that the next step's
+            # flags are multiplexers of flags, not comparisons of the counters.
+            v_at_pen, t_at_pen, rb_at_pen, v_one, t_one, v_two, t_two = (
+                Signal(reset_less=True, name=n)
+                for n in ("v_at_pen", "t_at_pen", "rb_at_pen", "v_one", "t_one", "v_two",
+                          "t_two"))
+            v_at_last_next = Mux(v_at_last, v_one, v_at_pen)
+            t_at_last_next = Mux(t_at_last, t_one, t_at_pen)
+            rb_at_last_next = rb_at_pen
+            with m.If(advance & a_valid):
+                m.d.sync += v_at_pen.eq(Mux(v_at_last, v_two, v == v_pen2))
+            with m.If(advance & step_v):
+                m.d.sync += t_at_pen.eq(Mux(t_at_last, t_two, t == kt_pen2))
+            with m.If(advance & step_t):
+                m.d.sync += rb_at_pen.eq(rb == mb_pen2)
+            with m.If(~running):
+                m.d.sync += [v_one.eq(v_last == 0), t_one.eq(kt_last == 0),
+                             v_two.eq(v_last == 1), t_two.eq(kt_last == 1),
+                             v_at_pen.eq(v_last == 1), t_at_pen.eq(kt_last == 1),
+                             rb_at_pen.eq(mb_last == 1)]
+        else:
+            v_at_last_next = Mux(v_at_last, v_last == 0, v == v_pen)
+            t_at_last_next = Mux(t_at_last, kt_last == 0, t == kt_pen)
+            rb_at_last_next = rb == mb_pen
         with m.If(advance):
             m.d.sync += [b_valid.eq(a_valid), b_tile_done.eq(step_v)]
         with m.If(advance & a_valid):

@@ -96,6 +96,24 @@ def test_row_block_without_first_restarts_after_last():
     assert np.array_equal(out, golden.array_outputs(act, weight, first, last))
 
 
+@pytest.mark.parametrize("vectors, pipeline", [(1, 1), (2, 1), (3, 2), (2, 0)])
+@pytest.mark.parametrize("cls", [PEArray, _OnFPGA, _OnECP5])
+def test_array_restarts_at_any_first(rng, cls, vectors, pipeline):
+    # first and last tiles at random, each vector's sums on their own: a first tile restarts a
+    # sum whatever came before it, and so does the tile after a last one
+    lanes, pes, n = 3, 2, 60
+    arr = cls(lanes=lanes, pes=pes, pipeline=pipeline, max_k=lanes * n, vectors=vectors)
+    tiles = {"act": rng.integers(-128, 128, size=(n, lanes)),
+             "weight": rng.integers(-1, 2, size=(n, pes, lanes)),
+             "first": rng.random(n) < 0.3, "last": rng.random(n) < 0.3,
+             "vector": rng.integers(0, vectors, size=n)}
+    out, _ = pysim.run_array(arr, tiles, seed=int(rng.integers(1 << 31)),
+                             valid_prob=0.8, ready_prob=0.6)
+    assert np.array_equal(out, golden.array_outputs(tiles["act"], tiles["weight"],
+                                                    tiles["first"], tiles["last"],
+                                                    tiles["vector"]))
+
+
 @pytest.mark.parametrize("kwargs, exc, msg", [
     ({"lanes": 4, "pes": 0}, ValueError, r"^PE count must be a positive integer, not 0$"),
     ({"lanes": 4, "pes": "4"}, TypeError, r"^PE count must be a positive integer, not '4'$"),

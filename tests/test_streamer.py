@@ -75,6 +75,20 @@ def test_streamer_vectors_and_groups(rng, vectors, group, registered_ram):
     assert np.array_equal(res["outputs"], ref)
 
 
+@pytest.mark.parametrize("rows, cols", [(2, 4), (6, 4), (4, 8), (6, 12), (8, 16)])
+@pytest.mark.parametrize("vectors", [1, 2, 3, 4])
+def test_streamer_walk_counts(rng, rows, cols, vectors):
+    # one to four row blocks, tiles and vectors: the registered walk's flags for the value
+    # before the last of each counter, and for a first value that is the last or the one
+    # before it
+    st = WeightStreamer(lanes=4, pes=2, word_bits=16, addr_width=10, max_k=32, max_vectors=4,
+                        max_burst=8, registered_ram=True)
+    res, ref, _, _ = _job(rng, st, rows=rows, cols=cols, fmt="t2", vectors=vectors,
+                          ready_prob=0.7)
+    assert res["error"] == StreamError.NONE
+    assert np.array_equal(res["outputs"], ref)
+
+
 def test_streamer_long_run(rng):
     st = WeightStreamer(lanes=8, pes=4, word_bits=32, addr_width=12, max_k=256, max_burst=8)
     res, ref, _, _ = _job(rng, st, rows=env_int("LPU_LONG_ROWS", 24), cols=200, fmt="t5",
