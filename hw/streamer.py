@@ -395,6 +395,10 @@ class WeightStreamer(wiring.Component):
         # Busy in every state but IDLE: with one-hot state coding that is one flip-flop, where
         # an OR over the states' conditions took two levels of logic into the LPU's RUN_WAIT.
         low = Shape.cast(range(self._mem_words + 1)).width
+        # With registered RAM, W - k for the k the first bursts' formulas subtract (below),
+        # registered with the comparisons of W
+        w_less = {k: Signal(signed(low + 1), name=f"w_less{k}")
+                  for k in (mb_, mb_ + 1, 2 * mb_, 2 * mb_ + 1, 3 * mb_)}
         # ceil(rows / P) and ceil(cols / N)'s numerators: with registered RAM, registers (set
         # in IDLE); a group that is not a multiple of N, for N a power of two, from its low
         # bits (registered likewise), not from the division's remainder
@@ -505,6 +509,7 @@ class WeightStreamer(wiring.Component):
                 if self._registered_ram:
                     m.d.sync += [words_ge1.eq(words[:low] >= mb_),
                                  words_ge2.eq(words[:low] >= 2 * mb_)]
+                    m.d.sync += [w_less[k].eq(words[:low] - k) for k in w_less]
                 m.next = "ADDRESS_CMP"
             with m.State("ADDRESS_CMP"):
                 m.d.sync += [past_end.eq(beyond | (end > self._mem_words)),
@@ -515,15 +520,15 @@ class WeightStreamer(wiring.Component):
                     # bits; no request is made before): fetch_after = W - burst_of(W), nxt =
                     # burst_of(fetch_after), y = fetch_after - nxt, each by comparisons of W
                     # with multiples of max_burst (registered in ADDRESS)
-                    w_words = words[:low]
+                    # (the differences W - k registered in ADDRESS too)
                     ge1, ge2 = words_ge1, words_ge2
                     m.d.sync += [
-                        fetch_after.eq(Mux(ge1, w_words - mb_, 0)),
-                        nxt.eq(Mux(ge2, mb_, Mux(ge1, w_words - mb_, 0))),
-                        nxt_m1.eq(Mux(ge2, mb_ - 1, Mux(ge1, w_words - (mb_ + 1), -1))),
-                        after_y.eq(Mux(ge2, w_words - 2 * mb_, 0)),
-                        after_z.eq(Mux(ge2, w_words - 3 * mb_, -mb_)),
-                        after_y_m1.eq(Mux(ge2, w_words - (2 * mb_ + 1), -1))]
+                        fetch_after.eq(Mux(ge1, w_less[mb_], 0)),
+                        nxt.eq(Mux(ge2, mb_, Mux(ge1, w_less[mb_], 0))),
+                        nxt_m1.eq(Mux(ge2, mb_ - 1, Mux(ge1, w_less[mb_ + 1], -1))),
+                        after_y.eq(Mux(ge2, w_less[2 * mb_], 0)),
+                        after_z.eq(Mux(ge2, w_less[3 * mb_], -mb_)),
+                        after_y_m1.eq(Mux(ge2, w_less[2 * mb_ + 1], -1))]
                 else:
                     m.d.sync += first_after.eq(words - first_blen)
                 m.next = "ADDRESS_OK"
