@@ -32,7 +32,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .arith import SequentialDivider, SequentialMultiplier
+from .arith import SequentialDivider, SequentialMultiplier, up_down
 from .array import PEArray
 from .bram import RegisteredFIFO, RegisteredRAM
 from .decoder import WeightDecoder, check_word_bits, weights_per_word
@@ -779,7 +779,9 @@ class WeightStreamer(wiring.Component):
         wiring.connect(m, array=array.o_stream, out=wiring.flipped(self.o_stream))
         out_fire = self.o_stream.valid & self.o_stream.ready
         owed, paid = fire_b & b_out.payload.last, out_fire
-        m.d.sync += [pending.eq(pending + owed - paid),
+        # (with registered RAM, the sums are formed before the handshakes select one)
+        m.d.sync += [pending.eq(up_down(pending, owed, paid) if self._registered_ram
+                                else pending + owed - paid),
                      no_pending.eq(Mux(owed & ~paid, 0,
                                        Mux(paid & ~owed, pending == 1, no_pending)))]
 
