@@ -59,10 +59,6 @@ class RegisteredRAM(wiring.Component):
         Words.
     clearable : bool
         Whether the output register has ``r_rst``.
-    read_enables : int
-        Copies of the read enable (``r_en`` is that wide), all driven alike: the DP16KDs are
-        shared among them in order, so that each copy, made by logic of its own, enables the
-        block RAMs beside it. Elsewhere ``r_en[0]`` is the enable.
 
     Attributes
     ----------
@@ -73,16 +69,15 @@ class RegisteredRAM(wiring.Component):
     r_data : Out(shape)
     """
 
-    def __init__(self, *, shape, depth, clearable=False, read_enables=1):
+    def __init__(self, *, shape, depth, clearable=False):
         check_positive("RAM depth", depth)
         self._shape = shape
         self._depth = depth
         self._clearable = check_bool("Clearable", clearable)
-        self._read_enables = check_positive("Read enable count", read_enables)
         abits = max(1, (depth - 1).bit_length())
         super().__init__({
             "w_addr": In(abits), "w_data": In(shape), "w_en": In(1),
-            "r_addr": In(abits), "r_en": In(read_enables), "r_oe": In(1),
+            "r_addr": In(abits), "r_en": In(1), "r_oe": In(1),
             **({"r_rst": In(1)} if clearable else {}),
             "r_data": Out(shape),
         })
@@ -106,7 +101,7 @@ class RegisteredRAM(wiring.Component):
         m.submodules.mem = mem = Memory(shape=self.width, depth=self._depth, init=[])
         wp, rp = mem.write_port(), mem.read_port()
         m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data), wp.en.eq(self.w_en),
-                     rp.addr.eq(self.r_addr), rp.en.eq(self.r_en[0])]
+                     rp.addr.eq(self.r_addr), rp.en.eq(self.r_en)]
         # (no reset: a DP16KD's output register is left alone by the fabric's reset)
         data_r = Signal(self.width, reset_less=True)
         with m.If(self.r_oe):
@@ -132,8 +127,7 @@ class RegisteredRAM(wiring.Component):
             return full
 
         wa, ra = addr(self.w_addr), addr(self.r_addr)
-        banks = -(-wbits // width)
-        for t in range(banks):
+        for t in range(-(-wbits // width)):
             lo, hi = t * width, min(wbits, (t + 1) * width)
             di = Signal(18, name=f"di{t}")
             do = Signal(18, name=f"do{t}")
@@ -156,8 +150,7 @@ class RegisteredRAM(wiring.Component):
                 p_WRITEMODE_A="NORMAL", p_WRITEMODE_B="NORMAL", p_GSR="DISABLED",
                 i_CLKA=ClockSignal("sync"), i_CEA=1, i_OCEA=0, i_WEA=self.w_en, i_RSTA=0,
                 i_CSA0=0, i_CSA1=0, i_CSA2=0,
-                i_CLKB=ClockSignal("sync"), i_CEB=self.r_en[t * self._read_enables // banks],
-                i_OCEB=self.r_oe, i_WEB=0,
+                i_CLKB=ClockSignal("sync"), i_CEB=self.r_en, i_OCEB=self.r_oe, i_WEB=0,
                 i_RSTB=self.r_rst if self._clearable else 0, i_CSB0=0, i_CSB1=0, i_CSB2=0,
                 **ports)
 

@@ -26,7 +26,7 @@ Activation buffer: ``act_tiles`` entries of N activations per vector; tile ``t``
 ``v`` lives at address ``v * act_tiles + t`` (:func:`act_address`).
 """
 
-from amaranth.hdl import Cat, Module, Mux, Shape, Signal, Value, signed
+from amaranth.hdl import Module, Mux, Shape, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -57,9 +57,6 @@ DESCRIPTOR_LAYOUT = data.StructLayout({
 #: Width of the set-up divisions of sizes: rows + P - 1 and cols + N - 1 stay below 2**18 for
 #: 16-bit rows and columns and lanes, PEs up to 2**16.
 SIZE_DIV_WIDTH = 18
-#: With registered RAM, the copies of the activation buffer's read enable (one per group of its
-#: block RAMs).
-ACT_READ_ENABLES = 4
 #: Width of the t5 byte count division: a padded image holds fewer than 2**35 weights.
 BYTE_DIV_WIDTH = 35
 #: Cycles from accepting a descriptor to the first burst request: the descriptor cycle, the
@@ -266,8 +263,7 @@ class WeightStreamer(wiring.Component):
         act_layout = data.ArrayLayout(signed(self.act_bits), N)
         if self._registered_ram:
             # (stage C below: the activations' register is the RAM's output register)
-            m.submodules.acts = acts = RegisteredRAM(shape=act_layout, depth=self._act_depth,
-                                                     read_enables=ACT_READ_ENABLES)
+            m.submodules.acts = acts = RegisteredRAM(shape=act_layout, depth=self._act_depth)
             act_w_addr, act_w_data, act_w_en = acts.w_addr, acts.w_data, acts.w_en
             act_r_addr, act_r_en, act_r_data = acts.r_addr, acts.r_en, acts.r_data
         else:
@@ -653,15 +649,15 @@ class WeightStreamer(wiring.Component):
         advance = ~b_valid | fire_b
         if self._registered_ram:
             # `advance` enables the walk's registers and the activation buffer's block RAMs,
-            # which stand across the device: one copy for the walk and one for each group of
-            # block RAMs (on an ECP5, LUTs of their own, each placed by its loads)
+            # which stand across the device: a copy for each (on an ECP5, LUTs of their own,
+            # each placed by its loads; a copy for each of four groups of the block RAMs placed
+            # worse, docs/boards.md)
             def advance_of(valid, head_valid, ready):
                 return ~valid | (valid & head_valid & ready)
             advance_in = (b_valid, gear.o_stream.valid, array.i_stream.ready)
             advance = lut4_copy(m, platform, advance_of, advance_in, "advance_walk")
-            m.d.comb += act_r_en.eq(Cat(
-                lut4_copy(m, platform, advance_of, advance_in, f"advance_acts{i}")
-                for i in range(ACT_READ_ENABLES)))
+            m.d.comb += act_r_en.eq(lut4_copy(m, platform, advance_of, advance_in,
+                                              "advance_acts"))
         else:
             m.d.comb += act_r_en.eq(advance)
         m.d.comb += [

@@ -187,18 +187,3 @@ def test_registered_ram_clearable_is_a_bool():
     with pytest.raises(TypeError, match=r"^Clearable must be a bool, not 'yes'$"):
         RegisteredRAM(shape=8, depth=4, clearable="yes")
     assert "r_rst" not in RegisteredRAM(shape=8, depth=4).signature.members
-
-
-def test_read_enable_copies_share_the_dp16kds_in_order(tmp_path):
-    # five DP16KDs of 18 bits among three copies of the read enable: 0, 0, 1, 1, 2
-    il = rtlil.convert(RegisteredRAM(shape=90, depth=512, read_enables=3), name="top",
-                       platform=TargetFamily("ecp5"))
-    cells, logical = ecp5_netlist(il, tmp_path, "copies", ("r_en",),
-                                  commands=COLLISIONS_DONT_CARE)
-    ceb = {name: logical(c["connections"]["CEB"][0])
-           for name, c in cells.items() if c["type"] == "DP16KD"}
-    assert [ceb[n] for n in sorted(ceb)] == ["r_en[0]", "r_en[0]", "r_en[1]", "r_en[1]",
-                                             "r_en[2]"]
-    with pytest.raises(ValueError, match=r"^Read enable count must be a positive integer, "
-                                         r"not 0$"):
-        RegisteredRAM(shape=8, depth=4, read_enables=0)
