@@ -29,9 +29,9 @@ from fractions import Fraction
 from pathlib import Path
 
 from .area import SYNTH_SCRIPTS, count_cells
-from .memory import FLASH_OFFSET, flash_resource
+from .memory import FLASH_LINES, FLASH_OFFSET, flash_resource
 from .pll import pll_config
-from .top import BoardTop, board_spec, lpu_for
+from .top import WORD_BITS, BoardTop, board_spec, lpu_for
 
 __all__ = ["BuildError", "FitError", "TimingError", "build_board", "check_flash", "tool_path",
            "board_config", "board_platform", "board_pll", "bitstream_name", "default_build_dir",
@@ -355,7 +355,7 @@ def build_board(board, *, out_dir, name="top", seed=None, **overrides):
     platform = board_platform(spec)
     pll = board_pll(spec, platform, overrides.get("freq"))
     memory = overrides.get("memory") or spec.memory
-    if memory in ("flash", "qspi"):
+    if memory in FLASH_LINES:
         check_flash(spec, platform, memory, cfg["mem_words"])
     top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
     start = time.monotonic()
@@ -376,7 +376,7 @@ def build_board(board, *, out_dir, name="top", seed=None, **overrides):
     }
     out = Path(out_dir).resolve()
     (out / "build_report.json").write_text(json.dumps(result, indent=1) + "\n")
-    if (memory in ("flash", "qspi") and spec.bitstream_in_flash
+    if (memory in FLASH_LINES and spec.bitstream_in_flash
             and result["bitstream_bytes"] > FLASH_OFFSET):
         raise BuildError(f"Bitstream of {result['bitstream_bytes']} bytes overlaps the weight "
                          f"image at flash byte {FLASH_OFFSET}")
@@ -384,7 +384,7 @@ def build_board(board, *, out_dir, name="top", seed=None, **overrides):
     return result
 
 
-def check_flash(spec, platform, memory, words, offset=FLASH_OFFSET, word_bits=32):
+def check_flash(spec, platform, memory, words, offset=FLASH_OFFSET, word_bits=WORD_BITS):
     """Refuse a flash weight memory (``memory``: ``flash`` or ``qspi``) that ``spec``'s board
     cannot have: no flash resource on ``platform`` for its data lines, or ``words`` from
     ``offset`` past the end of the board's flash.
@@ -394,7 +394,7 @@ def check_flash(spec, platform, memory, words, offset=FLASH_OFFSET, word_bits=32
     ValueError
         Naming the missing resource, or the image's end and the flash's size.
     """
-    flash_resource(platform, 4 if memory == "qspi" else 1)
+    flash_resource(platform, FLASH_LINES[memory])
     end = offset + words * word_bits // 8
     if spec.flash_bytes is not None and end > spec.flash_bytes:
         raise ValueError(f"Flash image at byte {offset} of {words} words of {word_bits} bits "

@@ -38,12 +38,15 @@ from lpu.hw.params import check_bool, check_positive, check_range
 from lpu.hw.streamer import mem_request_layout
 
 __all__ = ["MEMORY_KINDS", "BurstRAM", "SPRAMBurstRAM", "SPIFlashReader", "SPI_SIGNATURE",
-           "FLASH_COMMANDS", "FLASH_OFFSET", "flash_resource", "flash_command_clocks",
-           "flash_cycles_per_word", "memory_ports", "connect_memory", "weight_memory",
+           "FLASH_COMMANDS", "FLASH_LINES", "FLASH_OFFSET", "flash_resource",
+           "flash_command_clocks", "flash_cycles_per_word", "memory_ports", "connect_memory",
+           "weight_memory",
            "BANK_WORDS", "BANK_GROUP", "READ_AHEAD"]
 
 #: Memory kinds of :func:`weight_memory` (and of ``BoardSpec.memory``).
 MEMORY_KINDS = ("bram", "spram", "flash", "qspi")
+#: The flash kinds, and the data lines each reads on.
+FLASH_LINES = {"flash": 1, "qspi": 4}
 
 #: Words of one SB_SPRAM256KA (16 bits wide), and how many a UP5K has.
 SPRAM_DEPTH = 16384
@@ -705,8 +708,8 @@ def weight_memory(kind, streamer, *, pipelined=False, **kwargs):
         if kind != "bram":
             raise ValueError(f"Only block RAM ('bram') is pipelined, not {kind!r}")
         kwargs["pipelined"] = True
-    if kind == "qspi":
-        kwargs["width"] = 4
+    if kind in FLASH_LINES:
+        kwargs["width"] = FLASH_LINES[kind]
     return classes[kind](words=streamer.mem_words, word_bits=streamer.word_bits,
                          request_layout=mem_request_layout(streamer.addr_width,
                                                            streamer.max_burst), **kwargs)

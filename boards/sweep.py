@@ -55,7 +55,7 @@ from .build import (
     build_board,
     default_build_dir,
 )
-from .top import board_spec
+from .top import WORD_BITS, board_spec
 
 __all__ = ["DEFAULT_LANES", "DEFAULT_PES", "QUICK_OVERRIDES", "BITNET_2B_CONFIG",
            "DENSITY_TARGETS", "WeightMemory", "ON_CHIP", "EXTERNAL_MEMORY", "model_matrices",
@@ -294,7 +294,7 @@ def sweep_rows(board, results, models):
             fmax, target = slowest_clock(report)
             cells = density_cells(spec.family, util)
             macs = cfg["lanes"] * cfg["pes"]
-            word_bits = cfg.get("word_bits", 32)       # lpu_for's default
+            word_bits = cfg.get("word_bits", WORD_BITS)
             row.update(
                 lut=util["lut"]["used"], ff=util["ff"]["used"], bram=util["bram"]["used"],
                 dsp=util["dsp"]["used"], cells=cells, fmax_mhz=fmax, target_mhz=target,

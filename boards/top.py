@@ -19,7 +19,11 @@ from .memory import BurstRAM, connect_memory, weight_memory
 from .pll import PLLConfig, add_pll_sync_domain
 from .uart import UARTRx, UARTTx, baud_divisor
 
-__all__ = ["BoardSpec", "BOARDS", "board_spec", "BurstRAM", "BoardTop", "lpu_for"]
+__all__ = ["BoardSpec", "BOARDS", "WORD_BITS", "board_spec", "BurstRAM", "BoardTop", "lpu_for"]
+
+#: Width of a board LPU's weight memory word (:func:`lpu_for`'s default), in bits: the
+#: unit of ``mem_words`` and of a flash image.
+WORD_BITS = 32
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def board_spec(name):
 
 
 def lpu_for(*, lanes, pes, mem_words, max_k, max_vectors, max_burst, out_depth, scale_depth,
-            word_bits=32, formats=("t2",), registered_ram=False):
+            word_bits=WORD_BITS, formats=("t2",), registered_ram=False):
     """An LPU whose memory port addresses ``mem_words`` words of on-chip RAM
     (``registered_ram``: :class:`~lpu.hw.streamer.WeightStreamer`'s; a :class:`BoardTop`
     then also pipelines its block RAM weights)."""

@@ -831,9 +831,10 @@ class LPU(wiring.Component):
         else:
             m.d.sync += status_byte.eq(Mux(fsm.ongoing("STATUS"),
                                            Array(status_bytes[1:] + [0])[sel], status_bytes[0]))
-        # RUN: the job's error (the value it takes on entering RUN_REPLY), then the count
+        # RUN: the job's error (the value it takes on entering RUN_REPLY; with registered RAM
+        # written from `job_error` itself, above), then the count
         run_next = Mux(fsm.ongoing("RUN_REPLY"), Mux(idx[0], out_count[8:16], out_count[:8]),
-                       Value.cast(job_error if registered else job_error_next))
+                       0 if registered else Value.cast(job_error_next))
         # READ_OUT: the first byte of the entry being loaded, or the entry's next byte
 
         def sign_extended(value):

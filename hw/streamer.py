@@ -297,13 +297,13 @@ class WeightStreamer(wiring.Component):
         gt_last = Signal(16)
         v_last = Signal(8)
         # and the values before those (mod 2**16, 2**8): `x + 1 == x_last` is `x == x_pen`,
-        # as a counter never reaches the all-ones value
+        # as a counter never reaches the all-ones value (with registered RAM, gt_pen only)
         mb_pen = Signal(16)
         kt_pen = Signal(16)
         gt_pen = Signal(16)
         v_pen = Signal(8)
-        # With registered RAM, and the values before those: the walk keeps `x == x_pen` as a
-        # flag, and `x + 1 == x_pen` is `x == x_pen2`
+        # With registered RAM, the values before those: the walk keeps `x == x_pen` as a flag,
+        # and `x + 1 == x_pen` is `x == x_pen2`
         mb_pen2 = Signal(16)
         kt_pen2 = Signal(16)
         v_pen2 = Signal(8)
@@ -488,12 +488,13 @@ class WeightStreamer(wiring.Component):
                 nwords = (n_bytes + (1 << word_shift) - 1) >> word_shift
                 m.d.sync += [words.eq(nwords),
                              mb_last.eq(mb - 1), kt_last.eq(kt - 1), gt_last.eq(gt - 1),
-                             v_last.eq(desc.vectors - 1),
-                             mb_pen.eq(mb - 2), kt_pen.eq(kt - 2), gt_pen.eq(gt - 2),
-                             v_pen.eq(desc.vectors - 2)]
+                             v_last.eq(desc.vectors - 1)]
                 if self._registered_ram:
-                    m.d.sync += [mb_pen2.eq(mb - 3), kt_pen2.eq(kt - 3),
+                    m.d.sync += [gt_pen.eq(gt - 2), mb_pen2.eq(mb - 3), kt_pen2.eq(kt - 3),
                                  v_pen2.eq(desc.vectors - 3)]
+                else:
+                    m.d.sync += [mb_pen.eq(mb - 2), kt_pen.eq(kt - 2), gt_pen.eq(gt - 2),
+                                 v_pen.eq(desc.vectors - 2)]
                 m.next = "ADDRESS"
             with m.State("ADDRESS"):
                 # the address check in three steps (sum, comparison, verdict), each a short path

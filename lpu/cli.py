@@ -101,6 +101,7 @@ def _cmd_flash_image(args):
     from lpu.boards.build import board_config, board_platform, check_flash
     from lpu.boards.memory import FLASH_OFFSET
     from lpu.boards.program import weights_command
+    from lpu.boards.top import WORD_BITS
     from lpu.host.image import flash_image
     from lpu.host.loaders import load_hf_bitnet
     from lpu.host.run import default_model_path
@@ -114,7 +115,7 @@ def _cmd_flash_image(args):
     program = " ".join(weights_command(args.board, out, offset))
     model = load_hf_bitnet(Path(args.model) if args.model else default_model_path())
     info = flash_image(model.linears.values(), args.output, offset=offset, lanes=cfg["lanes"],
-                       pes=cfg["pes"], word_bits=32, mem_words=cfg["mem_words"],
+                       pes=cfg["pes"], word_bits=WORD_BITS, mem_words=cfg["mem_words"],
                        ternary_format=args.format)
     print(f"wrote {out} ({info['bytes']} bytes, {info['words']} words of {cfg['mem_words']}, "
           f"{len(info['layout'])} projections, {args.format}) and {out.with_suffix('.json')}")
