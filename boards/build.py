@@ -35,7 +35,7 @@ from .top import WORD_BITS, BoardTop, board_spec, lpu_for
 
 __all__ = ["BuildError", "FitError", "TimingError", "build_board", "check_flash", "tool_path",
            "board_config", "board_platform", "board_pll", "bitstream_name", "default_build_dir",
-           "critical_paths", "check_timing"]
+           "critical_paths", "late_inputs", "check_timing"]
 
 
 class BuildError(RuntimeError):
@@ -200,7 +200,7 @@ def device_name(platform):
     return getattr(platform, "device", None) or platform.part
 
 
-def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
+def implement(spec, platform, top, *, out_dir, name, pll, seed=None, detailed_timing=False):
     """Synthesize, check the fit of, place and route and pack ``top`` on ``spec``'s device.
 
     ``top`` is any design for ``platform`` whose ``sync`` clock comes from ``pll`` (which sets
@@ -209,7 +209,9 @@ def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
     ``timing_met``, ``utilization`` (used and available per resource), ``bitstream``,
     ``bitstream_bytes`` and ``seconds`` per step. Timing is not checked (see
     :func:`check_timing`); a design that does not fit raises :class:`FitError`. ``seed`` is
-    nextpnr's placement seed (None: nextpnr's default).
+    nextpnr's placement seed (None: nextpnr's default). With ``detailed_timing`` nextpnr
+    writes its detailed timing report, and each clock gets ``late_inputs``
+    (:func:`late_inputs`).
     """
     device = device_name(platform)
     out = Path(out_dir).resolve()
@@ -237,7 +239,8 @@ def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
         ]),
         script_after_synth="\n".join(script + ["tee -q -o stat.json stat -json"]),
         nextpnr_opts="--report report.json --timing-allow-fail" +
-                     ("" if seed is None else f" --seed {int(seed)}"),
+                     ("" if seed is None else f" --seed {int(seed)}") +
+                     (" --detailed-timing-report" if detailed_timing else ""),
     )
     plan.extract(out)
     bitstream = out / bitstream_name(spec.family, name)
@@ -296,10 +299,13 @@ def implement(spec, platform, top, *, out_dir, name, pll, seed=None):
                              "available": bels["ICESTORM_LC"]["available"]}
     clocks = {}
     paths = critical_paths(report)
+    late = late_inputs(report) if detailed_timing else {}
     for clk, f in report.get("fmax", {}).items():
         clocks[clk] = {"fmax_mhz": round(f["achieved"], 2), "target_mhz": round(f["constraint"], 2)}
         if clk in paths:
             clocks[clk]["critical_path"] = paths[clk]
+        if clk in late:
+            clocks[clk]["late_inputs"] = late[clk]
     return {
         "clocks": clocks,
         "timing_met": all(c["fmax_mhz"] >= c["target_mhz"] for c in clocks.values()),
@@ -335,14 +341,56 @@ def critical_paths(report):
     return paths
 
 
-def build_board(board, *, out_dir, name="top", seed=None, **overrides):
+#: Endpoint ports of nextpnr's detailed timing report that are a flip-flop's (data, direct
+#: data, enable, reset), whatever the cell's name.
+_FF_PORTS = ("DI", "M", "CE", "LSR")
+
+
+def late_inputs(report, top=10):
+    """Per clock, the sink pins whose latest arrival (nextpnr's ``--detailed-timing-report``)
+    is past the clock's period: ``{clock: {"count", "worst": [[ns, pins, group, pin], ...]}}``.
+
+    A sink is a flip-flop's input (:data:`_FF_PORTS`) or any input of a cell that nextpnr's
+    packer does not name as a LUT (``..._Z``, ``..._F``): block RAMs, DSPs, LUT RAM write ports
+    and the like; LUT inputs along a path are not counted. ``worst`` groups the pins by cell
+    name, with the trailing cell-type suffix removed, worst first (``top`` of them): the
+    group's latest arrival, its pin count, the worst pin."""
+    periods = {f"posedge {clk}": 1000 / f["constraint"]
+               for clk, f in report.get("fmax", {}).items()}
+    late = {}
+    for net in report.get("detailed_net_timings", []):
+        for e in net["endpoints"]:
+            period = periods.get(e.get("event"))
+            if period is None or not (e["port"] in _FF_PORTS
+                                      or not e["cell"].endswith(("_Z", "_F"))):
+                continue
+            key = (e["event"], e["cell"], e["port"])
+            arrival = max(e["delay"])
+            if arrival > period and arrival > late.get(key, 0):
+                late[key] = arrival
+    result = {}
+    for clk in report.get("fmax", {}):
+        pins = [(a, c, p) for (ev, c, p), a in late.items() if ev == f"posedge {clk}"]
+        groups = {}
+        for a, c, p in pins:
+            g = re.sub(r"_TRELLIS_FF.*|_LUT4.*|_CCU2.*|_DPR.*|_PFUMX.*|_L6MUX.*|\.\d+\.\d+$",
+                       "", c)
+            groups.setdefault(g, []).append((a, p))
+        worst = sorted(([round(max(v)[0], 2), len(v), g, max(v)[1]] for g, v in groups.items()),
+                       key=lambda w: -w[0])
+        result[clk] = {"count": len(pins), "worst": worst[:top]}
+    return result
+
+
+def build_board(board, *, out_dir, name="top", seed=None, detailed_timing=False, **overrides):
     """Build ``board``'s bitstream into ``out_dir`` and return the report (a dict).
 
     ``overrides`` change the board's default LPU parameters (``lanes``, ``pes``,
     ``mem_words``, ``max_k``, ...), the ``baud`` rate, the weight ``memory``
     (:data:`lpu.boards.memory.MEMORY_KINDS`) or the clock frequency ``freq`` (MHz; the PLL
     setting nearest it is used). ``seed`` is nextpnr's placement seed (None: nextpnr's
-    default), recorded in the report.
+    default), recorded in the report. With ``detailed_timing`` each clock of the report has
+    ``late_inputs`` (:func:`late_inputs`).
 
     Raises
     ------
@@ -359,7 +407,8 @@ def build_board(board, *, out_dir, name="top", seed=None, **overrides):
         check_flash(spec, platform, memory, cfg["mem_words"])
     top = BoardTop(lpu=lpu_for(**cfg), baud=baud, pll=pll, memory=memory)
     start = time.monotonic()
-    impl = implement(spec, platform, top, out_dir=out_dir, name=name, pll=pll, seed=seed)
+    impl = implement(spec, platform, top, out_dir=out_dir, name=name, pll=pll, seed=seed,
+                     detailed_timing=detailed_timing)
     result = {
         "board": spec.name,
         "device": device_name(platform),

@@ -65,17 +65,33 @@ _BOARD_LPU_OPTIONS = ("mem_words", "max_k", "max_vectors", "max_burst", "out_dep
                       "scale_depth", "baud")
 
 
+def _print_late_inputs(clock):
+    """The ``late_inputs`` of a build report's clock (``--detailed-timing``), if it has them."""
+    if "late_inputs" in clock:
+        late = clock["late_inputs"]
+        print(f"    {late['count']} inputs past the period")
+        for ns, pins, group, pin in late["worst"]:
+            print(f"      {ns:6.2f} ns {pins:5d}  {group} (worst pin {pin})")
+
+
 def _cmd_build(args):
-    from lpu.boards.build import BuildError, build_board, default_build_dir
+    from lpu.boards.build import BuildError, TimingError, build_board, default_build_dir
     from lpu.boards.top import board_spec
     overrides = {k: getattr(args, k) for k in ("lanes", "pes", *_BOARD_LPU_OPTIONS,
                                                 "memory", "freq")}
     board_spec(args.board)
     out_dir = args.output or default_build_dir(args.board)
     try:
-        report = build_board(args.board, out_dir=out_dir, seed=args.seed, **overrides)
+        report = build_board(args.board, out_dir=out_dir, seed=args.seed,
+                             detailed_timing=args.detailed_timing, **overrides)
     except BuildError as exc:
         print(f"lpu: error: {exc}", file=sys.stderr)
+        if isinstance(exc, TimingError) and args.detailed_timing and not args.json:
+            # (a report was written: where the missed clock's inputs are late)
+            report = json.loads((Path(out_dir) / "build_report.json").read_text())
+            for clk, c in report["clocks"].items():
+                print(f"  clock {clk}: {c['fmax_mhz']} MHz (target {c['target_mhz']} MHz)")
+                _print_late_inputs(c)
         return 1
     if args.json:
         print(json.dumps(report))
@@ -92,6 +108,7 @@ def _cmd_build(args):
                 path = c["critical_path"]
                 print(f"    critical path {path['ns']} ns ({path['logic_ns']} logic, "
                       f"{path['routing_ns']} routing): {path['from']} -> {path['to']}")
+            _print_late_inputs(c)
         for res, u in report["utilization"].items():
             print(f"  {res:>5}: {u['used']} / {u['available']}")
     return 0
@@ -331,6 +348,9 @@ def build_parser():
                    help="LPU clock: the PLL output nearest this (default: the board's)")
     p.add_argument("--seed", type=int, default=None,
                    help="nextpnr placement seed (default: nextpnr's)")
+    p.add_argument("--detailed-timing", action="store_true",
+                   help="nextpnr's detailed timing report: count the inputs that arrive past "
+                        "each clock's period and list the worst (late_inputs in the report)")
     p.add_argument("-o", "--output", default=None,
                    help="build directory (default: $LPU_BUILD_DIR/BOARD, else build/BOARD)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")

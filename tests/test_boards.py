@@ -410,7 +410,7 @@ def test_build_ulx3s_tiny_writes_bitstream_and_report(capsys, tmp_path):
     # The tiny LPU reaches about 99 MHz, short of the ECP5 target of 150 MHz; 50 MHz (the
     # board's default) is the 25 MHz oscillator doubled by the PLL.
     assert main(["build", "--board", "ulx3s-85f", *_TINY, "--freq", "50", "--json",
-                 "-o", str(tmp_path)]) == 0
+                 "--detailed-timing", "-o", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "build_report.json").read_text())
     assert report["board"] == "ulx3s-85f" and report["device"] == "LFE5U-85F"
@@ -427,6 +427,8 @@ def test_build_ulx3s_tiny_writes_bitstream_and_report(capsys, tmp_path):
     assert clock["fmax_mhz"] > clock["target_mhz"]
     assert report["timing_met"] is True
     assert clock["critical_path"]["ns"] == pytest.approx(1000 / clock["fmax_mhz"], abs=0.02)
+    # (--detailed-timing: timing is met, so no input arrives past the period)
+    assert clock["late_inputs"] == {"count": 0, "worst": []}
     util = report["utilization"]
     assert set(util) == {"lut", "ff", "bram", "spram", "dsp", "pll"}
     assert util["pll"] == {"used": 1, "available": 4}
@@ -470,6 +472,33 @@ def test_build_report_names_each_clocks_critical_path():
     assert critical_paths({"fmax": {}}) == {}
 
 
+def _endpoint(cell, port, arrival, event="posedge clk"):
+    return {"cell": cell, "port": port, "delay": [arrival - 1, arrival], "event": event}
+
+
+def test_late_inputs_counts_the_sinks_past_the_period():
+    """Period 10 ns: flip-flop inputs (by port, whatever the cell's name) and the inputs of
+    block RAMs count; LUT inputs (cells named ..._Z or ..._F) do not; each pin once, at its
+    latest arrival; the groups by cell name, worst first."""
+    from lpu.boards.build import late_inputs
+    report = {"fmax": {"clk": {"achieved": 90.0, "constraint": 100.0}}, "detailed_net_timings": [
+        {"net": "a", "endpoints": [
+            _endpoint("x.q_TRELLIS_FF_Q_1", "DI", 10.5),
+            _endpoint("x.q_TRELLIS_FF_Q_2", "CE", 11.0),
+            _endpoint("x.q_LUT4_Z", "CE", 12.0),          # a flip-flop port: counted
+            _endpoint("y_LUT4_Z", "A", 13.0),             # a LUT input: not counted
+            _endpoint("z.bram0", "CEB", 10.2),
+            _endpoint("z.bram1", "CEB", 9.9),             # in time
+            _endpoint("w_TRELLIS_FF_Q", "DI", 20.0, event="posedge other")]},  # no such clock
+        {"net": "b", "endpoints": [_endpoint("x.q_TRELLIS_FF_Q_1", "DI", 10.7)]},
+    ]}
+    assert late_inputs(report) == {"clk": {"count": 4, "worst": [
+        [12.0, 3, "x.q", "CE"], [10.2, 1, "z.bram0", "CEB"]]}}
+    assert late_inputs(report, top=1)["clk"]["worst"] == [[12.0, 3, "x.q", "CE"]]
+    assert late_inputs({"fmax": {"clk": {"achieved": 90.0, "constraint": 100.0}}}) == {
+        "clk": {"count": 0, "worst": []}}
+
+
 def test_timing_error_names_the_clock_and_its_critical_path(tmp_path):
     from lpu.boards.build import TimingError, check_timing, critical_paths
     from lpu.boards.top import board_spec
@@ -482,3 +511,24 @@ def test_timing_error_names_the_clock_and_its_critical_path(tmp_path):
                      tmp_path / "build_report.json")
     check_timing(board_spec("icebreaker"), {"timing_met": True, "clocks": clocks},
                  tmp_path / "build_report.json")
+
+
+def test_build_lists_late_inputs_when_timing_is_missed(monkeypatch, tmp_path, capsys):
+    """With --detailed-timing, a build that misses its clock prints, after the error, the
+    late inputs its report holds."""
+    import lpu.boards.build as build
+    from lpu.cli import main
+    clock = {"fmax_mhz": 90.0, "target_mhz": 100.0,
+             "late_inputs": {"count": 3, "worst": [[11.5, 2, "x.q", "CE"]]}}
+
+    def missed(board, *, out_dir, **kwargs):
+        assert kwargs["detailed_timing"] is True
+        (Path(out_dir) / "build_report.json").write_text(json.dumps({"clocks": {"clk": clock}}))
+        raise build.TimingError("Timing not met")
+    monkeypatch.setattr(build, "build_board", missed)
+    assert main(["build", "--board", "ulx3s-85f", "--detailed-timing", "-o", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "lpu: error: Timing not met\n"
+    assert captured.out.splitlines() == [
+        "  clock clk: 90.0 MHz (target 100.0 MHz)", "    3 inputs past the period",
+        "       11.50 ns     2  x.q (worst pin CE)"]
