@@ -25,10 +25,17 @@ from lpu.hw.streamer import SETUP_CYCLES
 
 from .image import image_word_count
 
-__all__ = ["CyclePrediction", "predict_cycles", "FILL_CYCLES"]
+__all__ = ["CyclePrediction", "predict_cycles", "fill_cycles", "FILL_CYCLES"]
 
 #: request -> memory word -> FIFO (write, then its output register) -> gearbox -> tile valid.
 FILL_CYCLES = 4
+
+
+def fill_cycles(streamer):
+    """FILL for ``streamer``: a streamer with registered RAM outputs has its prefetch FIFO's
+    output queue (:class:`~lpu.hw.bram.RegisteredFIFO`) between the FIFO and the decoder, two
+    cycles more."""
+    return FILL_CYCLES + 2 * streamer.registered_ram
 
 
 @dataclass(frozen=True)
@@ -66,10 +73,10 @@ def predict_cycles(streamer, timing, *, rows, cols, fmt, vectors=1, base=0):
     words = image_word_count(rows, cols, fmt, lanes=streamer.lanes, pes=streamer.pes,
                              word_bits=streamer.word_bits)
     memory = memory_cycles(words, timing=timing, max_burst=streamer.max_burst, base=base)
-    # (a streamer with registered RAM outputs has a register between its FIFO and decoder,
-    # and two, stages C and D, in front of the array)
+    # (a streamer with registered RAM outputs has two registers, stages C and D, in front of
+    # the array)
     drain = streamer.array.latency + 1 + 2 * streamer.registered_ram
-    fill = FILL_CYCLES + streamer.registered_ram
+    fill = fill_cycles(streamer)
     total = SETUP_CYCLES + fill + max(compute, memory) + drain
     return CyclePrediction(cycles=total, compute_cycles=compute, memory_cycles=memory,
                            words=words, tiles=tiles,

@@ -30,7 +30,8 @@ from .arith import nonzero_after, up_down
 from .params import check_bool, check_positive, check_range
 from .pe import cell_family
 
-__all__ = ["RegisteredRAM", "RegisteredFIFO", "DP16KD_MODES", "dp16kd_mode"]
+__all__ = ["RegisteredRAM", "RegisteredFIFO", "CreditQueue", "FIFO_QUEUE", "DP16KD_MODES",
+           "dp16kd_mode"]
 
 #: The DP16KD's single-port-width configurations used here: (depth, data width, the address
 #: bits below the word address). The 36-bit mode (512 words) is not used: its read word spans
@@ -155,14 +156,92 @@ class RegisteredRAM(wiring.Component):
                 **ports)
 
 
-class RegisteredFIFO(wiring.Component):
-    """A FIFO of ``depth`` words (:class:`~amaranth.lib.fifo.SyncFIFOBuffered`'s storage and
-    read stage) followed by an output register, which is :class:`RegisteredRAM`'s: on an ECP5
-    the block RAM's own.
+class CreditQueue(wiring.Component):
+    """A small queue behind a read pipeline of fixed latency, which issues a read only with a
+    credit: so the pipeline (block RAMs read in every cycle, their registers always enabled)
+    never stalls, and no enable formed from the reader's handshake has to reach it.
 
-    A word leaves the FIFO (``pop``) into the output register (``o_data``, ``o_valid``)
-    whenever the register is empty or its word is taken (``o_ready``); ``depth`` counts the
-    FIFO's words, not the register's. ``w_rdy`` is low while the FIFO is full.
+    A credit is a read issued and not yet taken from the queue (in the pipeline or the queue).
+    ``room`` (a flip-flop) says one is free, and a read may be issued (``issue``) only then;
+    ``busy`` (a flip-flop) says one is out. A word is
+    written (``w_en``) when it leaves the pipeline; the head is ``r_data`` while ``r_valid`` (a
+    flip-flop), and leaves with ``r_en``. A credit comes back a cycle after its word is taken,
+    so a pipeline of ``L`` registers keeps a read a cycle with ``depth`` at least ``L + 2``.
+    The storage is a :class:`~amaranth.lib.memory.Memory` with an asynchronous read port (LUT
+    RAM on an FPGA): not a :class:`~amaranth.lib.fifo.SyncFIFO`, whose enables wait for
+    comparisons of its level, as the credits leave the queue room for every word.
+
+    Parameters
+    ----------
+    shape : shape-castable
+    depth : int
+        A power of two, at least 2.
+
+    Attributes
+    ----------
+    room : Out(1)
+    busy : Out(1)
+    issue : In(1)
+    w_data : In(shape)
+    w_en : In(1)
+    r_data : Out(shape)
+    r_valid : Out(1)
+    r_en : In(1)
+    """
+
+    def __init__(self, *, shape, depth=4):
+        check_range("Queue depth", depth, 2)
+        if depth & (depth - 1):
+            raise ValueError(f"Queue depth must be a power of two, not {depth!r}")
+        self._shape = shape
+        self._depth = depth
+        super().__init__({
+            "room": Out(1, init=1), "busy": Out(1), "issue": In(1),
+            "w_data": In(shape), "w_en": In(1),
+            "r_data": Out(shape), "r_valid": Out(1), "r_en": In(1),
+        })
+
+    depth = property(lambda self: self._depth)
+
+    def elaborate(self, platform):
+        m = Module()
+        depth = self._depth
+        m.submodules.mem = mem = Memory(shape=self._shape, depth=depth, init=[])
+        wp, rp = mem.write_port(), mem.read_port(domain="comb")
+        take = self.r_valid & self.r_en
+        credits = Signal(range(depth + 1))
+        level = Signal(range(depth + 1))
+        m.d.comb += [wp.data.eq(self.w_data), wp.en.eq(self.w_en),
+                     self.r_data.eq(rp.data)]
+        # (the positions wrap by themselves: the depth is a power of two)
+        with m.If(self.w_en):
+            m.d.sync += wp.addr.eq(wp.addr + 1)
+        with m.If(take):
+            m.d.sync += rp.addr.eq(rp.addr + 1)
+        m.d.sync += [
+            credits.eq(up_down(credits, self.issue, take)),
+            self.room.eq(Mux(self.issue & ~take, credits != depth - 1,
+                             (take & ~self.issue) | self.room)),
+            self.busy.eq(nonzero_after(self.busy, credits, self.issue, take)),
+            level.eq(up_down(level, self.w_en, take)),
+            self.r_valid.eq(nonzero_after(self.r_valid, level, self.w_en, take)),
+        ]
+        return m
+
+
+#: Credits of :class:`RegisteredFIFO`'s output queue: its read pipeline has two registers (the
+#: block RAM's read stage and output register).
+FIFO_QUEUE = 4
+
+
+class RegisteredFIFO(wiring.Component):
+    """A FIFO of ``depth`` words in a :class:`RegisteredRAM` (on an ECP5 a block RAM, read
+    through its own output register), whose words leave through a :class:`CreditQueue`: the
+    block RAM is read in every cycle, and a word leaves its storage (``pop``) when the queue
+    has a credit for it, whatever the reader's ready (``o_ready``). The reader sees the
+    queue's head (``o_data``, ``o_valid``). ``depth`` counts the block RAM's words; up to
+    :data:`FIFO_QUEUE` more are on their way to the queue or in it. ``w_rdy`` is low while
+    the block RAM is full. A word written reaches ``o_valid`` four cycles later.
 
     Parameters
     ----------
@@ -175,7 +254,8 @@ class RegisteredFIFO(wiring.Component):
         check_positive("FIFO width", width)
         check_range("FIFO depth", depth, 2)
         self._depth = depth
-        self._ram = RegisteredRAM(shape=width, depth=depth - 1)
+        self._ram = RegisteredRAM(shape=width, depth=depth)
+        self._queue = CreditQueue(shape=width, depth=FIFO_QUEUE)
         super().__init__({
             "w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
             "o_data": Out(width), "o_valid": Out(1), "o_ready": In(1), "pop": Out(1),
@@ -186,42 +266,38 @@ class RegisteredFIFO(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.ram = ram = self._ram
-        inner = self._depth - 1
-        level = Signal(range(inner + 1))
-        # `level != 0` and `level != inner` as flip-flops, set with the level, so that the
-        # block RAM's read enable and the write's acceptance wait for no comparison
+        m.submodules.queue = queue = self._queue
+        depth = self._depth
+        level = Signal(range(depth + 1))
+        # `level != 0` and `level != depth` as flip-flops, set with the level, so that the
+        # read's issue and the write's acceptance wait for no comparison
         nonempty = Signal()
         w_rdy = Signal(init=1)
-        produce = Signal(range(inner))
-        consume = Signal(range(inner))
-        r_rdy = Signal()                  # the read stage holds a word
-        r_en = ~self.o_valid | self.o_ready
+        produce = Signal(range(depth))
+        consume = Signal(range(depth))
         do_write = self.w_en & w_rdy
-        do_read = nonempty & (~r_rdy | r_en)
+        do_read = nonempty & queue.room
+        read_1, read_2 = Signal(), Signal()     # the read in the read stage, the register
 
         def step(ptr):
-            return Mux(ptr == inner - 1, 0, ptr + 1)
+            return Mux(ptr == depth - 1, 0, ptr + 1)
 
         m.d.comb += [
             self.w_rdy.eq(w_rdy),
-            self.pop.eq(r_rdy & r_en),
+            self.pop.eq(do_read),
             ram.w_addr.eq(produce), ram.w_data.eq(self.w_data), ram.w_en.eq(do_write),
-            ram.r_addr.eq(consume), ram.r_en.eq(do_read), ram.r_oe.eq(r_en),
-            self.o_data.eq(ram.r_data),
+            ram.r_addr.eq(consume), ram.r_en.eq(1), ram.r_oe.eq(1),
+            queue.issue.eq(do_read), queue.w_data.eq(ram.r_data), queue.w_en.eq(read_2),
+            self.o_data.eq(queue.r_data), self.o_valid.eq(queue.r_valid),
+            queue.r_en.eq(self.o_ready),
         ]
+        m.d.sync += [read_1.eq(do_read), read_2.eq(read_1)]
         with m.If(do_write):
             m.d.sync += produce.eq(step(produce))
         with m.If(do_read):
             m.d.sync += consume.eq(step(consume))
-        # (the read follows the reader's ready)
         m.d.sync += [level.eq(up_down(level, do_write, do_read)),
                      nonempty.eq(nonzero_after(nonempty, level, do_write, do_read)),
-                     w_rdy.eq(Mux(do_write & ~do_read, level != inner - 1,
+                     w_rdy.eq(Mux(do_write & ~do_read, level != depth - 1,
                                   do_read & ~do_write | w_rdy))]
-        with m.If(do_read):
-            m.d.sync += r_rdy.eq(1)
-        with m.Elif(r_en):
-            m.d.sync += r_rdy.eq(0)
-        with m.If(r_en):
-            m.d.sync += self.o_valid.eq(r_rdy)
         return m

@@ -25,7 +25,7 @@ from .formats import WeightMode, weight_vector_layout
 from .params import check_choice, check_mode, check_positive, check_range, signed_width
 
 __all__ = ["TernaryPE", "NEGATIONS", "dot_output_range", "tree_depth", "fused_leaves",
-           "ccu2c_leaf_init", "ccu2c_accumulate", "ice40_adder", "lut4_copy",
+           "ccu2c_leaf_init", "ccu2c_accumulate", "ice40_adder",
            "cell_family"]
 
 NEGATIONS = ("carry", "shared", "local")
@@ -85,27 +85,6 @@ def cell_family(platform):
     if family in ("ecp5", "iCE40") and getattr(platform, "cells", True):
         return family
     return None
-
-
-def lut4_copy(m, platform, fn, inputs, name):
-    """``fn(*inputs)`` of up to four one-bit ``inputs``, written with ``~``, ``&``, ``|`` and
-    ``^``. On an ECP5, a ``LUT4`` instance of its own: yosys merges identical logic but not
-    instances, so each copy of a function with many loads (an enable of block RAMs across the
-    device, and of registers elsewhere) can be placed beside its own loads. Elsewhere, the
-    expression."""
-    out = Signal(name=name)
-    if cell_family(platform) != "ecp5":
-        m.d.comb += out.eq(fn(*inputs))
-        return out
-    if not 1 <= len(inputs) <= 4:
-        raise ValueError(f"A LUT4 takes 1 to 4 inputs, not {len(inputs)}")
-    # Z = INIT[{D, C, B, A}] (yosys's LUT4 model); unused inputs are tied to 0
-    init = sum(1 << i for i in range(16)
-               if not i >> len(inputs) and fn(*((i >> k) & 1 for k in range(len(inputs)))) & 1)
-    pins = list(inputs) + [Const(0)] * (4 - len(inputs))
-    m.submodules[name] = Instance("LUT4", p_INIT=Const(init, 16), i_A=pins[0], i_B=pins[1],
-                                  i_C=pins[2], i_D=pins[3], o_Z=out)
-    return out
 
 
 def ccu2c_leaf_init():

@@ -34,12 +34,11 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import SequentialDivider, SequentialMultiplier, up_down
 from .array import PEArray
-from .bram import RegisteredFIFO, RegisteredRAM
+from .bram import CreditQueue, RegisteredFIFO, RegisteredRAM
 from .decoder import WeightDecoder, check_word_bits, weights_per_word
 from .formats import FormatCode, WeightFormat
 from .gearbox import TileGearbox
 from .params import check_bool, check_mode, check_positive, check_range
-from .pe import lut4_copy
 
 __all__ = ["WeightStreamer", "StreamError", "DESCRIPTOR_LAYOUT", "SETUP_CYCLES",
            "act_address", "mem_request_layout", "PERF_LAYOUT", "STATUS_LAYOUT"]
@@ -64,6 +63,10 @@ BYTE_DIV_WIDTH = 35
 #: multiplies alongside the third), the t5 byte division and a cycle to start it, the word
 #: count and the address check (three cycles).
 SETUP_CYCLES = 1 + 1 + 3 * (SIZE_DIV_WIDTH + 1) + 1 + (BYTE_DIV_WIDTH + 1) + 1 + 3
+#: With registered RAM, the activation steps the walk may have issued and stage B not yet
+#: taken (the queue's depth): two in the block RAMs' registers, one in the queue and one for
+#: the cycle a credit takes to come back.
+ACT_QUEUE = 4
 
 
 class StreamError(enum.Enum, shape=3):
@@ -136,12 +139,14 @@ class WeightStreamer(wiring.Component):
         Prefetch FIFO depth in words (default ``4 * max_burst``); at least ``max_burst``.
     registered_ram : bool
         The block RAMs of the data path feed registers before any logic (an ECP5 block RAM's
-        output alone takes 5.6 ns): the prefetch FIFO's words pass a register before the
-        decoder, and the activation buffer's vectors its output register (stage C) and then
-        flip-flops (stage D) before the array; the gearbox is a ring of tiles
-        (:class:`TileGearbox` ``ring``), the activation buffer's address and writes are
-        registers, and the bursts after the next are formed ahead. Three cycles more to the
-        first result.
+        output alone takes 5.6 ns), and are read in every cycle, whatever the handshakes: the
+        prefetch FIFO's words pass the block RAM's output register and a queue
+        (:class:`~lpu.hw.bram.RegisteredFIFO`) before the decoder, and the activation
+        buffer's vectors the block RAMs' output registers and a queue (ACT_QUEUE) before
+        stage B, which two register stages (C and D) follow before the array; the gearbox is
+        a ring of tiles (:class:`TileGearbox` ``ring``), the activation buffer's address and
+        writes are registers, and the bursts after the next are formed ahead. Four cycles
+        more to the first result.
 
     Attributes
     ----------
@@ -641,42 +646,70 @@ class WeightStreamer(wiring.Component):
         # gearbox's ready waits only for the array's.
         b_tile_done = Signal()
         a_valid = running & ~seq_done
-        # Stage B's tile: `b_out` (framing and weights; the activations are on the buffer's
-        # read port) goes to the array, or with registered RAM first to stage C, a register
-        # stage that advances with the array's ready (as a PEArray input register does) and
-        # whose activations are the buffer's output register.
+        # Stage B's tile: `b_out` (framing, weights and activations) goes to the array, or with
+        # registered RAM first to stage C, a register stage (below).
         b_out = stream.Signature(array.input_layout).create(path=("b_out",))
         fire_b = b_out.valid & b_out.ready
-        advance = ~b_valid | fire_b
         if self._registered_ram:
-            # `advance` enables the walk's registers and the activation buffer's block RAMs,
-            # which stand across the device: a copy for each (on an ECP5, LUTs of their own,
-            # each placed by its loads; a copy for each of four groups of the block RAMs placed
-            # worse, docs/boards.md)
-            def advance_of(valid, head_valid, ready):
-                return ~valid | (valid & head_valid & ready)
-            advance_in = (b_valid, gear.o_stream.valid, array.i_stream.ready)
-            advance = lut4_copy(m, platform, advance_of, advance_in, "advance_walk")
-            m.d.comb += act_r_en.eq(lut4_copy(m, platform, advance_of, advance_in,
-                                              "advance_acts"))
+            # The activation buffer's block RAMs stand across the device, and an enable formed
+            # from the array's handshake reached them late. So they read every cycle (their
+            # read and output registers always enabled), and the walk steps whenever it holds
+            # a credit of a queue (:class:`CreditQueue`, ACT_QUEUE entries): each step's
+            # activations, two cycles later on the block RAMs' outputs, and its framing,
+            # delayed alike, are written to the queue, whose head stage B joins with the
+            # gearbox's head tile.
+            frame_layout = data.StructLayout({
+                "first": 1, "last": 1, "tile_done": 1,
+                **({"vector": 8} if self.max_vectors > 1 else {})})
+            queue_layout = data.StructLayout({"act": act_layout, "frame": frame_layout})
+            m.submodules.act_queue = queue = CreditQueue(shape=queue_layout, depth=ACT_QUEUE)
+            advance = queue.room
+            l_valid, o_valid = Signal(), Signal()
+            l_frame = Signal(frame_layout, reset_less=True)
+            o_frame = Signal(frame_layout, reset_less=True)
+            m.d.comb += [l_frame.first.eq(b_first), l_frame.last.eq(b_last),
+                         l_frame.tile_done.eq(b_tile_done)]
+            if self.max_vectors > 1:
+                m.d.comb += l_frame.vector.eq(b_vec)
+            issue = advance & a_valid
+            m.d.sync += [l_valid.eq(issue), o_valid.eq(l_valid), o_frame.eq(l_frame)]
+            head = queue.r_data
+            m.d.comb += [
+                act_r_en.eq(1), acts.r_oe.eq(1), act_r_addr.eq(act_addr),
+                Value.cast(b_out.payload.weight).eq(Value.cast(gear.o_stream.payload)),
+                queue.issue.eq(issue),
+                queue.w_data.act.eq(act_r_data), queue.w_data.frame.eq(o_frame),
+                queue.w_en.eq(o_valid),
+                queue.r_en.eq(fire_b),
+                b_out.valid.eq(queue.r_valid & gear.o_stream.valid),
+                b_out.payload.act.eq(head.act),
+                b_out.payload.first.eq(head.frame.first),
+                b_out.payload.last.eq(head.frame.last),
+                gear.o_stream.ready.eq(queue.r_valid & head.frame.tile_done & b_out.ready),
+            ]
+            if self.max_vectors > 1:
+                m.d.comb += b_out.payload.vector.eq(head.frame.vector)
+            # b_valid: a step issued and not yet taken (RUN ends with none)
+            m.d.comb += b_valid.eq(queue.busy)
+            stalled = queue.r_valid & ~gear.o_stream.valid
         else:
+            advance = ~b_valid | fire_b
             m.d.comb += act_r_en.eq(advance)
-        m.d.comb += [
-            act_r_addr.eq(act_addr if self._registered_ram
-                          else act_address(t, v, self._act_tiles)),
-            b_out.valid.eq(b_valid & gear.o_stream.valid),
-            Value.cast(b_out.payload.weight).eq(Value.cast(gear.o_stream.payload)),
-            b_out.payload.first.eq(b_first),
-            b_out.payload.last.eq(b_last),
-            gear.o_stream.ready.eq(b_tile_done & b_out.ready),
-        ]
-        if self.max_vectors > 1:
-            m.d.comb += b_out.payload.vector.eq(b_vec)
+            m.d.comb += [
+                act_r_addr.eq(act_address(t, v, self._act_tiles)),
+                b_out.valid.eq(b_valid & gear.o_stream.valid),
+                Value.cast(b_out.payload.weight).eq(Value.cast(gear.o_stream.payload)),
+                b_out.payload.first.eq(b_first),
+                b_out.payload.last.eq(b_last),
+                gear.o_stream.ready.eq(b_tile_done & b_out.ready),
+            ]
+            if self.max_vectors > 1:
+                m.d.comb += b_out.payload.vector.eq(b_vec)
+            stalled = b_valid & ~gear.o_stream.valid
         arr_in = array.i_stream
         if self._registered_ram:
-            # Stages C and D advance together with the array's ready. Stage D copies the
-            # activations out of the block RAMs' output registers into flip-flops, which sit
-            # where the array wants them (the block RAMs stand in columns across the device).
+            # Stages C and D advance together with the array's ready: the array's tile is two
+            # registers from the gearbox and the queue.
             c_enable = arr_in.ready
             c_valid = Signal()
             # (in simulation, as the array's stages, stages C and D take a value only with a
@@ -690,9 +723,8 @@ class WeightStreamer(wiring.Component):
             with m.If(c_take):
                 m.d.sync += c_pay.eq(b_out.payload)
             with m.If(d_take):
-                m.d.sync += [d_pay.eq(c_pay), d_pay.act.eq(act_r_data)]
-            m.d.comb += [b_out.ready.eq(c_enable), acts.r_oe.eq(c_take),
-                         arr_in.payload.eq(d_pay)]
+                m.d.sync += d_pay.eq(c_pay)
+            m.d.comb += [b_out.ready.eq(c_enable), arr_in.payload.eq(d_pay)]
         else:
             m.d.comb += [arr_in.valid.eq(b_out.valid), b_out.ready.eq(arr_in.ready),
                          arr_in.payload.eq(b_out.payload), arr_in.payload.act.eq(act_r_data)]
@@ -733,8 +765,12 @@ class WeightStreamer(wiring.Component):
             v_at_last_next = Mux(v_at_last, v_last == 0, v == v_pen)
             t_at_last_next = Mux(t_at_last, kt_last == 0, t == kt_pen)
             rb_at_last_next = rb == mb_pen
-        with m.If(advance):
-            m.d.sync += [b_valid.eq(a_valid), b_tile_done.eq(step_v)]
+        if self._registered_ram:
+            with m.If(advance & a_valid):
+                m.d.sync += b_tile_done.eq(step_v)
+        else:
+            with m.If(advance):
+                m.d.sync += [b_valid.eq(a_valid), b_tile_done.eq(step_v)]
         with m.If(advance & a_valid):
             if self._registered_ram:
                 # the next step's activations: v + 1 with this t, else vector 0 of the next t
@@ -765,9 +801,10 @@ class WeightStreamer(wiring.Component):
         with m.If(~running):
             # (the *_last registers are set in set-up, before `running`)
             first_v, first_t, first_rb = v_last == 0, kt_last == 0, mb_last == 0
-            m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), act_addr.eq(0), seq_done.eq(0),
-                         b_valid.eq(0), b_tile_done.eq(0),
-                         v_at_last.eq(first_v), t_at_last.eq(first_t),
+            m.d.sync += [rb.eq(0), t.eq(0), tg.eq(0), v.eq(0), act_addr.eq(0), seq_done.eq(0)]
+            if not self._registered_ram:
+                m.d.sync += [b_valid.eq(0), b_tile_done.eq(0)]
+            m.d.sync += [v_at_last.eq(first_v), t_at_last.eq(first_t),
                          g_at_last.eq(gt_last == 0), rb_at_last.eq(first_rb),
                          tg_at_0.eq(1), step_v.eq(first_v), step_t.eq(first_v & first_t),
                          step_rb.eq(first_v & first_t & first_rb)]
@@ -791,7 +828,7 @@ class WeightStreamer(wiring.Component):
         perf = self.perf
         clear = self.desc.valid & self.desc.ready
         events = {
-            "mem_stall": b_valid & ~gear.o_stream.valid,
+            "mem_stall": stalled,
             "out_stall": self.o_stream.valid & ~self.o_stream.ready,
             "words_read": self.mem_resp.valid & self.mem_resp.ready,
             "tiles": fire_b,

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 from amaranth.back import rtlil
-from amaranth.hdl import Cat, Module
-from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
 
 import lpu.hw.pe as pe
 from lpu.boards.area import TargetFamily, yosys_command
@@ -126,40 +123,3 @@ def test_cells_only_where_they_belong():
     assert "CCU2C" not in rtlil.convert(PEArray(lanes=4, pes=1, max_k=16))
     assert "CCU2C" not in rtlil.convert(PEArray(lanes=4, pes=1, max_k=16, negation="shared"),
                                         platform=TargetFamily("ecp5"))
-
-
-class _Luts(wiring.Component):
-    """Functions of one to four inputs through :func:`lpu.hw.pe.lut4_copy` (on an ECP5, LUT4
-    instances), registered; ``wrong`` replaces the last one's on an ECP5 only."""
-
-    i: In(4)
-    q: Out(4)
-
-    def __init__(self, wrong=None):
-        self.wrong = wrong
-        super().__init__()
-
-    def elaborate(self, platform):
-        m = Module()
-        fns = [lambda a: ~a,
-               lambda a, b: a ^ b,
-               lambda v, h, r: ~v | (v & h & r),
-               lambda a, b, c, d: (a & ~b) | (c ^ d)]
-        if self.wrong is not None and pe.cell_family(platform) == "ecp5":
-            fns[-1] = self.wrong
-        ins = [self.i[k] for k in range(4)]
-        m.d.sync += self.q.eq(Cat(*(pe.lut4_copy(m, platform, fn, ins[:k + 1], f"lut{k}")
-                                    for k, fn in enumerate(fns))))
-        return m
-
-
-def test_lut4_copies_are_their_functions(tmp_path):
-    rc, log, _ = _prove(_Luts, tmp_path)
-    assert rc == 0, log
-    assert rtlil.convert(_Luts(), platform=TargetFamily("ecp5")).count("cell \\LUT4") == 4
-    assert "LUT4" not in rtlil.convert(_Luts(), platform=TargetFamily("iCE40"))
-
-
-def test_a_wrong_lut4_copy_is_caught(tmp_path):
-    rc, log, _ = _prove(lambda: _Luts(wrong=lambda a, b, c, d: (a & b) | (c ^ d)), tmp_path)
-    assert rc != 0 and "unproven $equiv cells" in log

@@ -4,7 +4,7 @@ from amaranth.sim import Simulator
 from conftest import env_int
 
 from lpu.host import image
-from lpu.host.cycle_model import FILL_CYCLES, predict_cycles
+from lpu.host.cycle_model import fill_cycles, predict_cycles
 from lpu.hw.decoder import WeightDecoder
 from lpu.hw.formats import FormatCode, WeightFormat, pack
 from lpu.hw.gearbox import TileGearbox
@@ -147,7 +147,7 @@ def test_streamer_cycles_match_model(rng, fmt, word_bits, mem, vectors, exact, r
         assert abs(res["cycles"] - pred.cycles) <= 0.01 * pred.cycles
     # once running, the array waits on memory only for the fill, unless memory is the bound
     if pred.bound == "compute" and pred.memory_cycles < pred.compute_cycles:
-        assert res["perf"]["mem_stall"] <= FILL_CYCLES + registered_ram
+        assert res["perf"]["mem_stall"] <= fill_cycles(st)
 
 
 @pytest.mark.parametrize("kwargs, msg", [
