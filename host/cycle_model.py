@@ -74,8 +74,8 @@ def predict_cycles(streamer, timing, *, rows, cols, fmt, vectors=1, base=0):
                              word_bits=streamer.word_bits)
     memory = memory_cycles(words, timing=timing, max_burst=streamer.max_burst, base=base)
     # (a streamer with registered RAM outputs has two registers, stages C and D, in front of
-    # the array)
-    drain = streamer.array.latency + 1 + 2 * streamer.registered_ram
+    # the array, and a queue of results behind it)
+    drain = streamer.array.latency + 1 + 3 * streamer.registered_ram
     fill = fill_cycles(streamer)
     total = SETUP_CYCLES + fill + max(compute, memory) + drain
     return CyclePrediction(cycles=total, compute_cycles=compute, memory_cycles=memory,

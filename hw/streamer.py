@@ -69,6 +69,14 @@ SETUP_CYCLES = 1 + 1 + 3 * (SIZE_DIV_WIDTH + 1) + 1 + (BYTE_DIV_WIDTH + 1) + 1 +
 ACT_QUEUE = 4
 
 
+def out_queue_depth(latency):
+    """With registered RAM, the results queue's depth for an array of ``latency``, a power of
+    two: a tile marked last may leave stage B in every cycle, its result is written to the
+    queue ``latency + 2`` cycles later (stages C and D, the array) and can be taken the
+    cycle after, and its credit comes back a cycle after that: ``latency + 4`` credits."""
+    return 1 << (latency + 3).bit_length()
+
+
 class StreamError(enum.Enum, shape=3):
     """Why the streamer refused a descriptor."""
 
@@ -143,9 +151,10 @@ class WeightStreamer(wiring.Component):
         prefetch FIFO's words pass the block RAM's output register and a queue
         (:class:`~lpu.hw.bram.RegisteredFIFO`) before the decoder, and the activation
         buffer's vectors the block RAMs' output registers and a queue (ACT_QUEUE) before
-        stage B, which two register stages (C and D) follow before the array; the gearbox is
-        a ring of tiles (:class:`TileGearbox` ``ring``), the activation buffer's address and
-        writes are registers, and the bursts after the next are formed ahead. Four cycles
+        stage B, which two register stages (C and D) follow before the array; the array never
+        stalls, its results leaving through a queue (``out_queue_depth``); the gearbox is a
+        ring of tiles (:class:`TileGearbox` ``ring``), the activation buffer's address and
+        writes are registers, and the bursts after the next are formed ahead. Five cycles
         more to the first result.
 
     Attributes
@@ -708,23 +717,35 @@ class WeightStreamer(wiring.Component):
             stalled = b_valid & ~gear.o_stream.valid
         arr_in = array.i_stream
         if self._registered_ram:
-            # Stages C and D advance together with the array's ready: the array's tile is two
-            # registers from the gearbox and the queue.
-            c_enable = arr_in.ready
+            # The array never stalls: its results go to a queue (:class:`CreditQueue`) whose
+            # credits the tiles marked last take as they leave stage B, so the queue has room
+            # for every result and the array's ready is always high. Stages C and D, and the
+            # array, then advance in every cycle, and stage B's handshake waits for flip-flops
+            # and the queues' heads, not for the consumer's ready through the array. Stages C
+            # and D are two registers from the gearbox and the activation queue.
+            m.submodules.out_queue = out_queue = CreditQueue(
+                shape=array.output_layout, depth=out_queue_depth(array.latency))
             c_valid = Signal()
             # (in simulation, as the array's stages, stages C and D take a value only with a
             # tile)
-            c_take = c_enable & (b_out.valid if platform is None else 1)
-            d_take = c_enable & (c_valid if platform is None else 1)
+            c_take = fire_b if platform is None else 1
+            d_take = c_valid if platform is None else 1
             c_pay = Signal(array.input_layout, name="c_pay", reset_less=True)
             d_pay = Signal(array.input_layout, name="d_pay", reset_less=True)
-            with m.If(c_enable):
-                m.d.sync += [c_valid.eq(b_out.valid), arr_in.valid.eq(c_valid)]
+            m.d.sync += [c_valid.eq(fire_b), arr_in.valid.eq(c_valid)]
             with m.If(c_take):
                 m.d.sync += c_pay.eq(b_out.payload)
             with m.If(d_take):
                 m.d.sync += d_pay.eq(c_pay)
-            m.d.comb += [b_out.ready.eq(c_enable), arr_in.payload.eq(d_pay)]
+            m.d.comb += [b_out.ready.eq(~b_out.payload.last | out_queue.room),
+                         arr_in.payload.eq(d_pay),
+                         out_queue.issue.eq(fire_b & b_out.payload.last),
+                         out_queue.w_data.eq(array.o_stream.payload),
+                         out_queue.w_en.eq(array.o_stream.valid),
+                         array.o_stream.ready.eq(1),
+                         self.o_stream.payload.eq(out_queue.r_data),
+                         self.o_stream.valid.eq(out_queue.r_valid),
+                         out_queue.r_en.eq(self.o_stream.ready)]
         else:
             m.d.comb += [arr_in.valid.eq(b_out.valid), b_out.ready.eq(arr_in.ready),
                          arr_in.payload.eq(b_out.payload), arr_in.payload.act.eq(act_r_data)]
@@ -810,7 +831,8 @@ class WeightStreamer(wiring.Component):
                          step_rb.eq(first_v & first_t & first_rb)]
 
         # --- results, and knowing when the last one has left
-        wiring.connect(m, array=array.o_stream, out=wiring.flipped(self.o_stream))
+        if not self._registered_ram:
+            wiring.connect(m, array=array.o_stream, out=wiring.flipped(self.o_stream))
         out_fire = self.o_stream.valid & self.o_stream.ready
         owed, paid = fire_b & b_out.payload.last, out_fire
         # (with registered RAM, the sums are formed before the handshakes select one)

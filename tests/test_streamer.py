@@ -123,6 +123,19 @@ def test_streamer_back_to_back_jobs_share_no_state(rng):
         assert np.array_equal(res["outputs"], ref)
 
 
+def test_registered_streamer_takes_a_last_tile_every_cycle(rng):
+    """With registered RAM each tile marked last takes a credit of the results queue: with
+    every tile last (one tile per row) and the consumer always ready, the array still takes a
+    tile every cycle, as the cycle model counts (a shallower queue would hold stage B)."""
+    st = WeightStreamer(lanes=8, pes=2, word_bits=32, addr_width=12, max_k=64, max_vectors=4,
+                        max_burst=16, registered_ram=True)
+    res, ref, _, _ = _job(rng, st, rows=64, cols=8, fmt="t2", vectors=4)
+    assert np.array_equal(res["outputs"], ref)
+    pred = predict_cycles(st, memory_timing("bram", 32), rows=64, cols=8, fmt="t2", vectors=4)
+    assert pred.bound == "compute" and res["perf"]["tiles"] == 32 * 4
+    assert res["cycles"] == pred.cycles
+
+
 @pytest.mark.parametrize("fmt, word_bits, mem, vectors, exact, registered_ram", [
     ("t2", 32, "bram", 1, True, False),     # a word carries a whole tile: compute-bound
     ("t2", 32, "bram", 3, True, False),
