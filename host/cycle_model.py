@@ -21,7 +21,7 @@ array's latency plus the output register). ``SETUP``: the streamer's descriptor 
 from dataclasses import dataclass
 
 from lpu.hw.formats import WeightFormat
-from lpu.hw.streamer import SETUP_CYCLES
+from lpu.hw.streamer import SETUP_CYCLES, TILE_STAGES
 
 from .image import image_word_count
 
@@ -73,9 +73,9 @@ def predict_cycles(streamer, timing, *, rows, cols, fmt, vectors=1, base=0):
     words = image_word_count(rows, cols, fmt, lanes=streamer.lanes, pes=streamer.pes,
                              word_bits=streamer.word_bits)
     memory = memory_cycles(words, timing=timing, max_burst=streamer.max_burst, base=base)
-    # (a streamer with registered RAM outputs has two registers, stages C and D, in front of
-    # the array, and a queue of results behind it)
-    drain = streamer.array.latency + 1 + 3 * streamer.registered_ram
+    # (a streamer with registered RAM outputs has TILE_STAGES registers in front of the array,
+    # and a queue of results behind it)
+    drain = streamer.array.latency + 1 + (TILE_STAGES + 1) * streamer.registered_ram
     fill = fill_cycles(streamer)
     total = SETUP_CYCLES + fill + max(compute, memory) + drain
     return CyclePrediction(cycles=total, compute_cycles=compute, memory_cycles=memory,

@@ -30,8 +30,7 @@ from .arith import nonzero_after, up_down
 from .params import check_bool, check_positive, check_range
 from .pe import cell_family
 
-__all__ = ["RegisteredRAM", "RegisteredFIFO", "CreditQueue", "FIFO_QUEUE", "DP16KD_MODES",
-           "dp16kd_mode"]
+__all__ = ["RegisteredRAM", "RegisteredFIFO", "CreditQueue", "DP16KD_MODES", "dp16kd_mode"]
 
 #: The DP16KD's single-port-width configurations used here: (depth, data width, the address
 #: bits below the word address). The 36-bit mode (512 words) is not used: its read word spans
@@ -163,10 +162,11 @@ class CreditQueue(wiring.Component):
 
     A credit is a read issued and not yet taken from the queue (in the pipeline or the queue).
     ``room`` (a flip-flop) says one is free, and a read may be issued (``issue``) only then;
-    ``busy`` (a flip-flop) says one is out. A word is
-    written (``w_en``) when it leaves the pipeline; the head is ``r_data`` while ``r_valid`` (a
+    ``busy`` (a flip-flop) says one is out. A word is written (``w_en``) when it leaves the
+    pipeline, ``latency`` cycles after its issue; the head is ``r_data`` while ``r_valid`` (a
     flip-flop), and leaves with ``r_en``. A credit comes back a cycle after its word is taken,
-    so a pipeline of ``L`` registers keeps a read a cycle with ``depth`` at least ``L + 2``.
+    so the queue has ``latency + 2`` credits or more (``depth``, rounded up to a power of two)
+    and keeps a read a cycle.
     The storage is a :class:`~amaranth.lib.memory.Memory` with an asynchronous read port (LUT
     RAM on an FPGA): not a :class:`~amaranth.lib.fifo.SyncFIFO`, whose enables wait for
     comparisons of its level, as the credits leave the queue room for every word.
@@ -174,8 +174,8 @@ class CreditQueue(wiring.Component):
     Parameters
     ----------
     shape : shape-castable
-    depth : int
-        A power of two, at least 2.
+    latency : int
+        Registers between a read's issue and its word's write (``w_en``).
 
     Attributes
     ----------
@@ -189,18 +189,18 @@ class CreditQueue(wiring.Component):
     r_en : In(1)
     """
 
-    def __init__(self, *, shape, depth=4):
-        check_range("Queue depth", depth, 2)
-        if depth & (depth - 1):
-            raise ValueError(f"Queue depth must be a power of two, not {depth!r}")
+    def __init__(self, *, shape, latency):
+        check_range("Pipeline latency", latency, 0)
         self._shape = shape
-        self._depth = depth
+        self._latency = latency
+        self._depth = 1 << (latency + 1).bit_length()
         super().__init__({
             "room": Out(1, init=1), "busy": Out(1), "issue": In(1),
             "w_data": In(shape), "w_en": In(1),
             "r_data": Out(shape), "r_valid": Out(1), "r_en": In(1),
         })
 
+    latency = property(lambda self: self._latency)
     depth = property(lambda self: self._depth)
 
     def elaborate(self, platform):
@@ -229,18 +229,13 @@ class CreditQueue(wiring.Component):
         return m
 
 
-#: Credits of :class:`RegisteredFIFO`'s output queue: its read pipeline has two registers (the
-#: block RAM's read stage and output register).
-FIFO_QUEUE = 4
-
-
 class RegisteredFIFO(wiring.Component):
     """A FIFO of ``depth`` words in a :class:`RegisteredRAM` (on an ECP5 a block RAM, read
     through its own output register), whose words leave through a :class:`CreditQueue`: the
     block RAM is read in every cycle, and a word leaves its storage (``pop``) when the queue
     has a credit for it, whatever the reader's ready (``o_ready``). The reader sees the
     queue's head (``o_data``, ``o_valid``). ``depth`` counts the block RAM's words; up to
-    :data:`FIFO_QUEUE` more are on their way to the queue or in it. ``w_rdy`` is low while
+    ``queue_depth`` more are on their way to the queue or in it. ``w_rdy`` is low while
     the block RAM is full. A word written reaches ``o_valid`` four cycles later.
 
     Parameters
@@ -255,13 +250,15 @@ class RegisteredFIFO(wiring.Component):
         check_range("FIFO depth", depth, 2)
         self._depth = depth
         self._ram = RegisteredRAM(shape=width, depth=depth)
-        self._queue = CreditQueue(shape=width, depth=FIFO_QUEUE)
+        # (its read pipeline: the block RAM's read stage and output register)
+        self._queue = CreditQueue(shape=width, latency=2)
         super().__init__({
             "w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
             "o_data": Out(width), "o_valid": Out(1), "o_ready": In(1), "pop": Out(1),
         })
 
     depth = property(lambda self: self._depth)
+    queue_depth = property(lambda self: self._queue.depth)
 
     def elaborate(self, platform):
         m = Module()

@@ -275,7 +275,7 @@ class ScaleUnit(wiring.Component):
         block_last = Signal(reset_less=True)
         # With split products (the pipelined form), the scale word of the next beat, block_addr
         # + g, kept with them: the mantissa memory's read address is a register, not an adder.
-        r_addr = Signal(18, reset_less=True)
+        r_addr = Signal.like(block_addr, name="r_addr")
 
         # The pipeline (module docstring). Stage 1 holds the accepted beat (its mantissa word
         # is on the scale memory's read port), stage 2 the products (its running sums on the

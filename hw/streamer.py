@@ -63,18 +63,9 @@ BYTE_DIV_WIDTH = 35
 #: multiplies alongside the third), the t5 byte division and a cycle to start it, the word
 #: count and the address check (three cycles).
 SETUP_CYCLES = 1 + 1 + 3 * (SIZE_DIV_WIDTH + 1) + 1 + (BYTE_DIV_WIDTH + 1) + 1 + 3
-#: With registered RAM, the activation steps the walk may have issued and stage B not yet
-#: taken (the queue's depth): two in the block RAMs' registers, one in the queue and one for
-#: the cycle a credit takes to come back.
-ACT_QUEUE = 4
-
-
-def out_queue_depth(latency):
-    """With registered RAM, the results queue's depth for an array of ``latency``, a power of
-    two: a tile marked last may leave stage B in every cycle, its result is written to the
-    queue ``latency + 2`` cycles later (stages C and D, the array) and can be taken the
-    cycle after, and its credit comes back a cycle after that: ``latency + 4`` credits."""
-    return 1 << (latency + 3).bit_length()
+#: With registered RAM, the registers between a tile leaving stage B and the array (stages C
+#: and D).
+TILE_STAGES = 2
 
 
 class StreamError(enum.Enum, shape=3):
@@ -150,12 +141,12 @@ class WeightStreamer(wiring.Component):
         output alone takes 5.6 ns), and are read in every cycle, whatever the handshakes: the
         prefetch FIFO's words pass the block RAM's output register and a queue
         (:class:`~lpu.hw.bram.RegisteredFIFO`) before the decoder, and the activation
-        buffer's vectors the block RAMs' output registers and a queue (ACT_QUEUE) before
-        stage B, which two register stages (C and D) follow before the array; the array never
-        stalls, its results leaving through a queue (``out_queue_depth``); the gearbox is a
-        ring of tiles (:class:`TileGearbox` ``ring``), the activation buffer's address and
-        writes are registers, and the bursts after the next are formed ahead. Five cycles
-        more to the first result.
+        buffer's vectors the block RAMs' output registers and a queue before stage B, which
+        TILE_STAGES register stages (C and D) follow before the array; the array never
+        stalls, its results leaving through a queue; the gearbox is a ring of tiles
+        (:class:`TileGearbox` ``ring``), the activation buffer's address and writes are
+        registers, and the bursts after the next are formed ahead. Five cycles more to the
+        first result.
 
     Attributes
     ----------
@@ -652,7 +643,8 @@ class WeightStreamer(wiring.Component):
         b_vec = Signal(8, reset_less=True)
         # Stage B holds the last use of its tile (its last vector): then the array's taking it
         # takes the gearbox's head tile too. One flip-flop with b_valid folded in, so the
-        # gearbox's ready waits only for the array's.
+        # gearbox's ready waits only for the array's (with registered RAM, the step's flag,
+        # which travels with its activations through the queue).
         b_tile_done = Signal()
         a_valid = running & ~seq_done
         # Stage B's tile: `b_out` (framing, weights and activations) goes to the array, or with
@@ -663,7 +655,7 @@ class WeightStreamer(wiring.Component):
             # The activation buffer's block RAMs stand across the device, and an enable formed
             # from the array's handshake reached them late. So they read every cycle (their
             # read and output registers always enabled), and the walk steps whenever it holds
-            # a credit of a queue (:class:`CreditQueue`, ACT_QUEUE entries): each step's
+            # a credit of a queue (:class:`CreditQueue`, four entries): each step's
             # activations, two cycles later on the block RAMs' outputs, and its framing,
             # delayed alike, are written to the queue, whose head stage B joins with the
             # gearbox's head tile.
@@ -671,7 +663,8 @@ class WeightStreamer(wiring.Component):
                 "first": 1, "last": 1, "tile_done": 1,
                 **({"vector": 8} if self.max_vectors > 1 else {})})
             queue_layout = data.StructLayout({"act": act_layout, "frame": frame_layout})
-            m.submodules.act_queue = queue = CreditQueue(shape=queue_layout, depth=ACT_QUEUE)
+            # (the step's pipeline: the block RAMs' read stage and output register)
+            m.submodules.act_queue = queue = CreditQueue(shape=queue_layout, latency=2)
             advance = queue.room
             l_valid, o_valid = Signal(), Signal()
             l_frame = Signal(frame_layout, reset_less=True)
@@ -723,8 +716,9 @@ class WeightStreamer(wiring.Component):
             # array, then advance in every cycle, and stage B's handshake waits for flip-flops
             # and the queues' heads, not for the consumer's ready through the array. Stages C
             # and D are two registers from the gearbox and the activation queue.
+            # (a result's pipeline: stages C and D, and the array; 16 entries at latency 7)
             m.submodules.out_queue = out_queue = CreditQueue(
-                shape=array.output_layout, depth=out_queue_depth(array.latency))
+                shape=array.output_layout, latency=TILE_STAGES + array.latency)
             c_valid = Signal()
             # (in simulation, as the array's stages, stages C and D take a value only with a
             # tile)
