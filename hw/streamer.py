@@ -661,7 +661,7 @@ class WeightStreamer(wiring.Component):
             # gearbox's head tile.
             frame_layout = data.StructLayout({
                 "first": 1, "last": 1, "tile_done": 1,
-                **({"vector": 8} if self.max_vectors > 1 else {})})
+                **({"vector": b_vec.shape()} if self.max_vectors > 1 else {})})
             queue_layout = data.StructLayout({"act": act_layout, "frame": frame_layout})
             # (the step's pipeline: the block RAMs' read stage and output register)
             m.submodules.act_queue = queue = CreditQueue(shape=queue_layout, latency=2)
